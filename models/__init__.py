@@ -1,0 +1,1 @@
+"""Detector artifacts (one folder per detector) and the pipelines that build them."""

@@ -1,0 +1,3 @@
+"""Redline: scores and monitors the outputs of deployed language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,136 @@
+"""The `redline` command: serve (everything), api, worker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ConfigError
+from .settings import Settings, unknown_variables
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
+log = logging.getLogger("redline")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="redline", description="Score and monitor LLM outputs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="start Redis (unless REDLINE_REDIS_URL is set), the API and the workers")
+    sub.add_parser("api", help="start the API under gunicorn (needs REDLINE_REDIS_URL)")
+    worker = sub.add_parser("worker", help="start one scoring worker (needs REDLINE_REDIS_URL)")
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"redline: {exc.message}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in unknown_variables():
+        log.warning("ignoring unknown setting %s (typo?)", name)
+    try:
+        if args.command == "serve":
+            return serve(settings)
+        if args.command == "api":
+            return run_api(settings)
+        return run_worker(settings, burst=args.burst)
+    except ConfigError as exc:
+        print(f"redline: {exc.message}", file=sys.stderr)
+        return 2
+
+
+def run_api(settings: Settings) -> int:
+    """Replace this process with gunicorn serving `service.app:create_app()`."""
+    if not settings.redis_url:
+        raise ConfigError("REDLINE_REDIS_URL is not set")
+    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "service.app:create_app()"])
+    return 0  # not reached
+
+
+def run_worker(settings: Settings, burst: bool = False) -> int:
+    if not settings.redis_url:
+        raise ConfigError("REDLINE_REDIS_URL is not set")
+    from redis import Redis
+
+    from workers.worker import build_worker
+
+    worker = build_worker(Redis.from_url(settings.redis_url), settings)
+    worker.work(burst=burst, logging_level=settings.log_level)
+    return 0
+
+
+def serve(settings: Settings) -> int:
+    """Supervise Redis (if embedded), the API and the workers; restart a worker that dies.
+    Ctrl-C or SIGTERM stops the API, then the workers (each finishes its batch), then Redis."""
+    from .detector_config import load_configs
+    from .embedded_redis import EmbeddedRedis
+
+    detectors = load_configs(settings.models_dirs)  # fail before starting anything
+    if not detectors:
+        log.warning("no detectors found in %s: outputs cannot be scored",
+                    ", ".join(str(d) for d in settings.models_dirs))
+    redis_server = None
+    env = dict(os.environ)
+    if not settings.redis_url:
+        redis_server = EmbeddedRedis(settings.data_dir).start()
+        env["REDLINE_REDIS_URL"] = redis_server.url
+        log.info("started embedded Redis at %s (data in %s)", redis_server.url, settings.data_dir)
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+    def spawn(role: str) -> subprocess.Popen[bytes]:
+        # Own session each: terminal signals reach only this supervisor, which stops children in order.
+        return subprocess.Popen([sys.executable, "-m", "service.cli", role], env=env, start_new_session=True)
+
+    workers = [spawn("worker") for _ in range(settings.workers)]
+    api = spawn("api")
+    log.info("Redline API on http://%s:%d with %d scoring worker(s); Ctrl-C stops", settings.host, settings.port,
+             settings.workers)
+    try:
+        while not stopping:
+            time.sleep(0.5)
+            if api.poll() is not None:
+                log.error("API exited with code %s; stopping", api.returncode)
+                break
+            for i, proc in enumerate(workers):
+                if proc.poll() is not None and not stopping:
+                    log.warning("worker pid %d exited with code %s; restarting", proc.pid, proc.returncode)
+                    workers[i] = spawn("worker")
+    finally:
+        log.info("stopping")
+        _terminate([api])
+        _terminate(workers)
+        if redis_server:
+            redis_server.stop()
+    return 0 if stopping else 1
+
+
+def _terminate(procs: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Detectors are configuration: `<models dir>/<name>/model.json` describes one ONNX classifier head.
+
+This module only parses and checks those files (no onnxruntime import), so the API process can
+list and validate detectors without loading any model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .keys import ID_PATTERN
+
+ACTIVATIONS = ("sigmoid", "softmax", "none")
+INPUTS = ("response", "prompt_response")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """One detector as described by its model.json (see models/README.md for the format)."""
+
+    name: str
+    version: str
+    threshold: float
+    onnx_path: Path
+    tokenizer_path: Path
+    output: str
+    description: str = ""
+    output_index: int | None = None
+    activation: str = "sigmoid"
+    input: str = "response"
+    max_length: int = 256
+    target_fnr: float | None = None
+    onnx_gpu_path: Path | None = None
+    enabled: bool = True
+    calibration: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def describe(self) -> dict[str, Any]:
+        """The public view served by GET /v1/detectors."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "threshold": self.threshold,
+            "target_fnr": self.target_fnr,
+            "description": self.description,
+            "input": self.input,
+            "max_length": self.max_length,
+        }
+
+
+def parse_model_json(path: Path) -> DetectorConfig:
+    """Read and check one model.json; every problem names the file and the field."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read model.json: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: model.json must hold a JSON object")
+    folder = path.parent
+
+    def get(key: str, types: type | tuple[type, ...], default: Any = ...) -> Any:
+        if key not in raw:
+            if default is ...:
+                raise ConfigError(f"{path}: missing required field {key!r}")
+            return default
+        value = raw[key]
+        if not isinstance(value, types) or isinstance(value, bool) and bool not in _as_tuple(types):
+            raise ConfigError(f"{path}: field {key!r} has the wrong type ({type(value).__name__})")
+        return value
+
+    def existing(rel: str, key: str) -> Path:
+        resolved = (folder / rel).resolve()
+        if not resolved.is_file():
+            raise ConfigError(f"{path}: {key} file {resolved} does not exist")
+        return resolved
+
+    name = get("name", str, folder.name)
+    if not re.match(ID_PATTERN, name):
+        raise ConfigError(f"{path}: name {name!r} must match {ID_PATTERN}")
+    threshold = float(get("threshold", (int, float)))
+    activation = get("activation", str, "sigmoid")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"{path}: activation must be one of {ACTIVATIONS}")
+    if activation != "none" and not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"{path}: threshold {threshold} is outside [0, 1]")
+    input_ = get("input", str, "response")
+    if input_ not in INPUTS:
+        raise ConfigError(f"{path}: input must be one of {INPUTS}")
+    max_length = get("max_length", int, 256)
+    if max_length <= 0:
+        raise ConfigError(f"{path}: max_length must be positive")
+    target = get("target_fnr", (int, float, type(None)), None)
+    gpu = get("onnx_gpu", (str, type(None)), None)
+    output_index = get("output_index", (int, type(None)), None)
+    if activation == "softmax" and output_index is None:
+        raise ConfigError(f"{path}: softmax needs output_index (the positive class column)")
+    return DetectorConfig(
+        name=name,
+        version=str(get("version", (str, int, float))),
+        threshold=threshold,
+        onnx_path=existing(get("onnx", str), "onnx"),
+        tokenizer_path=existing(get("tokenizer", str), "tokenizer"),
+        output=get("output", str),
+        description=get("description", str, ""),
+        output_index=output_index,
+        activation=activation,
+        input=input_,
+        max_length=max_length,
+        target_fnr=None if target is None else float(target),
+        onnx_gpu_path=existing(gpu, "onnx_gpu") if gpu else None,
+        enabled=get("enabled", bool, True),
+        calibration=get("calibration", dict, {}),
+    )
+
+
+def load_configs(models_dirs: Iterable[Path]) -> dict[str, DetectorConfig]:
+    """All enabled detectors under the given folders, by name; a duplicate name is an error."""
+    configs: dict[str, DetectorConfig] = {}
+    for folder in models_dirs:
+        if not folder.is_dir():
+            raise ConfigError(f"models folder {folder} does not exist")
+        for model_json in sorted(folder.glob("*/model.json")):
+            config = parse_model_json(model_json)
+            if not config.enabled:
+                continue
+            if config.name in configs:
+                raise ConfigError(f"detector {config.name!r} is defined twice (second in {model_json})")
+            configs[config.name] = config
+    return configs
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)

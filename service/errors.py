@@ -1,0 +1,57 @@
+"""One error family: each error carries the HTTP status and a stable code for clients."""
+
+from __future__ import annotations
+
+
+class RedlineError(Exception):
+    """Base of errors that reach a client as `{"error": {"code", "message"}}`."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class ConfigError(RedlineError):
+    """Bad configuration: raised at start-up, never during a request."""
+
+    code = "config_error"
+
+
+class BadRequest(RedlineError):
+    status = 400
+    code = "bad_request"
+
+
+class ValidationFailed(RedlineError):
+    status = 422
+    code = "validation_failed"
+
+
+class TooLarge(RedlineError):
+    status = 413
+    code = "too_large"
+
+
+class NotFound(RedlineError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(RedlineError):
+    status = 409
+    code = "conflict"
+
+
+class Unavailable(RedlineError):
+    status = 503
+    code = "unavailable"

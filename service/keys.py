@@ -1,0 +1,66 @@
+"""The one owner of Redis key names and their lifetimes.
+
+Every key Redline writes is built here, under one prefix, so a deployment can share a
+Redis with other software and tests can clean up exactly what they created.
+RQ's own keys (`rq:*`) are named by RQ; only the queue names come from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Detector names and output ids are embedded in keys, so they are restricted to these characters.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+# A sync waiter's notification list lives only as long as the longest wait plus slack.
+NOTIFY_TTL_S = 120
+# Worker liveness keys expire on their own: a SIGKILLed worker disappears after this many seconds.
+LIVENESS_REFRESH_S = 2.0
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder for one prefix (`Settings.queue_prefix`)."""
+
+    prefix: str = "redline"
+
+    def output(self, output_id: str) -> str:
+        """Hash: one accepted output, its texts, status and scores."""
+        return f"{self.prefix}:output:{output_id}"
+
+    @property
+    def pending(self) -> str:
+        """Sorted set: ids accepted but not yet scored or failed, scored by (re)queue time."""
+        return f"{self.prefix}:pending"
+
+    @property
+    def counters(self) -> str:
+        """Hash: exactly-once counters (`scored|model|detector`, `flagged|...`) bumped with each score write."""
+        return f"{self.prefix}:counters"
+
+    def notify(self, token: str) -> str:
+        """List: ids of one sync request, pushed as they get scored."""
+        return f"{self.prefix}:notify:{token}"
+
+    def lease(self, job_id: str) -> str:
+        """String with TTL: a live worker holds this job; absent means nobody is working on it."""
+        return f"{self.prefix}:lease:{job_id}"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set: scoring worker names by last heartbeat (unix seconds)."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def detectors(self) -> str:
+        """Hash: detector name -> JSON description, published by workers as they load models."""
+        return f"{self.prefix}:detectors"
+
+    @property
+    def reaper_lock(self) -> str:
+        """String with TTL: only one process requeues abandoned outputs at a time."""
+        return f"{self.prefix}:reaper-lock"
+
+    def queue_name(self, priority: str) -> str:
+        """RQ queue name for `high` (sync scoring) or `default` priority."""
+        return f"{self.prefix}-{priority}"

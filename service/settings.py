@@ -1,0 +1,124 @@
+"""The one reader of REDLINE_* environment variables.
+
+Everything configurable lives in `Settings`; code receives a Settings object instead of
+reading the environment, so tests can build one directly and bad values fail at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Service configuration; `from_env` maps field `x_y` to `REDLINE_X_Y`."""
+
+    redis_url: str = ""
+    """Redis URL; empty means `redline serve` starts its own Redis."""
+    host: str = "127.0.0.1"
+    """Address the API listens on."""
+    port: int = 8080
+    """Port the API listens on."""
+    workers: int = 1
+    """Scoring worker processes started by `redline serve`."""
+    api_processes: int = 2
+    """gunicorn worker processes for the API."""
+    models_dirs: tuple[Path, ...] = (_ROOT / "models",)
+    """Folders holding detectors (one sub-folder with a model.json each), ':'-separated."""
+    data_dir: Path = _ROOT / "var"
+    """Where the embedded Redis keeps its files."""
+    providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    """onnxruntime execution providers in order of preference; unavailable ones are skipped."""
+    intra_op_threads: int = 0
+    """onnxruntime intra-op threads per worker process (0: onnxruntime's default)."""
+    queue_prefix: str = "redline"
+    """Prefix of RQ queue names and of every Redis key Redline owns."""
+    max_batch: int = 32
+    """Most outputs scored in one onnxruntime call."""
+    max_batch_tokens: int = 16_384
+    """Padded tokens per onnxruntime call; a batch of long texts is split, sorted by length."""
+    max_batch_wait_ms: int = 5
+    """How long a worker waits for more queued outputs to fill a batch."""
+    max_outputs_per_request: int = 256
+    """Most outputs in one POST."""
+    max_text_chars: int = 20_000
+    """Most characters in one prompt or response."""
+    max_metadata_bytes: int = 4096
+    """Largest metadata object, as JSON bytes."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest request body."""
+    sync_timeout_ms: int = 2000
+    """Default wait of POST /v1/score."""
+    max_sync_timeout_ms: int = 30_000
+    """Largest `timeout_ms` a client may ask POST /v1/score for."""
+    record_ttl_s: int = 30 * 24 * 3600
+    """How long output records are kept in Redis."""
+    job_timeout_s: int = 120
+    """RQ job timeout for one scoring job."""
+    requeue_after_s: int = 30
+    """Outputs queued this long with no live worker holding them are queued again."""
+    worker_ttl_s: int = 15
+    """A worker whose liveness key is older than this counts as dead."""
+    log_level: str = "INFO"
+    """Log level of API and workers."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from REDLINE_* variables, failing fast on malformed values."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get("REDLINE_" + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, f.type, raw)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Reject values that would only fail later, far from their cause."""
+        positive = ("port", "workers", "api_processes", "max_batch", "max_outputs_per_request",
+                    "max_text_chars", "max_batch_tokens", "max_metadata_bytes", "max_body_bytes", "sync_timeout_ms",
+                    "max_sync_timeout_ms", "record_ttl_s", "job_timeout_s", "requeue_after_s",
+                    "worker_ttl_s")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"REDLINE_{name.upper()} must be positive, got {getattr(self, name)}")
+        if self.max_batch_wait_ms < 0 or self.intra_op_threads < 0:
+            raise ConfigError("REDLINE_MAX_BATCH_WAIT_MS and REDLINE_INTRA_OP_THREADS must be >= 0")
+        if self.sync_timeout_ms > self.max_sync_timeout_ms:
+            raise ConfigError("REDLINE_SYNC_TIMEOUT_MS exceeds REDLINE_MAX_SYNC_TIMEOUT_MS")
+        if not self.queue_prefix or ":" in self.queue_prefix:
+            raise ConfigError("REDLINE_QUEUE_PREFIX must be non-empty and contain no ':'")
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """REDLINE_* variables that match no field: almost always a typo worth a warning."""
+    env = os.environ if environ is None else environ
+    known = {"REDLINE_" + f.name.upper() for f in dataclasses.fields(Settings)}
+    return sorted(k for k in env if k.startswith("REDLINE_") and k not in known)
+
+
+def _parse(name: str, type_: object, raw: str) -> object:
+    text = str(type_)
+    try:
+        if text == "int":
+            return int(raw)
+        if text == "Path":
+            return Path(raw).expanduser()
+        if text == "tuple[Path, ...]":
+            return tuple(Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip())
+        if text.startswith("tuple"):
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        return raw
+    except ValueError:
+        raise ConfigError(f"REDLINE_{name.upper()}={raw!r} is not a valid {text}") from None

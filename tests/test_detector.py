@@ -1,0 +1,56 @@
+"""The ONNX detector on a synthetic model whose exact scores are known."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.synthetic import DEFAULT_HEADS, keyword_score
+from service.detector_config import load_configs
+from workers.detector import load_detectors
+
+TEXTS = [
+    "hello world",
+    "bleeding and a broken arm",
+    "that is a lie and a hoax",
+    "blood " * 40 + "the end",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def detectors(synthetic_models: Path):  # type: ignore[no-untyped-def]
+    return load_detectors(load_configs([synthetic_models]), ["CPUExecutionProvider"])
+
+
+def test_scores_match_the_model_definition(detectors) -> None:  # type: ignore[no-untyped-def]
+    items = [("", t) for t in TEXTS]
+    for name, det in detectors.items():
+        expected = [keyword_score(t, DEFAULT_HEADS[name]) for t in TEXTS]
+        np.testing.assert_allclose(det.predict(items), expected, atol=1e-5)
+    injury = detectors["injury"].predict(items)
+    assert injury[1] > detectors["injury"].threshold > injury[0]
+
+
+def test_detectors_sharing_a_graph_share_one_session(detectors) -> None:  # type: ignore[no-untyped-def]
+    assert detectors["injury"].model is detectors["deception"].model
+
+
+def test_token_budget_splits_sorted_batches_without_changing_scores(detectors) -> None:  # type: ignore[no-untyped-def]
+    model = detectors["injury"].model
+    items = [("", t) for t in TEXTS * 3]
+    model.calls.clear()
+    whole = model.run(items)["logits"]
+    assert model.calls == [len(items)]
+    model.calls.clear()
+    # 12 tokens per call at most: the long text (41 tokens) alone, short ones grouped by length.
+    split = model.run(items, max_batch_tokens=12)["logits"]
+    np.testing.assert_allclose(split, whole, atol=1e-6)
+    assert sum(model.calls) == len(items) and len(model.calls) > 1
+    assert max(model.calls) > 1  # short texts still share calls
+
+
+def test_truncates_to_max_length(detectors) -> None:  # type: ignore[no-untyped-def]
+    model = detectors["injury"].model
+    encodings = model.tokenize([("", "w1 " * 1000)])
+    assert len(encodings[0].ids) == model.tokenizer.truncation["max_length"] == 256

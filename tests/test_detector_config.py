@@ -1,0 +1,56 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from service.detector_config import load_configs, parse_model_json
+from service.errors import ConfigError
+
+
+def test_synthetic_configs_load(synthetic_models: Path) -> None:
+    configs = load_configs([synthetic_models])
+    assert sorted(configs) == ["deception", "injury"]
+    injury = configs["injury"]
+    assert injury.output == "logits" and injury.output_index == 0 and injury.threshold == 0.5
+    assert injury.onnx_path == configs["deception"].onnx_path  # one shared graph
+    assert injury.describe()["version"] == "synthetic-1"
+
+
+def _write(folder: Path, **fields: object) -> Path:
+    (folder / "m").mkdir(parents=True, exist_ok=True)
+    path = folder / "m" / "model.json"
+    path.write_text(json.dumps(fields))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"threshold": None}, "missing required field 'threshold'"),
+    ({"threshold": "high"}, "'threshold' has the wrong type"),
+    ({"threshold": 1.5}, "outside \\[0, 1\\]"),
+    ({"activation": "relu"}, "activation must be one of"),
+    ({"onnx": "missing.onnx"}, "onnx file .* does not exist"),
+    ({"activation": "softmax"}, "softmax needs output_index"),
+    ({"name": "bad name"}, "must match"),
+])
+def test_bad_model_json_names_file_and_field(tmp_path: Path, synthetic_models: Path, change: dict[str, object],
+                                             message: str) -> None:
+    fields: dict[str, object] = {"version": "1", "threshold": 0.5, "output": "logits",
+                                 "onnx": str(synthetic_models / "synthetic.onnx"),
+                                 "tokenizer": str(synthetic_models / "tokenizer.json")}
+    fields.update(change)
+    fields = {k: v for k, v in fields.items() if v is not None}
+    path = _write(tmp_path, **fields)
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_model_json(path)
+    assert str(path) in info.value.message
+
+
+def test_duplicate_names_rejected(tmp_path: Path, synthetic_models: Path) -> None:
+    with pytest.raises(ConfigError, match="defined twice"):
+        load_configs([synthetic_models, synthetic_models])
+
+
+def test_disabled_detector_is_skipped(tmp_path: Path, synthetic_models: Path) -> None:
+    _write(tmp_path, version="1", threshold=0.5, output="logits", enabled=False,
+           onnx=str(synthetic_models / "synthetic.onnx"), tokenizer=str(synthetic_models / "tokenizer.json"))
+    assert load_configs([tmp_path]) == {}

@@ -1,0 +1,55 @@
+"""Output records against a real Redis: atomic create, idempotent finish, exact counters."""
+
+import pytest
+from redis import Redis
+
+from service.errors import Conflict
+from service.keys import Keys
+from service.store import DetectorScore, NewOutput, OutputStore
+
+
+@pytest.fixture()
+def store(redis: Redis, prefix: str) -> OutputStore:
+    return OutputStore(redis, Keys(prefix), ttl_s=3600)
+
+
+def _out(i: str, text: str = "hi") -> NewOutput:
+    return NewOutput(id=i, model="m1", response=text, detectors=["injury"])
+
+
+def test_create_then_read(store: OutputStore) -> None:
+    assert store.create([_out("a"), _out("b")], job_id="j1") == ["new", "new"]
+    record = store.get("a")
+    assert record is not None
+    assert record["status"] == "queued" and record["response"] == "hi" and record["detectors"] == ["injury"]
+    assert record["job"] == "j1" and record["created_at"] > 0
+    assert store.redis.zcard(store.keys.pending) == 2
+
+
+def test_resubmitting_same_content_is_idempotent(store: OutputStore) -> None:
+    store.create([_out("a")], job_id="j1")
+    assert store.create([_out("a")], job_id="j2") == ["queued"]
+    assert store.get("a")["job"] == "j1"  # type: ignore[index]
+
+
+def test_conflict_stores_nothing(store: OutputStore) -> None:
+    store.create([_out("a")], job_id="j1")
+    with pytest.raises(Conflict, match="'a'"):
+        store.create([_out("fresh"), _out("a", text="different")], job_id="j2")
+    assert store.get("fresh") is None
+
+
+def test_finish_is_exactly_once(store: OutputStore) -> None:
+    store.create([_out("a"), _out("b")], job_id="j1")
+    record = store.get("a")
+    assert record is not None
+    hit = {"injury": DetectorScore(score=0.9, flagged=True, threshold=0.5, version="v1")}
+    assert store.finish_scored([(record, hit, {"id": "b1"})]) == 1
+    assert store.finish_scored([(record, hit, {"id": "b2"})]) == 0  # second writer changes nothing
+    scored = store.get("a")
+    assert scored is not None and scored["status"] == "scored" and scored["batch"] == {"id": "b1"}
+    assert scored["scores"]["injury"] == {"score": 0.9, "flagged": True, "threshold": 0.5, "version": "v1"}
+    assert store.counters() == {"scored|injury|m1": 1, "flagged|injury|m1": 1}
+    assert store.finish_failed(["a", "b"], "boom") == 1  # only b was still queued
+    assert store.get("b")["error"] == "boom"  # type: ignore[index]
+    assert store.redis.zcard(store.keys.pending) == 0

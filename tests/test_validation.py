@@ -1,0 +1,60 @@
+import pytest
+
+from service.errors import BadRequest, TooLarge, ValidationFailed
+from service.settings import Settings
+from service.validation import parse_outputs, parse_timeout_ms, require_object
+
+S = Settings(max_outputs_per_request=3, max_text_chars=10, max_metadata_bytes=20)
+DETS = {"injury", "deception"}
+
+
+def ok(**fields: object) -> dict[str, object]:
+    return {"model": "m", "response": "text", **fields}
+
+
+def test_defaults_fill_in() -> None:
+    [out] = parse_outputs({"outputs": [ok()]}, S, DETS)
+    assert out.detectors == ["deception", "injury"] and len(out.id) == 32 and out.prompt == ""
+
+
+@pytest.mark.parametrize("body, error, fragment", [
+    ({"outputs": []}, ValidationFailed, "empty"),
+    ({"outputs": "x"}, ValidationFailed, "must be a list"),
+    ({}, ValidationFailed, "must be a list"),
+    ({"outputs": [ok()] * 4}, TooLarge, "limit is 3"),
+    ({"outputs": [{"model": "m"}]}, ValidationFailed, r"outputs\[0\].response is required"),
+    ({"outputs": [ok(response=5)]}, ValidationFailed, "must be a string, not int"),
+    ({"outputs": [ok(response="   ")]}, ValidationFailed, "must not be empty"),
+    ({"outputs": [ok(response="x" * 11)]}, TooLarge, "limit is 10"),
+    ({"outputs": [ok(prompt="x" * 11)]}, TooLarge, r"outputs\[0\].prompt"),
+    ({"outputs": [ok(detectors=["nope"])]}, ValidationFailed, "unknown detector"),
+    ({"outputs": [ok(detectors=[])]}, ValidationFailed, "non-empty list"),
+    ({"outputs": [ok(metadata=[1])]}, ValidationFailed, "metadata must be an object"),
+    ({"outputs": [ok(metadata={"k": "v" * 30})]}, TooLarge, "limit is 20"),
+    ({"outputs": [ok(id="a b")]}, ValidationFailed, r"outputs\[0\].id"),
+    ({"outputs": [ok(id="a"), ok(id="a")]}, ValidationFailed, "appears twice"),
+    ({"outputs": [ok(model="bad|name")]}, ValidationFailed, r"outputs\[0\].model"),
+    ({"outputs": [ok(respnse="typo")]}, ValidationFailed, "unknown field.*respnse"),
+    ({"outputs": [ok()], "extra": 1}, ValidationFailed, "unknown field.*extra"),
+    ({"outputs": [5]}, ValidationFailed, r"outputs\[0\] must be an object"),
+])
+def test_bad_input_is_named(body: dict[str, object], error: type, fragment: str) -> None:
+    with pytest.raises(error, match=fragment):
+        parse_outputs(body, S, DETS)
+
+
+def test_body_must_be_a_json_object() -> None:
+    with pytest.raises(BadRequest):
+        require_object(None)
+    with pytest.raises(ValidationFailed):
+        require_object([1])
+
+
+@pytest.mark.parametrize("value", [0, -1, "100", True, 10**9])
+def test_timeout_bounds(value: object) -> None:
+    with pytest.raises(ValidationFailed, match="timeout_ms"):
+        parse_timeout_ms({"timeout_ms": value}, S)
+
+
+def test_timeout_default() -> None:
+    assert parse_timeout_ms({}, S) == S.sync_timeout_ms

@@ -1,0 +1,103 @@
+"""ScoringWorker in-process (burst mode) against a real Redis: batching, JSON jobs, recovery."""
+
+import json
+import time
+import zlib
+
+import pytest
+from redis import Redis
+
+from models.synthetic import DEFAULT_HEADS, keyword_score
+from service.core import Redline
+from service.settings import Settings
+from service.store import NewOutput
+from workers.reaper import requeue_abandoned
+from workers.worker import build_worker
+
+TEXTS = ["bleeding and a broken arm", "a calm day in the park", "that claim is a lie", "hello world"]
+
+
+def _submit(core: Redline, n_requests: int, per_request: int) -> list[str]:
+    ids = []
+    for r in range(n_requests):
+        outs = [NewOutput(id=f"o{r}-{i}", model="m", response=TEXTS[(r + i) % len(TEXTS)])
+                for i in range(per_request)]
+        for o in outs:
+            o.detectors = ["deception", "injury"]
+        core.submit(outs)
+        ids += [o.id for o in outs]
+    return ids
+
+
+def _run_burst(redis: Redis, settings: Settings) -> None:
+    worker = build_worker(redis, settings)
+    worker.work(burst=True)
+
+
+def test_queued_jobs_are_scored_in_one_batch_and_one_session_call(redis: Redis, settings: Settings) -> None:
+    core = Redline(settings, redis)
+    ids = _submit(core, n_requests=5, per_request=2)
+    _run_burst(redis, settings)
+    records = [core.store.get(i) for i in ids]
+    assert all(r and r["status"] == "scored" for r in records)
+    batches = {r["batch"]["id"] for r in records if r}
+    assert len(batches) == 1
+    assert records[0]["batch"]["size"] == 10 and records[0]["batch"]["session_calls"] == [10]  # type: ignore[index]
+    for r in records:
+        assert r is not None
+        for det in ("injury", "deception"):
+            expected = keyword_score(r["response"], DEFAULT_HEADS[det])
+            assert r["scores"][det]["score"] == pytest.approx(expected, abs=1e-5)
+            assert r["scores"][det]["flagged"] == (expected >= 0.5)
+            assert r["scores"][det]["version"] == "synthetic-1"
+    assert core.store.counters()["scored|injury|m"] == 10
+    assert redis.zcard(core.keys.pending) == 0
+
+
+def test_batches_are_capped_at_max_batch(redis: Redis, settings: Settings) -> None:
+    settings = Settings(**{**settings.__dict__, "max_batch": 4})
+    core = Redline(settings, redis)
+    ids = _submit(core, n_requests=5, per_request=2)
+    _run_burst(redis, settings)
+    sizes: dict[str, int] = {}
+    for r in core.store.get_many(ids):
+        assert r is not None and r["status"] == "scored"
+        sizes[r["batch"]["id"]] = r["batch"]["size"]
+    assert sorted(sizes.values()) == [2, 4, 4]
+
+
+def test_jobs_in_redis_are_json_not_pickle(redis: Redis, settings: Settings) -> None:
+    core = Redline(settings, redis)
+    ids = _submit(core, n_requests=1, per_request=3)
+    job_id = core.store.get(ids[0])["job"]  # type: ignore[index]
+    data = redis.hget(f"rq:job:{job_id}", "data")
+    assert data is not None
+    payload = json.loads(zlib.decompress(data))
+    assert payload[0] == "workers.jobs.score_outputs" and payload[2] == [ids]
+
+
+def test_detector_missing_on_worker_fails_output_with_reason(redis: Redis, settings: Settings) -> None:
+    core = Redline(settings, redis)
+    out = NewOutput(id="x1", model="m", response="hi", detectors=["injury", "gone"])
+    core.submit([out])
+    _run_burst(redis, settings)
+    record = core.store.get("x1")
+    assert record is not None and record["status"] == "failed" and "gone" in record["error"]
+
+
+def test_reaper_requeues_outputs_whose_job_was_lost(redis: Redis, settings: Settings) -> None:
+    core = Redline(settings, redis)
+    lost = [NewOutput(id=f"lost{i}", model="m", response="hello", detectors=["injury"]) for i in range(3)]
+    held = [NewOutput(id="held", model="m", response="hello", detectors=["injury"])]
+    # Stored but never queued: exactly what a worker dying after popping the job leaves behind.
+    core.store.create(lost, job_id="dead-job")
+    core.store.create(held, job_id="live-job")
+    redis.set(core.keys.lease("live-job"), "someone", ex=30)
+    assert requeue_abandoned(redis, core.store, core.queues, older_than_s=3600, chunk=32) == 0  # too young
+    time.sleep(0.01)
+    assert requeue_abandoned(redis, core.store, core.queues, older_than_s=0, chunk=32) == 3
+    assert requeue_abandoned(redis, core.store, core.queues, older_than_s=0, chunk=32) == 0  # now queued
+    _run_burst(redis, settings)
+    assert [core.store.get(f"lost{i}")["status"] for i in range(3)] == ["scored"] * 3  # type: ignore[index]
+    assert core.store.get("held")["status"] == "queued"  # type: ignore[index]
+    assert core.store.counters()["scored|injury|m"] == 3

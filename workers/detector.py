@@ -1,0 +1,191 @@
+"""The `Detector` interface and its one implementation on onnxruntime.
+
+Detectors that share an ONNX file (one encoder, one head per detector) share one `OnnxModel`,
+so scoring all of them costs one forward pass. Only onnxruntime, tokenizers and numpy are needed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from service.detector_config import DetectorConfig
+
+log = logging.getLogger(__name__)
+
+# (prompt, response): every detector receives both; its config says whether it reads the prompt.
+TextPair = tuple[str, str]
+
+
+class Detector(Protocol):
+    name: str
+    version: str
+    threshold: float
+
+    def predict(self, items: Sequence[TextPair]) -> np.ndarray:
+        """Scores in [0, 1] (or raw, for activation "none"), one per item, higher = more positive."""
+        ...
+
+
+class OnnxModel:
+    """One onnxruntime session plus its tokenizer; runs a padded batch and returns every output."""
+
+    def __init__(self, onnx_path: Path, tokenizer_path: Path, max_length: int, pair_input: bool,
+                 providers: Sequence[str], intra_op_threads: int = 0) -> None:
+        chosen = usable_providers(providers)
+        options = ort.SessionOptions()
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=chosen)
+        self.providers = self.session.get_providers()
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.tokenizer, self.pad_id = _load_tokenizer(tokenizer_path, max_length)
+        self.pair_input = pair_input
+        self.path = onnx_path
+        self.calls: list[int] = []  # batch size of each session call, drained by the scorer for metrics
+        log.info("loaded %s on %s", onnx_path.name, ",".join(self.providers))
+
+    def tokenize(self, items: Sequence[TextPair]) -> list[Encoding]:
+        """Unpadded encodings, truncated to the model's max length."""
+        if self.pair_input:
+            return self.tokenizer.encode_batch([(p, r) if p else r for p, r in items])
+        return self.tokenizer.encode_batch([r for _, r in items])
+
+    def run(self, items: Sequence[TextPair], max_batch_tokens: int = 1 << 30) -> dict[str, np.ndarray]:
+        """Score a batch; returns every output by name, rows in the order of `items`.
+
+        Items are sorted by token length and cut into session calls of at most `max_batch_tokens`
+        padded tokens, so one long text does not make every short one pay for its padding.
+        """
+        encodings = self.tokenize(items)
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        parts: list[dict[str, np.ndarray]] = []
+        start = 0
+        while start < len(order):
+            stop = start + 1
+            # Sorted ascending, so the chunk's padded width is its last member's length.
+            while stop < len(order) and (stop - start + 1) * len(encodings[order[stop]].ids) <= max_batch_tokens:
+                stop += 1
+            parts.append(self._call([encodings[i] for i in order[start:stop]]))
+            start = stop
+        merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        restore = np.empty(len(order), dtype=np.int64)
+        restore[np.array(order)] = np.arange(len(order))
+        return {name: value[restore] for name, value in merged.items()}
+
+    def _call(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            n = len(enc.ids)
+            ids[row, :n] = enc.ids
+            mask[row, :n] = 1
+            types[row, :n] = enc.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        values = self.session.run(self.output_names, {k: v for k, v in feeds.items() if k in self.input_names})
+        self.calls.append(len(encodings))
+        return dict(zip(self.output_names, values, strict=True))
+
+
+@dataclass
+class OnnxDetector:
+    """A detector = one head (output, column, activation) of a shared `OnnxModel`."""
+
+    config: DetectorConfig
+    model: OnnxModel
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def version(self) -> str:
+        return self.config.version
+
+    @property
+    def threshold(self) -> float:
+        return self.config.threshold
+
+    def predict(self, items: Sequence[TextPair]) -> np.ndarray:
+        return self.head(self.model.run(items))
+
+    def head(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """This detector's scores out of one shared forward pass."""
+        try:
+            raw = np.asarray(outputs[self.config.output], dtype=np.float64)
+        except KeyError:
+            raise ValueError(f"{self.model.path.name} has no output {self.config.output!r}") from None
+        cfg = self.config
+        if cfg.activation == "softmax":
+            shifted = raw - raw.max(axis=-1, keepdims=True)
+            probs = np.exp(shifted)
+            probs /= probs.sum(axis=-1, keepdims=True)
+            return probs[:, cfg.output_index]
+        column = raw[:, cfg.output_index] if cfg.output_index is not None else raw.reshape(len(raw), -1)[:, 0]
+        if cfg.activation == "sigmoid":
+            return 1.0 / (1.0 + np.exp(-column))
+        return column
+
+
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def usable_providers(preferred: Sequence[str]) -> list[str]:
+    """`preferred` minus providers this machine cannot run. onnxruntime-gpu lists CUDA even with no
+    driver present and then logs an error per session; skip GPU providers when no driver loads."""
+    available = set(ort.get_available_providers())
+    chosen = [p for p in preferred if p in available]
+    if any(p in _GPU_PROVIDERS for p in chosen) and not _gpu_driver_present():
+        chosen = [p for p in chosen if p not in _GPU_PROVIDERS]
+    return chosen or ["CPUExecutionProvider"]
+
+
+@functools.cache
+def _gpu_driver_present() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+def load_detectors(configs: dict[str, DetectorConfig], providers: Sequence[str],
+                   intra_op_threads: int = 0) -> dict[str, OnnxDetector]:
+    """Build detectors, opening each distinct (ONNX file, tokenizer, input) once."""
+    use_gpu = "CUDAExecutionProvider" in usable_providers(providers)
+    models: dict[tuple[Path, Path, int, str], OnnxModel] = {}
+    detectors: dict[str, OnnxDetector] = {}
+    for name, cfg in configs.items():
+        path = cfg.onnx_gpu_path if use_gpu and cfg.onnx_gpu_path else cfg.onnx_path
+        key = (path, cfg.tokenizer_path, cfg.max_length, cfg.input)
+        if key not in models:
+            models[key] = OnnxModel(path, cfg.tokenizer_path, cfg.max_length, cfg.input == "prompt_response",
+                                    providers, intra_op_threads)
+        detectors[name] = OnnxDetector(cfg, models[key])
+    return detectors
+
+
+def _load_tokenizer(path: Path, max_length: int) -> tuple[Tokenizer, int]:
+    tokenizer = Tokenizer.from_file(str(path))
+    # Packaged tokenizers often pad to a fixed length (128 for MiniLM); we pad each call to its
+    # longest member ourselves, and truncate at the model's real limit.
+    padding = tokenizer.padding or {}
+    pad_id = padding.get("pad_id")
+    if pad_id is None:
+        pad_id = next((tokenizer.token_to_id(t) for t in ("[PAD]", "<pad>") if tokenizer.token_to_id(t) is not None), 0)
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    return tokenizer, int(pad_id)

@@ -1,0 +1,57 @@
+"""Requeue outputs whose worker died: the recovery half of "every accepted output scored once".
+
+An output stays in the pending set until its score (or failure) is written. If it has waited
+longer than `requeue_after_s`, its job is neither waiting in a queue nor leased by a live
+worker, nobody will ever score it: queue a new job for it. Scoring is idempotent, so a rare
+requeue of an output that was in fact being scored costs work, never a double count.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis import Redis
+
+from service.keys import Keys
+from service.queueing import ScoreQueues, new_job_id
+from service.store import QUEUED, OutputStore
+
+log = logging.getLogger(__name__)
+
+
+def requeue_abandoned(redis: Redis, store: OutputStore, queues: ScoreQueues, older_than_s: float,
+                      chunk: int, limit: int = 5000) -> int:
+    """One pass; returns how many outputs were queued again."""
+    keys: Keys = store.keys
+    now = time.time()
+    raw_ids = redis.zrangebyscore(keys.pending, "-inf", now - older_than_s, start=0, num=limit)
+    if not raw_ids:
+        return 0
+    ids = [i.decode() for i in raw_ids]
+    records = store.get_many(ids, ["id", "status", "job"])
+    gone = [i for i, r in zip(ids, records, strict=True) if not r or r.get("status") != QUEUED]
+    if gone:
+        redis.zrem(keys.pending, *gone)
+    live = [r for r in records if r and r.get("status") == QUEUED]
+    if not live:
+        return 0
+    waiting = {j.decode() for q in queues.ordered for j in redis.lrange(q.key, 0, -1)}
+    jobs = sorted({r.get("job", "") for r in live})
+    with redis.pipeline(transaction=False) as pipe:
+        for job in jobs:
+            pipe.exists(keys.lease(job))
+        leased = {job for job, held in zip(jobs, pipe.execute(), strict=True) if held}
+    orphans = [r["id"] for r in live if r.get("job") not in waiting and r.get("job") not in leased]
+    for start in range(0, len(orphans), chunk):
+        part = orphans[start:start + chunk]
+        job_id = new_job_id()
+        with redis.pipeline() as pipe:
+            for output_id in part:
+                pipe.hset(keys.output(output_id), "job", job_id)
+                pipe.zadd(keys.pending, {output_id: time.time()})
+            pipe.execute()
+        queues.enqueue(part, job_id)
+    if orphans:
+        log.warning("requeued %d abandoned outputs", len(orphans))
+    return len(orphans)

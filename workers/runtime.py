@@ -1,0 +1,40 @@
+"""The process-wide scorer of a worker process, loaded once and shared by every job it runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from redis import Redis
+
+from service.detector_config import load_configs
+from service.keys import Keys
+from service.settings import Settings
+from service.store import OutputStore
+
+from .detector import load_detectors
+from .scorer import Scorer
+
+_scorer: Scorer | None = None
+
+
+def build_scorer(redis: Redis, settings: Settings, worker_name: str | None = None) -> Scorer:
+    """Load every configured detector (the slow part: done once per process)."""
+    detectors = load_detectors(load_configs(settings.models_dirs), settings.providers, settings.intra_op_threads)
+    store = OutputStore(redis, Keys(settings.queue_prefix), settings.record_ttl_s)
+    name = worker_name or f"{socket.gethostname()}.{os.getpid()}"
+    return Scorer(store, detectors, name, settings.max_batch_tokens)
+
+
+def install(scorer: Scorer) -> None:
+    """Make `scorer` the one jobs in this process use."""
+    global _scorer
+    _scorer = scorer
+
+
+def current(redis: Redis) -> Scorer:
+    """The installed scorer; a plain `rq worker` (no ScoringWorker) gets one built from the environment."""
+    global _scorer
+    if _scorer is None:
+        _scorer = build_scorer(redis, Settings.from_env())
+    return _scorer

@@ -1,0 +1,98 @@
+"""Score a batch of stored outputs: one forward pass per ONNX model, then one atomic write."""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service.store import QUEUED, DetectorScore, OutputStore
+
+from .detector import OnnxDetector, OnnxModel, TextPair
+
+log = logging.getLogger(__name__)
+
+_READ_FIELDS = ("id", "status", "model", "prompt", "response", "detectors")
+
+
+@dataclass
+class BatchReport:
+    """What one call to `Scorer.score` did, for logs, metrics and tests."""
+
+    batch_id: str
+    requested: int
+    scored: int
+    failed: int
+    calls: list[int]
+
+
+class Scorer:
+    """Holds the loaded detectors of one worker process."""
+
+    def __init__(self, store: OutputStore, detectors: dict[str, OnnxDetector], worker: str,
+                 max_batch_tokens: int) -> None:
+        self.store = store
+        self.detectors = detectors
+        self.worker = worker
+        self.max_batch_tokens = max_batch_tokens
+
+    def score(self, output_ids: Sequence[str]) -> BatchReport:
+        """Score those of `output_ids` that are still queued; already-scored ones are left alone."""
+        batch_id = uuid.uuid4().hex[:16]
+        records = [r for r in self.store.get_many(list(dict.fromkeys(output_ids)), _READ_FIELDS)
+                   if r and r.get("status") == QUEUED]
+        failures: dict[str, str] = {}
+        for record in records:
+            missing = [d for d in record["detectors"] if d not in self.detectors]
+            if missing:
+                failures[record["id"]] = f"detectors not loaded by worker {self.worker}: {', '.join(missing)}"
+        todo = [r for r in records if r["id"] not in failures]
+        scores: dict[str, dict[str, DetectorScore]] = {r["id"]: {} for r in todo}
+        calls: list[int] = []
+        for model, detectors in self._by_model().items():
+            wanted = {d.name for d in detectors}
+            subset = [r for r in todo if wanted & set(r["detectors"]) and r["id"] not in failures]
+            if not subset:
+                continue
+            for group, outputs in self._run_isolating(model, subset, failures):
+                for det in detectors:
+                    for record, value in zip(group, det.head(outputs).tolist(), strict=True):
+                        if not math.isfinite(value):
+                            failures[record["id"]] = f"detector {det.name} produced a non-finite score"
+                        elif det.name in record["detectors"]:
+                            scores[record["id"]][det.name] = DetectorScore(
+                                score=value, flagged=value >= det.threshold, threshold=det.threshold,
+                                version=det.version)
+            calls += model.calls
+            model.calls = []
+        batch = {"id": batch_id, "size": len(todo), "worker": self.worker, "session_calls": calls}
+        written = self.store.finish_scored(
+            (r, scores[r["id"]], batch) for r in todo if r["id"] not in failures)
+        failed = 0
+        for output_id, reason in failures.items():
+            failed += self.store.finish_failed([output_id], reason)
+        return BatchReport(batch_id, len(output_ids), written, failed, calls)
+
+    def _by_model(self) -> dict[OnnxModel, list[OnnxDetector]]:
+        groups: dict[OnnxModel, list[OnnxDetector]] = {}
+        for det in self.detectors.values():
+            groups.setdefault(det.model, []).append(det)
+        return groups
+
+    def _run_isolating(self, model: OnnxModel, records: list[dict[str, Any]],
+                       failures: dict[str, str]) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
+        """Run the batch in one call; if that fails, run outputs one by one so one bad input
+        fails alone instead of taking the batch with it."""
+        items: list[TextPair] = [(r.get("prompt", ""), r.get("response", "")) for r in records]
+        try:
+            return [(records, model.run(items, self.max_batch_tokens))]
+        except Exception:
+            if len(records) == 1:
+                log.exception("scoring output %s failed", records[0]["id"])
+                failures[records[0]["id"]] = f"inference failed in {model.path.name}"
+                return []
+            log.warning("batch of %d failed in %s; retrying one by one", len(records), model.path.name)
+        return [row for record in records for row in self._run_isolating(model, [record], failures)]

@@ -1,0 +1,177 @@
+"""`ScoringWorker`: an RQ SimpleWorker that loads models once and scores queued jobs in batches.
+
+RQ runs one job at a time and forks per job by default; neither suits a model server. This
+worker never forks (models stay loaded, CUDA stays usable) and, having taken one job, drains
+further queued jobs up to `max_batch` outputs or `max_batch_wait_ms`, scores all their outputs
+in one pass, then completes each job through RQ's normal bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.worker import WorkerStatus
+
+from service.keys import LIVENESS_REFRESH_S, Keys
+from service.queueing import ScoreQueues
+from service.settings import Settings
+
+from . import runtime
+from .reaper import requeue_abandoned
+from .scorer import BatchReport, Scorer
+
+log = logging.getLogger(__name__)
+
+REAPER_INTERVAL_S = 5.0
+
+
+class Heart(threading.Thread):
+    """Background liveness: SimpleWorker does not heartbeat while a job runs, so a long batch
+    would look dead. Refreshes this worker's liveness, the leases of the jobs it holds, and
+    runs the reaper (one process at a time) every few seconds."""
+
+    def __init__(self, redis: Redis, settings: Settings, name: str, queues: ScoreQueues, scorer: Scorer) -> None:
+        super().__init__(name="redline-heart", daemon=True)
+        self.redis, self.settings, self.worker_name = redis, settings, name
+        self.keys = Keys(settings.queue_prefix)
+        self.queues, self.scorer = queues, scorer
+        self.held: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._last_reap = 0.0
+
+    def hold(self, job_ids: list[str]) -> None:
+        with self._lock:
+            self.held.update(job_ids)
+        self._refresh_leases(job_ids)
+
+    def release(self, job_ids: list[str]) -> None:
+        with self._lock:
+            self.held.difference_update(job_ids)
+        if job_ids:
+            self.redis.delete(*[self.keys.lease(j) for j in job_ids])
+
+    def beat(self) -> None:
+        """Publish liveness now (also called once before the first job)."""
+        now = time.time()
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.workers, {self.worker_name: now})
+            # Forget workers dead for a day, so the set stays bounded.
+            pipe.zremrangebyscore(self.keys.workers, "-inf", now - 86400)
+            pipe.execute()
+        with self._lock:
+            held = list(self.held)
+        self._refresh_leases(held)
+
+    def run(self) -> None:
+        while not self._stop.wait(LIVENESS_REFRESH_S):
+            try:
+                self.beat()
+                self._maybe_reap()
+            except Exception:  # Redis restarting: keep beating once it is back
+                log.exception("heartbeat failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.redis.zrem(self.keys.workers, self.worker_name)
+        except Exception:
+            log.warning("could not deregister worker %s", self.worker_name)
+
+    def _refresh_leases(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job in job_ids:
+                pipe.set(self.keys.lease(job), self.worker_name, ex=self.settings.worker_ttl_s)
+            pipe.execute()
+
+    def _maybe_reap(self) -> None:
+        if time.monotonic() - self._last_reap < REAPER_INTERVAL_S:
+            return
+        self._last_reap = time.monotonic()
+        if self.redis.set(self.keys.reaper_lock, self.worker_name, nx=True, ex=int(REAPER_INTERVAL_S)):
+            requeue_abandoned(self.redis, self.scorer.store, self.queues, self.settings.requeue_after_s,
+                              self.settings.max_batch)
+
+
+class ScoringWorker(SimpleWorker):
+    """See the module docstring. Construct with `build_worker`."""
+
+    scorer: Scorer
+    heart: Heart
+    settings: Settings
+    last_report: BatchReport | None = None
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        self.set_state(WorkerStatus.BUSY)  # a SIGTERM from here on finishes the batch, then stops
+        batch = self._gather(job, queue)
+        job_ids = [j.id for j, _ in batch]
+        self.heart.hold(job_ids)
+        try:
+            ids = [i for j, _ in batch for i in _output_ids(j)]
+            try:
+                self.last_report = self.scorer.score(ids)
+                log.info("batch %s: %d outputs from %d jobs, session calls %s", self.last_report.batch_id,
+                         len(ids), len(batch), self.last_report.calls)
+            except Exception:
+                # Each job then scores its own outputs and fails or retries through RQ as usual.
+                log.exception("batched scoring failed; falling back to per-job scoring")
+            for each, origin in batch:
+                self.perform_job(each, origin, self.prepare_execution(each))
+        finally:
+            self.heart.release(job_ids)
+            self.set_state(WorkerStatus.IDLE)
+
+    def _gather(self, job: Job, queue: Queue) -> list[tuple[Job, Queue]]:
+        """Take more queued jobs until the batch is full or the wait is over (dynamic batching)."""
+        batch = [(job, queue)]
+        self.heart.hold([job.id])
+        size = len(_output_ids(job))
+        deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000
+        while size < self.settings.max_batch:
+            found = self.queue_class.dequeue_any(self._ordered_queues, None, connection=self.connection,
+                                                 job_class=self.job_class, serializer=self.serializer)
+            if found is None:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.001)
+                continue
+            self.heart.hold([found[0].id])
+            batch.append(found)
+            size += len(_output_ids(found[0]))
+        return batch
+
+    def teardown(self) -> None:
+        self.heart.stop()
+        super().teardown()
+
+
+def _output_ids(job: Job) -> list[str]:
+    try:
+        args: Any = job.args
+        ids = args[0]
+        return [str(i) for i in ids] if isinstance(ids, list) else []
+    except Exception:  # a malformed job fails in perform_job, where RQ records why
+        return []
+
+
+def build_worker(redis: Redis, settings: Settings, name: str | None = None) -> ScoringWorker:
+    """Load detectors, install them for this process's jobs, and return a ready worker."""
+    queues = ScoreQueues(redis, settings)
+    scorer = runtime.build_scorer(redis, settings, name)
+    runtime.install(scorer)
+    worker = ScoringWorker(queues.ordered, connection=redis, serializer=JSONSerializer, name=scorer.worker)
+    worker.scorer = scorer
+    worker.settings = settings
+    worker.heart = Heart(redis, settings, scorer.worker, queues, scorer)
+    worker.heart.beat()
+    worker.heart.start()
+    return worker
