@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import ConfigError
+from .processes import die_with_parent
 from .settings import Settings, unknown_variables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +95,8 @@ def serve(settings: Settings) -> int:
 
     def spawn(role: str) -> subprocess.Popen[bytes]:
         # Own session each: terminal signals reach only this supervisor, which stops children in order.
-        return subprocess.Popen([sys.executable, "-m", "service.cli", role], env=env, start_new_session=True)
+        return subprocess.Popen([sys.executable, "-m", "service.cli", role], env=env, start_new_session=True,
+                                preexec_fn=die_with_parent)
 
     workers = [spawn("worker") for _ in range(settings.workers)]
     api = spawn("api")

@@ -11,6 +11,7 @@ from pathlib import Path
 from redis import Redis
 
 from .errors import ConfigError
+from .processes import die_with_parent
 
 
 def redis_server_binary() -> str:
@@ -56,7 +57,7 @@ class EmbeddedRedis:
             args += ["--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         # Own session: Ctrl-C reaches the supervisor, which stops Redis last, after the workers.
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=die_with_parent)
         client = Redis.from_url(self.url)
         deadline = time.monotonic() + timeout_s
         while True:

@@ -13,6 +13,8 @@ from pathlib import Path
 import requests
 from redis import Redis
 
+from service.processes import die_with_parent
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,7 +39,7 @@ class Proc:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(args, env=dict(env), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=die_with_parent)
 
     def alive(self) -> bool:
         return self.popen.poll() is None

@@ -157,9 +157,15 @@ def usable_providers(preferred: Sequence[str]) -> list[str]:
 def _gpu_driver_present() -> bool:
     try:
         ctypes.CDLL("libcuda.so.1")
-        return True
     except OSError:
         return False
+    # With `onnxruntime-gpu[cuda,cudnn]` the CUDA libraries come as pip wheels; load them so the
+    # CUDA provider finds them without LD_LIBRARY_PATH. A no-op where CUDA is installed system-wide.
+    try:
+        ort.preload_dlls()
+    except Exception:  # older onnxruntime, or libraries found elsewhere: the session will tell
+        log.debug("onnxruntime.preload_dlls failed", exc_info=True)
+    return True
 
 
 def load_detectors(configs: dict[str, DetectorConfig], providers: Sequence[str],

@@ -1,0 +1,31 @@
+# Redline image. CPU (default):   docker build -t redline .
+#                GPU workers:     docker build --build-arg TARGET=gpu -t redline:gpu .
+#                                 docker run --gpus all -e REDLINE_REDIS_URL=redis://redis:6379/0 redline:gpu redline worker
+# The GPU build installs CUDA/cuDNN as pip wheels, so the same slim base works; the host needs the
+# NVIDIA driver and the NVIDIA container toolkit.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
+ARG TARGET=cpu
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    REDLINE_DATA_DIR=/data \
+    REDLINE_HOST=0.0.0.0
+
+WORKDIR /app
+COPY requirements.txt requirements-gpu.txt ./
+RUN if [ "$TARGET" = "gpu" ]; then pip install -r requirements-gpu.txt; else pip install -r requirements.txt; fi
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY workers ./workers
+COPY models ./models
+COPY deploy ./deploy
+RUN pip install --no-deps -e . \
+ && useradd --system --uid 10001 redline \
+ && mkdir -p /data && chown redline /data
+USER redline
+EXPOSE 8080
+# One container with embedded Redis, API and a worker (try-out). For deployments run
+# `redline api` and `redline worker` as separate containers with REDLINE_REDIS_URL set.
+CMD ["redline", "serve"]

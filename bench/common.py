@@ -1,0 +1,79 @@
+"""Helpers shared by the benchmarks: machine description and a locally started Redline."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+import requests
+
+from service.embedded_redis import EmbeddedRedis
+from service.processes import die_with_parent
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"onnxruntime {ort.__version__}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalRedline:
+    """Embedded Redis + gunicorn API + N scoring workers, as `redline serve` runs them."""
+
+    def __init__(self, workdir: Path, models_dir: Path, workers: int = 1, **settings: object) -> None:
+        self.redis = EmbeddedRedis(workdir / "redis", persist=False).start()
+        self.port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("REDLINE_")}
+        self.env.update({"REDLINE_REDIS_URL": self.redis.url, "REDLINE_PORT": str(self.port),
+                         "REDLINE_MODELS_DIRS": str(models_dir), "REDLINE_LOG_LEVEL": "WARNING"})
+        self.env.update({f"REDLINE_{k.upper()}": str(v) for k, v in settings.items()})
+        self.logs = open(workdir / "processes.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.procs = [self._spawn("worker") for _ in range(workers)] + [self._spawn("api")]
+        self.base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(self.base + "/readyz", timeout=1).json().get("workers_alive") == workers:
+                    break
+            except (requests.ConnectionError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"service did not become ready; see {workdir / 'processes.log'}")
+            time.sleep(0.2)
+
+    def _spawn(self, role: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "service.cli", role], env=self.env, cwd=ROOT,
+                                stdout=self.logs, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.redis.stop()
+        self.logs.close()

@@ -1,0 +1,16 @@
+"""Child-process helpers shared by `redline serve`, the embedded Redis, tests and benchmarks."""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for children that must not outlive their parent, even when the parent is
+    SIGKILLed (Linux only; elsewhere a no-op). The child gets SIGTERM and shuts down cleanly."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -1,0 +1,61 @@
+"""`redline serve` as a user runs it: embedded Redis, API and a worker from one command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from redis import Redis
+
+from .procs import Proc, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_serve_starts_everything_scores_restarts_workers_and_stops_cleanly(
+        synthetic_models: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDLINE_")}
+    env.update({"REDLINE_PORT": str(port), "REDLINE_DATA_DIR": str(tmp_path / "var"),
+                "REDLINE_MODELS_DIRS": str(synthetic_models), "REDLINE_WORKERS": "1"})
+    serve = Proc([sys.executable, "-m", "service.cli", "serve"], env, tmp_path / "serve.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def ready() -> bool:
+            try:
+                return requests.get(base + "/readyz", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(ready, timeout=60)
+        r = requests.post(base + "/v1/score", json={"outputs": [{"model": "m", "response": "blood and a wound"}]},
+                          timeout=10)
+        assert r.status_code == 200, serve.log()
+        assert r.json()["outputs"][0]["scores"]["injury"]["flagged"] is True
+
+        # The embedded Redis listens on a unix socket in the data dir, with AOF persistence on.
+        redis = Redis.from_url(f"unix://{tmp_path / 'var' / 'redis.sock'}")
+        assert redis.config_get("appendonly")["appendonly"] == "yes"
+        [name] = [n.decode() for n in redis.zrange("redline:workers", 0, -1)]
+        os.kill(int(name.rsplit(".", 1)[1]), signal.SIGKILL)
+
+        def replaced() -> bool:
+            names = {n.decode() for n in redis.zrange("redline:workers", 0, -1)}
+            return bool(names - {name})
+
+        wait_for(replaced, timeout=60)
+        r = requests.post(base + "/v1/score", json={"outputs": [{"model": "m", "response": "all fine"}]}, timeout=10)
+        assert r.status_code == 200 and r.json()["outputs"][0]["scores"]["injury"]["flagged"] is False
+    finally:
+        serve.popen.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        code = serve.popen.wait(timeout=60)
+        log = serve.log()
+        serve.stop()
+    assert code == 0, log
+    with pytest.raises(requests.ConnectionError):
+        requests.get(base + "/healthz", timeout=2)
+    assert not (tmp_path / "var" / "redis.sock").exists()  # Redis shut down too
