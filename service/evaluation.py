@@ -1,0 +1,205 @@
+"""Exact high-sensitivity metrics on numpy arrays: no I/O, no clock, no Prometheus.
+
+Definitions (DESIGN.md section 3). Labels: 1 = positive (the class a detector must flag).
+Higher score = more positive; an output is flagged iff score >= threshold.
+
+- (N,M)-AUC = P(min of N positive scores > max of M negative scores), draws independent and with
+  replacement, ties broken by a uniformly random order of the tied draws. That equals
+  M * integral_0^1 (1-x)^(M-1) ROC(x)^N dx over the empirical ROC curve with straight segments
+  across tie groups. N-AUC = (N,1)-AUC; (1,1) = ROC AUC.
+- Each tie group is one straight ROC segment; the integrand is a polynomial of degree N+M-1 in
+  the segment parameter, so Gauss-Legendre with ceil((N+M)/2) nodes integrates it exactly.
+  Cost O(k log k) for the sort. No 1 - x cancellation: (1 - x) is computed as (Q - b - d t) / Q.
+- Optional sample weights give the inverse-probability-weighted versions (weights = 1 / P(labeled)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class TieGroups:
+    """Per distinct score, descending: weight of positives/negatives at it (c, d) and strictly above (a, b)."""
+
+    scores: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    c: np.ndarray
+    d: np.ndarray
+    P: float
+    Q: float
+
+
+def tie_groups(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> TieGroups:
+    """Group samples by distinct score (descending) with class weight sums."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError("scores and labels must be 1-D arrays of the same length")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores must be finite")
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError("labels must be 0 or 1")
+    w = np.ones_like(s) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != s.shape or np.any(w < 0) or not np.all(np.isfinite(w)):
+        raise ValueError("weights must be finite, non-negative and one per score")
+    order = np.argsort(-s, kind="mergesort")
+    s, y, w = s[order], y[order], w[order]
+    distinct, starts = np.unique(-s, return_index=True)
+    pos = np.add.reduceat(w * (y == 1), starts) if len(s) else np.zeros(0)
+    neg = np.add.reduceat(w * (y == 0), starts) if len(s) else np.zeros(0)
+    a = np.concatenate([[0.0], np.cumsum(pos)[:-1]]) if len(pos) else pos
+    b = np.concatenate([[0.0], np.cumsum(neg)[:-1]]) if len(neg) else neg
+    return TieGroups(-distinct, a, b, pos, neg, float(pos.sum()), float(neg.sum()))
+
+
+def nm_auc(scores: np.ndarray, labels: np.ndarray, n: int = 1, m: int = 1,
+           weights: np.ndarray | None = None) -> float | None:
+    """(N,M)-AUC; None when either class is empty (no value, not 0)."""
+    if n < 1 or m < 1:
+        raise ValueError("n and m must be >= 1")
+    g = tie_groups(scores, labels, weights)
+    return nm_auc_from_groups(g, n, m)
+
+
+def nm_auc_from_groups(g: TieGroups, n: int, m: int) -> float | None:
+    if g.P <= 0 or g.Q <= 0:
+        return None
+    nodes, wts = np.polynomial.legendre.leggauss(math.ceil((n + m) / 2))
+    t = (nodes + 1) / 2  # map [-1, 1] -> [0, 1]
+    w = wts / 2
+    keep = g.d > 0  # vertical segments (no negatives) add no area
+    a, b, c, d = g.a[keep, None], g.b[keep, None], g.c[keep, None], g.d[keep, None]
+    roc = (a + c * t) / g.P
+    one_minus_x = (g.Q - b - d * t) / g.Q
+    integrand = one_minus_x ** (m - 1) * roc ** n
+    total = m * float(np.sum((d[:, 0] / g.Q) * (integrand @ w)))
+    return min(1.0, max(0.0, total))
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float | None:
+    return nm_auc(scores, labels, 1, 1, weights)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A proportion k/n with 95% Wilson and Clopper-Pearson intervals (value None when n == 0)."""
+
+    k: int
+    n: int
+    value: float | None
+    wilson: tuple[float, float] | None
+    clopper_pearson: tuple[float, float] | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"value": self.value, "k": self.k, "n": self.n,
+                "wilson": list(self.wilson) if self.wilson else None,
+                "clopper_pearson": list(self.clopper_pearson) if self.clopper_pearson else None}
+
+
+def rate(k: int, n: int, z: float = Z95) -> Rate:
+    if n == 0:
+        return Rate(k, n, None, None, None)
+    return Rate(k, n, k / n, wilson_interval(k, n, z), clopper_pearson_interval(k, n))
+
+
+def fnr_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Rate:
+    """False-negative rate: positives scored below the threshold (not flagged) / positives."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    pos = s[y == 1]
+    return rate(int(np.sum(pos < threshold)), int(pos.size))
+
+
+def fpr_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Rate:
+    """False-positive rate: negatives flagged (score >= threshold) / negatives."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    neg = s[y == 0]
+    return rate(int(np.sum(neg >= threshold)), int(neg.size))
+
+
+def weighted_fnr(scores: np.ndarray, labels: np.ndarray, threshold: float, weights: np.ndarray) -> float | None:
+    """Inverse-probability-weighted FNR point estimate (sum of weights of missed / of all positives)."""
+    s, y, w = np.asarray(scores, dtype=np.float64), np.asarray(labels), np.asarray(weights, dtype=np.float64)
+    total = float(np.sum(w[y == 1]))
+    return None if total <= 0 else float(np.sum(w[(y == 1) & (s < threshold)]) / total)
+
+
+def threshold_for_fnr(scores: np.ndarray, labels: np.ndarray, target: float) -> float | None:
+    """Highest threshold whose FNR <= target (always a positive's score); None without positives."""
+    if not 0 <= target < 1:
+        raise ValueError("target FNR must be in [0, 1)")
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    pos = np.sort(s[y == 1])
+    if pos.size == 0:
+        return None
+    allowed = math.floor(target * pos.size + 1e-9)  # misses we may have
+    return float(pos[allowed])
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def clopper_pearson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact binomial interval from Beta quantiles (computed here: no scipy at runtime)."""
+    lo = 0.0 if k == 0 else beta_ppf(alpha / 2, k, n - k + 1)
+    hi = 1.0 if k == n else beta_ppf(1 - alpha / 2, k + 1, n - k)
+    return (lo, hi)
+
+
+def beta_ppf(q: float, a: float, b: float) -> float:
+    """Quantile of Beta(a, b) by bisection on the regularized incomplete beta function."""
+    lo, hi = 0.0, 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if betainc(a, b, mid) < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) (continued fraction, Lentz's method)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1) / (a + b + 2):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1 - x) / b
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1, a - 1
+    c, d = 1.0, 1 - qab * x / qap
+    d = 1 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1 + aa * d
+        d = 1 / (d if abs(d) > tiny else tiny)
+        c = 1 + aa / c if abs(1 + aa / c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1 + aa * d
+        d = 1 / (d if abs(d) > tiny else tiny)
+        c = 1 + aa / c if abs(1 + aa / c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1) < 1e-15:
+            break
+    return h
