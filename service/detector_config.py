@@ -7,6 +7,7 @@ list and validate detectors without loading any model.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from typing import Any
 
 from .errors import ConfigError
 from .keys import ID_PATTERN
+
+log = logging.getLogger(__name__)
 
 ACTIVATIONS = ("sigmoid", "softmax", "none")
 INPUTS = ("response", "prompt_response")
@@ -112,7 +115,7 @@ def parse_model_json(path: Path) -> DetectorConfig:
         input=input_,
         max_length=max_length,
         target_fnr=None if target is None else float(target),
-        onnx_gpu_path=existing(gpu, "onnx_gpu") if gpu else None,
+        onnx_gpu_path=_optional_variant(folder, gpu, path),
         enabled=get("enabled", bool, True),
         calibration=get("calibration", dict, {}),
     )
@@ -132,6 +135,17 @@ def load_configs(models_dirs: Iterable[Path]) -> dict[str, DetectorConfig]:
                 raise ConfigError(f"detector {config.name!r} is defined twice (second in {model_json})")
             configs[config.name] = config
     return configs
+
+
+def _optional_variant(folder: Path, rel: str | None, path: Path) -> Path | None:
+    """The GPU variant is derived at build time (`python -m models.variants`); until then, use `onnx`."""
+    if not rel:
+        return None
+    resolved = (folder / rel).resolve()
+    if not resolved.is_file():
+        log.info("%s: onnx_gpu %s not built; the GPU would use the onnx file", path, resolved)
+        return None
+    return resolved
 
 
 def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -48,6 +48,24 @@ def synthetic_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
+USER_HEADS = {"profanity": ["damn", "heck", "crap", "bloody"]}
+
+
+@pytest.fixture(scope="session")
+def shipped_models() -> Path:
+    """The detectors Redline ships (models/), as a user runs them."""
+    return SHIPPED_MODELS
+
+
+@pytest.fixture(scope="session")
+def user_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's own ONNX classifier (keyword model named "profanity") in a folder of their own."""
+    folder = tmp_path_factory.mktemp("user-models")
+    synthetic.build(folder, heads=USER_HEADS, version="user-7")
+    return folder
+
+
 @pytest.fixture()
 def prefix() -> str:
     return "t" + uuid.uuid4().hex[:10]

@@ -24,9 +24,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def redline_env(redis_url: str, models_dir: Path, prefix: str, **extra: object) -> dict[str, str]:
+def redline_env(redis_url: str, models_dirs: Path | list[Path], prefix: str, **extra: object) -> dict[str, str]:
+    dirs = models_dirs if isinstance(models_dirs, list) else [models_dirs]
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDLINE_")}
-    env.update({"REDLINE_REDIS_URL": redis_url, "REDLINE_MODELS_DIRS": str(models_dir),
+    env.update({"REDLINE_REDIS_URL": redis_url, "REDLINE_MODELS_DIRS": os.pathsep.join(map(str, dirs)),
                 "REDLINE_QUEUE_PREFIX": prefix, "REDLINE_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
     env.update({f"REDLINE_{k.upper()}": str(v) for k, v in extra.items()})
     return env

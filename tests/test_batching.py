@@ -10,24 +10,22 @@ import pytest
 import requests
 from redis import Redis
 
-from models import synthetic
-
 from .procs import redline_env, start_api, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def test_small_requests_arriving_while_busy_share_one_batch(redis_url: str, tmp_path: Path) -> None:
-    # MiniLM-like compute per token, so the first big request keeps the worker busy a while.
-    synthetic.build(tmp_path / "models", encoder_layers=6)
+def test_small_requests_arriving_while_busy_share_one_batch(redis_url: str, shipped_models: Path,
+                                                            tmp_path: Path) -> None:
     prefix = "b" + uuid.uuid4().hex[:8]
     # No batching wait: any batching seen here comes from requests queuing up behind a busy worker.
-    env = redline_env(redis_url, tmp_path / "models", prefix, max_batch=64, max_batch_wait_ms=0)
+    env = redline_env(redis_url, shipped_models, prefix, max_batch=64, max_batch_wait_ms=0)
     redis = Redis.from_url(redis_url)
     api, base = start_api(env, tmp_path / "api.log")
     worker = start_worker(env, tmp_path / "worker.log", redis, prefix)
     try:
-        long_text = " ".join(f"w{i % 200}" for i in range(250))
+        # 64 texts of 256 tokens keep the shipped MiniLM busy for a good fraction of a second.
+        long_text = "the surgeon reviewed the scans and discussed the recovery plan with the family " * 30
         big = requests.post(base + "/v1/outputs", json={"outputs": [
             {"model": "m", "response": long_text} for _ in range(64)]}, timeout=30)
         assert big.status_code == 202

@@ -16,12 +16,11 @@ from .procs import Proc, free_port, wait_for
 pytestmark = pytest.mark.integration
 
 
-def test_serve_starts_everything_scores_restarts_workers_and_stops_cleanly(
-        synthetic_models: Path, tmp_path: Path) -> None:
+def test_serve_starts_everything_scores_restarts_workers_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
+    # As in the README: no Redis URL, default models (the shipped detectors).
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDLINE_")}
-    env.update({"REDLINE_PORT": str(port), "REDLINE_DATA_DIR": str(tmp_path / "var"),
-                "REDLINE_MODELS_DIRS": str(synthetic_models), "REDLINE_WORKERS": "1"})
+    env.update({"REDLINE_PORT": str(port), "REDLINE_DATA_DIR": str(tmp_path / "var"), "REDLINE_WORKERS": "1"})
     serve = Proc([sys.executable, "-m", "service.cli", "serve"], env, tmp_path / "serve.log")
     base = f"http://127.0.0.1:{port}"
     try:
@@ -32,10 +31,12 @@ def test_serve_starts_everything_scores_restarts_workers_and_stops_cleanly(
                 return False
 
         wait_for(ready, timeout=60)
-        r = requests.post(base + "/v1/score", json={"outputs": [{"model": "m", "response": "blood and a wound"}]},
-                          timeout=10)
+        injured = "I slipped on the rocks and broke my wrist; there was blood everywhere."
+        r = requests.post(base + "/v1/score", json={"outputs": [{"model": "m", "response": injured}]}, timeout=10)
         assert r.status_code == 200, serve.log()
-        assert r.json()["outputs"][0]["scores"]["injury"]["flagged"] is True
+        scores = r.json()["outputs"][0]["scores"]
+        assert set(scores) == {"injury", "deception", "sycophancy"}
+        assert scores["injury"]["flagged"] is True
 
         # The embedded Redis listens on a unix socket in the data dir, with AOF persistence on.
         redis = Redis.from_url(f"unix://{tmp_path / 'var' / 'redis.sock'}")
@@ -48,7 +49,8 @@ def test_serve_starts_everything_scores_restarts_workers_and_stops_cleanly(
             return bool(names - {name})
 
         wait_for(replaced, timeout=60)
-        r = requests.post(base + "/v1/score", json={"outputs": [{"model": "m", "response": "all fine"}]}, timeout=10)
+        baking = "Preheat the oven to 180 degrees and bake for twenty minutes."
+        r = requests.post(base + "/v1/score", json={"outputs": [{"model": "m", "response": baking}]}, timeout=10)
         assert r.status_code == 200 and r.json()["outputs"][0]["scores"]["injury"]["flagged"] is False
     finally:
         serve.popen.send_signal(signal.SIGINT)  # what Ctrl-C sends

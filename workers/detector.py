@@ -50,7 +50,7 @@ class OnnxModel:
         self.providers = self.session.get_providers()
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.tokenizer, self.pad_id = _load_tokenizer(tokenizer_path, max_length)
+        self.tokenizer, self.pad_id = load_tokenizer(tokenizer_path, max_length)
         self.pair_input = pair_input
         self.path = onnx_path
         self.calls: list[int] = []  # batch size of each session call, drained by the scorer for metrics
@@ -85,19 +85,25 @@ class OnnxModel:
         return {name: value[restore] for name, value in merged.items()}
 
     def _call(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
-        width = max(len(e.ids) for e in encodings)
-        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(encodings), width), dtype=np.int64)
-        types = np.zeros((len(encodings), width), dtype=np.int64)
-        for row, enc in enumerate(encodings):
-            n = len(enc.ids)
-            ids[row, :n] = enc.ids
-            mask[row, :n] = 1
-            types[row, :n] = enc.type_ids
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        feeds = pad_batch(encodings, self.pad_id)
         values = self.session.run(self.output_names, {k: v for k, v in feeds.items() if k in self.input_names})
         self.calls.append(len(encodings))
         return dict(zip(self.output_names, values, strict=True))
+
+
+def pad_batch(encodings: Sequence[Encoding], pad_id: int) -> dict[str, np.ndarray]:
+    """int64 input_ids / attention_mask / token_type_ids, padded to the longest encoding.
+    Training uses this too, so the exported model sees exactly what it was trained on."""
+    width = max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(encodings), width), dtype=np.int64)
+    types = np.zeros((len(encodings), width), dtype=np.int64)
+    for row, enc in enumerate(encodings):
+        n = len(enc.ids)
+        ids[row, :n] = enc.ids
+        mask[row, :n] = 1
+        types[row, :n] = enc.type_ids
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
 @dataclass
@@ -184,7 +190,8 @@ def load_detectors(configs: dict[str, DetectorConfig], providers: Sequence[str],
     return detectors
 
 
-def _load_tokenizer(path: Path, max_length: int) -> tuple[Tokenizer, int]:
+def load_tokenizer(path: Path, max_length: int) -> tuple[Tokenizer, int]:
+    """A tokenizer that truncates at `max_length` and does not pad, plus its pad id."""
     tokenizer = Tokenizer.from_file(str(path))
     # Packaged tokenizers often pad to a fixed length (128 for MiniLM); we pad each call to its
     # longest member ourselves, and truncate at the model's real limit.

@@ -1,0 +1,64 @@
+"""Raw onnxruntime speed of the shipped detectors' shared graph (all heads in one pass), and of its
+int8 variant when built (`python -m models.variants`).
+
+    python -m bench.model_speed [--tokens 128] [--batch 32] [--seconds 10] [--record]
+
+`--record` writes models/minilm/speed.json, which the model cards quote (`python -m models.cards`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from service.detector_config import load_configs
+from service.settings import Settings
+from workers.detector import OnnxModel, load_detectors
+
+from .common import machine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+    detectors = load_detectors(load_configs([ROOT / "models"]), Settings().providers)
+    served = next(iter(detectors.values())).model
+    result = {"machine": machine(), "providers": served.providers, "tokens": args.tokens, "batch": args.batch,
+              "detectors": sorted(detectors),
+              "command": f"python -m bench.model_speed --tokens {args.tokens} --batch {args.batch}"}
+    result["outputs_per_s"] = measure(served, args)
+    int8 = ROOT / "models" / "minilm" / "encoder.int8.onnx"
+    if int8.exists():
+        result["int8_outputs_per_s"] = measure(OnnxModel(int8, served.path.parent / "tokenizer.json", 256, True,
+                                                         list(Settings().providers)), args)
+    print(json.dumps(result))
+    if args.record:
+        (ROOT / "models" / "minilm" / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def measure(model: OnnxModel, args: argparse.Namespace) -> float:
+    # Build a text of exactly `tokens` tokens (with [CLS] and [SEP]) from a real sentence.
+    base = "the patient said the results were fine but the doctor wanted more tests before surgery "
+    text = base * 20
+    ids = model.tokenizer.encode(text).ids[1:args.tokens - 1]
+    text = model.tokenizer.decode(ids)
+    assert len(model.tokenizer.encode(text).ids) == args.tokens
+    items = [("", text)] * args.batch
+    model.run(items)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < args.seconds:
+        model.run(items)
+        done += args.batch
+    return round(done / (time.perf_counter() - start), 1)
+
+
+if __name__ == "__main__":
+    main()

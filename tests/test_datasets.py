@@ -1,0 +1,69 @@
+"""Training-data loaders on the real files (skipped, saying why, when ../shared/data is absent)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from models import datasets
+from models.injury_data import generate
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is absent (public training data not here)")
+
+
+def _split_is_by_group(rows: list[datasets.Example]) -> None:
+    sides: dict[str, set[bool]] = defaultdict(set)
+    for r in rows:
+        sides[r.group].add(r.validation)
+    assert all(len(s) == 1 for s in sides.values())
+    val = [r for r in rows if r.validation]
+    assert 0.1 < len(val) / len(rows) < 0.3
+
+
+@needs_data
+def test_deception_loader() -> None:
+    rows = datasets.load_deception(DATA, geometry_limit=200)
+    sources = {r.source for r in rows}
+    assert sources == {"truthfulqa", "truthfulqa-judged", "halueval", "geometry"}
+    assert {r.label for r in rows} == {0, 1}
+    halu = [r for r in rows if r.source == "halueval"]
+    assert len(halu) >= 1400 and all(r.prompt for r in halu)
+    judged = next(r for r in rows if r.source == "truthfulqa-judged")
+    assert "\nA:" not in judged.prompt and not judged.response.endswith("True:")
+    _split_is_by_group([r for r in rows if r.source != "geometry"])
+
+
+@needs_data
+def test_sycophancy_loader_keeps_the_prompt() -> None:
+    rows = datasets.load_sycophancy(DATA)
+    assert len(rows) == 2160 and sum(r.label for r in rows) == 1080
+    first = [r for r in rows if r.group == "caa:0"]
+    assert {r.label for r in first} == {0, 1} and all("Choices" in r.prompt for r in first)
+    assert all(r.response.startswith("(") and len(r.response) > 4 for r in first)  # option spelled out
+    _split_is_by_group(rows)
+
+
+def test_injury_data_is_reproducible_sized_and_disjoint_from_heldout() -> None:
+    path = datasets.INJURY_FILE
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == [dict(r) for r in generate()]  # the committed file is what the generator makes
+    assert len(rows) >= 3000
+    assert 0.4 < sum(r["label"] for r in rows) / len(rows) < 0.6
+    held = set(datasets.load_injury_heldout())
+    assert len(held) >= 50 and not held & {r["text"] for r in rows}
+    _split_is_by_group(datasets.load_injury())
+
+
+def test_download_fails_clearly_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.request
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    with pytest.raises(SystemExit, match="cannot download .*copy the files named in each SOURCE.md"):
+        datasets.download(tmp_path)
