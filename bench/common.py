@@ -56,7 +56,7 @@ class LocalRedline:
             try:
                 if requests.get(self.base + "/readyz", timeout=1).json().get("workers_alive") == workers:
                     break
-            except (requests.ConnectionError, ValueError):
+            except (requests.RequestException, ValueError):  # still starting
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"service did not become ready; see {workdir / 'processes.log'}")

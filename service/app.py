@@ -27,9 +27,9 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["redline"] = Redline(settings, redis)
 
-    from .api import detectors, health, outputs
+    from .api import detectors, health, labels, monitor, outputs
 
-    for module in (outputs, detectors, health):
+    for module in (outputs, labels, monitor, detectors, health):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
     return app

@@ -28,7 +28,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("api", help="start the API under gunicorn (needs REDLINE_REDIS_URL)")
     worker = sub.add_parser("worker", help="start one scoring worker (needs REDLINE_REDIS_URL)")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    evaluate = sub.add_parser("evaluate", help="AUC, N-AUC, (N,M)-AUC and FNR of a file of scores and labels")
+    evaluate.add_argument("file", help="CSV with 'score' and 'label' columns, or JSON Lines with those keys")
+    evaluate.add_argument("--n", type=int, action="append", help="N of the N-AUC (repeatable; default 1, 5, 20)")
+    evaluate.add_argument("--m", type=int, action="append", help="M of the (N,M)-AUC (repeatable; default 1)")
+    evaluate.add_argument("--threshold", type=float, help="report FNR and FPR at this threshold")
+    evaluate.add_argument("--target-fnr", type=float, help="report the highest threshold meeting this FNR")
+    evaluate.add_argument("--format", choices=("json", "text"), default="json")
+    evaluate.add_argument("--plot", metavar="OUT.png", help="ROC curve with the high-sensitivity region shaded")
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        from . import offline
+
+        bad = [v for v in (args.n or []) + (args.m or []) if v < 1]
+        if bad or (args.target_fnr is not None and not 0 <= args.target_fnr < 1):
+            parser.error("--n and --m must be >= 1 and --target-fnr in [0, 1)")
+        return offline.main(args)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

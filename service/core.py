@@ -10,7 +10,9 @@ from typing import Any
 from redis import Redis
 
 from .detector_config import DetectorConfig, load_configs
+from .errors import NotFound, ValidationFailed
 from .keys import Keys
+from .monitoring import Monitor
 from .queueing import DEFAULT, HIGH, ScoreQueues, new_job_id
 from .settings import Settings
 from .store import QUEUED, NewOutput, OutputStore
@@ -26,9 +28,10 @@ class Redline:
         self.settings = settings
         self.redis = redis
         self.keys = Keys(settings.queue_prefix)
-        self.store = OutputStore(redis, self.keys, settings.record_ttl_s)
+        self.store = OutputStore.from_settings(redis, settings)
         self.queues = ScoreQueues(redis, settings)
         self.detectors: dict[str, DetectorConfig] = load_configs(settings.models_dirs)
+        self.monitor = Monitor(redis, settings, self.detectors)
 
     def submit(self, outputs: list[NewOutput], sync: bool = False) -> tuple[list[str], str | None]:
         """Store outputs and queue the new ones in one job; returns each output's state
@@ -37,6 +40,11 @@ class Redline:
         job_id = new_job_id()
         states = self.store.create(outputs, job_id, notify=token)
         fresh = [o.id for o, s in zip(outputs, states, strict=True) if s == "new"]
+        # Labels sent again with an output that already exists are applied like PUT .../labels.
+        relabel = [(o.id, o.model, d, v) for o, s in zip(outputs, states, strict=True) if s != "new"
+                   for d, v in o.labels.items()]
+        if relabel:
+            self.store.apply_labels(relabel)
         if fresh:
             # If we die between create and enqueue, the reaper queues these outputs again.
             self.queues.enqueue(fresh, job_id, HIGH if sync else DEFAULT)
@@ -60,6 +68,22 @@ class Redline:
         finally:
             self.redis.delete(notify)
         return self._still_queued(outstanding) if outstanding else outstanding
+
+    def apply_labels(self, items: list[tuple[str, str, int]]) -> list[dict[str, Any]]:
+        """Apply (output id, detector, 0|1) labels; all or nothing: an unknown id is 404 and a detector
+        the output was not scored with is 422, before anything is written."""
+        ids = sorted({i for i, _, _ in items})
+        records = dict(zip(ids, self.store.get_many(ids, ["model", "detectors"]), strict=True))
+        missing = [i for i in ids if not records[i]]
+        if missing:
+            raise NotFound(f"no output with id {', '.join(repr(i) for i in missing[:10])}")
+        for output_id, detector, _ in items:
+            if detector not in records[output_id]["detectors"]:  # type: ignore[index]
+                raise ValidationFailed(f"output {output_id!r} was not scored by detector {detector!r} "
+                                       f"(it has: {', '.join(records[output_id]['detectors'])})")  # type: ignore[index]
+        states = self.store.apply_labels([(i, records[i]["model"], d, v) for i, d, v in items])  # type: ignore[index]
+        return [{"id": i, "detector": d, "label": v, "result": s}
+                for (i, d, v), s in zip(items, states, strict=True)]
 
     def _still_queued(self, ids: set[str]) -> set[str]:
         order = sorted(ids)
@@ -102,6 +126,8 @@ def public_view(record: dict[str, Any]) -> dict[str, Any]:
         view["error"] = record["error"]
     if "batch" in record:
         view["batch"] = record["batch"]
+    view["labels"] = record.get("labels", {})
+    view["audit"] = record.get("audit") == "1"
     return view
 
 

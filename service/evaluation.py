@@ -36,8 +36,10 @@ class TieGroups:
     Q: float
 
 
-def tie_groups(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> TieGroups:
-    """Group samples by distinct score (descending) with class weight sums."""
+def tie_groups(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None,
+               order: np.ndarray | None = None) -> TieGroups:
+    """Group samples by distinct score (descending) with class weight sums. `order` (from
+    `descending_order`) lets several weightings of one window share a single sort."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels)
     if s.shape != y.shape or s.ndim != 1:
@@ -49,14 +51,24 @@ def tie_groups(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | Non
     w = np.ones_like(s) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != s.shape or np.any(w < 0) or not np.all(np.isfinite(w)):
         raise ValueError("weights must be finite, non-negative and one per score")
-    order = np.argsort(-s, kind="mergesort")
+    if order is None:
+        order = descending_order(s)
     s, y, w = s[order], y[order], w[order]
-    distinct, starts = np.unique(-s, return_index=True)
-    pos = np.add.reduceat(w * (y == 1), starts) if len(s) else np.zeros(0)
-    neg = np.add.reduceat(w * (y == 0), starts) if len(s) else np.zeros(0)
-    a = np.concatenate([[0.0], np.cumsum(pos)[:-1]]) if len(pos) else pos
-    b = np.concatenate([[0.0], np.cumsum(neg)[:-1]]) if len(neg) else neg
-    return TieGroups(-distinct, a, b, pos, neg, float(pos.sum()), float(neg.sum()))
+    if not len(s):
+        empty = np.zeros(0)
+        return TieGroups(empty, empty, empty, empty, empty, 0.0, 0.0)
+    # Sorted, so tie groups start wherever the score changes: no second sort needed.
+    starts = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]]))
+    pos = np.add.reduceat(w * (y == 1), starts)
+    neg = np.add.reduceat(w * (y == 0), starts)
+    a = np.concatenate([[0.0], np.cumsum(pos)[:-1]])
+    b = np.concatenate([[0.0], np.cumsum(neg)[:-1]])
+    return TieGroups(s[starts], a, b, pos, neg, float(pos.sum()), float(neg.sum()))
+
+
+def descending_order(scores: np.ndarray) -> np.ndarray:
+    """Indices that sort scores from highest to lowest (order within ties is irrelevant)."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64))
 
 
 def nm_auc(scores: np.ndarray, labels: np.ndarray, n: int = 1, m: int = 1,
@@ -152,21 +164,42 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 def clopper_pearson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Exact binomial interval from Beta quantiles (computed here: no scipy at runtime)."""
-    lo = 0.0 if k == 0 else beta_ppf(alpha / 2, k, n - k + 1)
-    hi = 1.0 if k == n else beta_ppf(1 - alpha / 2, k + 1, n - k)
+    wilson = wilson_interval(k, n, _z(alpha))
+    lo = 0.0 if k == 0 else beta_ppf(alpha / 2, k, n - k + 1, wilson[0])
+    hi = 1.0 if k == n else beta_ppf(1 - alpha / 2, k + 1, n - k, wilson[1])
     return (lo, hi)
 
 
-def beta_ppf(q: float, a: float, b: float) -> float:
-    """Quantile of Beta(a, b) by bisection on the regularized incomplete beta function."""
-    lo, hi = 0.0, 1.0
-    for _ in range(100):
+def _z(alpha: float) -> float:
+    return Z95 if alpha == 0.05 else math.sqrt(2) * _erfinv(1 - alpha)
+
+
+def _erfinv(y: float) -> float:
+    lo, hi = 0.0, 10.0
+    for _ in range(80):
         mid = (lo + hi) / 2
-        if betainc(a, b, mid) < q:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if math.erf(mid) < y else (lo, mid)
     return (lo + hi) / 2
+
+
+def beta_ppf(q: float, a: float, b: float, guess: float = 0.5) -> float:
+    """Quantile of Beta(a, b): Newton steps on the regularized incomplete beta from `guess`, kept
+    inside a shrinking bisection bracket, so it converges in a few steps and can never diverge."""
+    lo, hi = 0.0, 1.0
+    x = min(max(guess, 1e-12), 1 - 1e-12)
+    log_norm = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    for _ in range(200):
+        f = betainc(a, b, x) - q
+        if f < 0:
+            lo = x
+        else:
+            hi = x
+        if hi - lo < 1e-15 or abs(f) < 1e-15:
+            break
+        pdf = math.exp(log_norm + (a - 1) * math.log(x) + (b - 1) * math.log1p(-x))
+        step = x - f / pdf if pdf > 0 else -1.0
+        x = step if lo < step < hi else (lo + hi) / 2
+    return x
 
 
 def betainc(a: float, b: float, x: float) -> float:
@@ -203,3 +236,26 @@ def _betacf(a: float, b: float, x: float) -> float:
         if abs(delta - 1) < 1e-15:
             break
     return h
+
+
+def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10, eps: float = 1e-4) -> float | None:
+    """Population stability index of `current` against `reference`, on the reference's quantile bins.
+    None when either sample is empty. Rule of thumb: < 0.1 stable, 0.1-0.25 moderate, > 0.25 shifted."""
+    ref, cur = np.asarray(reference, dtype=np.float64), np.asarray(current, dtype=np.float64)
+    if ref.size == 0 or cur.size == 0:
+        return None
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    ref_share = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=edges.size + 1) / ref.size
+    cur_share = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=edges.size + 1) / cur.size
+    ref_share, cur_share = np.maximum(ref_share, eps), np.maximum(cur_share, eps)
+    return float(np.sum((cur_share - ref_share) * np.log(cur_share / ref_share)))
+
+
+def ks_statistic(reference: np.ndarray, current: np.ndarray) -> float | None:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    ref, cur = np.sort(np.asarray(reference, dtype=np.float64)), np.sort(np.asarray(current, dtype=np.float64))
+    if ref.size == 0 or cur.size == 0:
+        return None
+    grid = np.concatenate([ref, cur])
+    gap = np.searchsorted(ref, grid, side="right") / ref.size - np.searchsorted(cur, grid, side="right") / cur.size
+    return float(np.max(np.abs(gap)))

@@ -61,6 +61,25 @@ class Keys:
         """String with TTL: only one process requeues abandoned outputs at a time."""
         return f"{self.prefix}:reaper-lock"
 
+    # Monitoring windows. "model|detector" cannot collide: neither name may contain '|'.
+    def window(self, model: str, detector: str) -> str:
+        """Sorted set by created_at: labeled+scored outputs, member `id|` + 5 little-endian doubles
+        (score, label, weight, labeled_at, created_at)."""
+        return f"{self.prefix}:window:{model}|{detector}"
+
+    def window_index(self, model: str, detector: str) -> str:
+        """Hash: output id -> its member in `window`, so a changed label replaces the old entry."""
+        return f"{self.prefix}:window-index:{model}|{detector}"
+
+    def scores(self, model: str, detector: str) -> str:
+        """Sorted set by created_at: every scored output, member `id|` + score as a little-endian double."""
+        return f"{self.prefix}:scores:{model}|{detector}"
+
+    @property
+    def monitored(self) -> str:
+        """Set: "model|detector" pairs that have scores."""
+        return f"{self.prefix}:monitored"
+
     def queue_name(self, priority: str) -> str:
         """RQ queue name for `high` (sync scoring) or `default` priority."""
         return f"{self.prefix}-{priority}"

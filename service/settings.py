@@ -53,6 +53,8 @@ class Settings:
     """Most characters in one prompt or response."""
     max_metadata_bytes: int = 4096
     """Largest metadata object, as JSON bytes."""
+    max_labels_per_request: int = 1000
+    """Most labels in one POST /v1/labels."""
     max_body_bytes: int = 8 * 1024 * 1024
     """Largest request body."""
     sync_timeout_ms: int = 2000
@@ -69,6 +71,22 @@ class Settings:
     """A worker whose liveness key is older than this counts as dead."""
     log_level: str = "INFO"
     """Log level of API and workers."""
+    audit_rate: float = 0.05
+    """Share of unflagged outputs marked `audit: true` for reviewers to label (0 turns it off)."""
+    window_retention_s: int = 15 * 86400
+    """How long scores and labels stay in the monitoring windows (covers 7d plus its reference)."""
+    window_max_entries: int = 100_000
+    """Most entries one (model, detector) window or score history keeps."""
+    monitor_ns: tuple[int, ...] = (1, 5, 20)
+    """N of the N-AUCs reported by the monitor."""
+    monitor_nm: tuple[str, ...] = ("5:2", "20:5")
+    """(N,M)-AUC pairs reported by the monitor, as N:M."""
+    monitor_min_positives: int = 20
+    """N-AUC and FNR are withheld until a window holds this many labeled positives."""
+    monitor_cache_s: float = 5.0
+    """How long a computed monitor result is reused (0: recompute on every request)."""
+    monitor_windows: tuple[str, ...] = ("count:1000", "1h", "24h", "7d")
+    """Windows listed by GET /v1/monitor and exported to Prometheus."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -87,14 +105,26 @@ class Settings:
     def validate(self) -> None:
         """Reject values that would only fail later, far from their cause."""
         positive = ("port", "workers", "api_processes", "max_batch", "max_outputs_per_request",
-                    "max_text_chars", "max_batch_tokens", "max_metadata_bytes", "max_body_bytes", "sync_timeout_ms",
+                    "max_text_chars", "max_batch_tokens", "max_labels_per_request", "max_metadata_bytes",
+                    "max_body_bytes", "sync_timeout_ms",
                     "max_sync_timeout_ms", "record_ttl_s", "job_timeout_s", "requeue_after_s",
-                    "worker_ttl_s")
+                    "worker_ttl_s", "window_retention_s", "window_max_entries",
+                    "monitor_min_positives")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"REDLINE_{name.upper()} must be positive, got {getattr(self, name)}")
         if self.max_batch_wait_ms < 0 or self.intra_op_threads < 0:
             raise ConfigError("REDLINE_MAX_BATCH_WAIT_MS and REDLINE_INTRA_OP_THREADS must be >= 0")
+        if self.monitor_cache_s < 0:
+            raise ConfigError("REDLINE_MONITOR_CACHE_S must be >= 0")
+        if not 0.0 <= self.audit_rate <= 1.0:
+            raise ConfigError("REDLINE_AUDIT_RATE must be between 0 and 1")
+        if not self.monitor_ns or min(self.monitor_ns) < 1:
+            raise ConfigError("REDLINE_MONITOR_NS must list integers >= 1")
+        for pair in self.monitor_nm:
+            n, _, m = pair.partition(":")
+            if not (n.isdigit() and m.isdigit() and int(n) >= 1 and int(m) >= 1):
+                raise ConfigError(f"REDLINE_MONITOR_NM entry {pair!r} must look like N:M with N, M >= 1")
         if self.sync_timeout_ms > self.max_sync_timeout_ms:
             raise ConfigError("REDLINE_SYNC_TIMEOUT_MS exceeds REDLINE_MAX_SYNC_TIMEOUT_MS")
         if not self.queue_prefix or ":" in self.queue_prefix:
@@ -113,6 +143,10 @@ def _parse(name: str, type_: object, raw: str) -> object:
     try:
         if text == "int":
             return int(raw)
+        if text == "float":
+            return float(raw)
+        if text == "tuple[int, ...]":
+            return tuple(int(p) for p in raw.split(",") if p.strip())
         if text == "Path":
             return Path(raw).expanduser()
         if text == "tuple[Path, ...]":

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +19,11 @@ from redis import Redis
 
 from .errors import Conflict
 from .keys import NOTIFY_TTL_S, Keys
+from .settings import Settings
 
 QUEUED, SCORED, FAILED = "queued", "scored", "failed"
 
-# KEYS[1] = pending zset. ARGV = ttl, now, prefix, JSON list of records.
+# KEYS[1] = pending zset, KEYS[2] = counters. ARGV = ttl, now, prefix, JSON list of records.
 # Checks every id first, so a conflict stores nothing; returns per record "new" or its current status.
 _CREATE = """
 local ttl, now, prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
@@ -43,25 +45,67 @@ for i, rec in ipairs(records) do
     redis.call('HSET', key, unpack(rec.fields))
     redis.call('EXPIRE', key, ttl)
     redis.call('ZADD', KEYS[1], now, rec.id)
+    for _, c in ipairs(rec.counters) do redis.call('HINCRBY', KEYS[2], c, 1) end
   end
 end
 return result
 """
 
-# KEYS[1] = pending zset, KEYS[2] = counters hash. ARGV = prefix, JSON list of results.
-# Writes only records still queued; returns how many were written.
-_FINISH = """
+# Shared by the scripts below: put one labeled+scored output into its monitoring window,
+# replacing its previous entry (a changed label), then trim by age and by count.
+_WINDOW_PUT = """
+local function window_put(w, id, score, label, weight, labeled_at, created_at)
+  local old = redis.call('HGET', w.idx, id)
+  if old then redis.call('ZREM', w.win, old) end
+  -- id, then 5 little-endian doubles: numpy reads a whole window with one frombuffer (monitoring.py).
+  local member = id .. '|' .. struct.pack('<ddddd', tonumber(score), tonumber(label), tonumber(weight),
+                                           tonumber(labeled_at), tonumber(created_at))
+  redis.call('ZADD', w.win, created_at, member)
+  redis.call('HSET', w.idx, id, member)
+  local drop = redis.call('ZRANGEBYSCORE', w.win, '-inf', '(' .. w.horizon)
+  local excess = redis.call('ZCARD', w.win) - w.cap
+  if excess > 0 then
+    for _, m in ipairs(redis.call('ZRANGE', w.win, 0, excess - 1)) do table.insert(drop, m) end
+  end
+  for _, m in ipairs(drop) do
+    redis.call('ZREM', w.win, m)
+    redis.call('HDEL', w.idx, string.match(m, '^[^|]+'))
+  end
+end
+
+local function design_weight(flagged, audit, rate)
+  -- Reviewers see every flagged output and an audit sample (rate) of the rest.
+  if flagged then return 1 end
+  if audit == '1' and tonumber(rate) and tonumber(rate) > 0 then return 1 / tonumber(rate) end
+  return 0
+end
+"""
+
+# KEYS[1] = pending zset, KEYS[2] = counters hash, KEYS[3] = monitored set.
+# ARGV = prefix, JSON list of results, notify TTL. Writes only records still queued; for each
+# scored detector records the score (drift) and joins a label already given (window).
+_FINISH = _WINDOW_PUT + """
 local prefix = ARGV[1]
 local results = cjson.decode(ARGV[2])
 local written = 0
 for _, r in ipairs(results) do
   local key = prefix .. ':output:' .. r.id
-  local cur = redis.call('HMGET', key, 'status', 'model', 'notify')
+  local cur = redis.call('HMGET', key, 'status', 'model', 'notify', 'created_at')
   if cur[1] == 'queued' then
     redis.call('HSET', key, unpack(r.fields))
     redis.call('ZREM', KEYS[1], r.id)
     for _, c in ipairs(r.counters) do
       redis.call('HINCRBY', KEYS[2], c .. '|' .. cur[2], 1)
+    end
+    for _, d in ipairs(r.dets) do
+      redis.call('ZADD', d.sc, cur[4], r.id .. '|' .. struct.pack('<d', tonumber(d.score)))
+      redis.call('ZREMRANGEBYSCORE', d.sc, '-inf', '(' .. d.horizon)
+      redis.call('ZREMRANGEBYRANK', d.sc, 0, -(d.cap + 1))
+      redis.call('SADD', KEYS[3], cur[2] .. '|' .. d.name)
+      local lab = redis.call('HMGET', key, 'label:' .. d.name, 'labeled_at:' .. d.name)
+      if lab[1] then
+        window_put(d, r.id, d.score, lab[1], design_weight(d.flagged, r.audit, r.rate), lab[2], cur[4])
+      end
     end
     if cur[3] then
       local nkey = prefix .. ':notify:' .. cur[3]
@@ -75,6 +119,38 @@ return written
 """
 
 
+# KEYS[1] = counters. ARGV = now, JSON list of {key, id, det, label, win...}.
+# Returns per item "new", "changed", "unchanged" or "missing". A changed label replaces the
+# window entry; counters count each (output, detector) labeled once.
+_LABEL = _WINDOW_PUT + """
+local now = ARGV[1]
+local items = cjson.decode(ARGV[2])
+local out = {}
+for i, it in ipairs(items) do
+  local cur = redis.call('HMGET', it.key, 'model', 'label:' .. it.det, 'labeled_at:' .. it.det, 'scores',
+                         'created_at', 'audit', 'audit_rate')
+  if not cur[1] then
+    out[i] = 'missing'
+  elseif cur[2] == it.label then
+    out[i] = 'unchanged'
+  else
+    out[i] = cur[2] and 'changed' or 'new'
+    local labeled_at = cur[3] or now
+    redis.call('HSET', it.key, 'label:' .. it.det, it.label, 'labeled_at:' .. it.det, labeled_at)
+    if not cur[2] then redis.call('HINCRBY', KEYS[1], 'labeled|' .. it.det .. '|' .. cur[1], 1) end
+    if cur[4] then
+      local s = cjson.decode(cur[4])[it.det]
+      if s then
+        window_put(it, it.id, it.score_text or tostring(s.score), it.label, design_weight(s.flagged, cur[6], cur[7]),
+                   labeled_at, cur[5])
+      end
+    end
+  end
+end
+return out
+"""
+
+
 @dataclass
 class NewOutput:
     """A validated output ready to store."""
@@ -85,6 +161,7 @@ class NewOutput:
     prompt: str = ""
     detectors: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)  # ground truth given at submit; not part of identity
 
     def digest(self) -> str:
         """Content fingerprint: a resubmitted id is the same output only if this matches."""
@@ -104,19 +181,30 @@ class DetectorScore:
 class OutputStore:
     """Reads and writes output records under one key prefix."""
 
-    def __init__(self, redis: Redis, keys: Keys, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, ttl_s: int, retention_s: int = 15 * 86400,
+                 window_cap: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock  # injectable so tests can place outputs and labels in time
         self.redis = redis
         self.keys = keys
         self.ttl_s = ttl_s
+        self.retention_s = retention_s
+        self.window_cap = window_cap
+        self._random = random.Random()
         self._create = redis.register_script(_CREATE)
         self._finish = redis.register_script(_FINISH)
+        self._label = redis.register_script(_LABEL)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> OutputStore:
+        return cls(redis, Keys(settings.queue_prefix), settings.record_ttl_s, settings.window_retention_s,
+                   settings.window_max_entries)
 
     def create(self, outputs: Sequence[NewOutput], job_id: str, notify: str | None = None) -> list[str]:
         """Store outputs atomically; returns "new" or the existing status for each.
 
         Raises Conflict (nothing stored) when an id exists with different content.
         """
-        now = time.time()
+        now = self.clock()
         records = []
         for out in outputs:
             fields: dict[str, Any] = {
@@ -126,9 +214,13 @@ class OutputStore:
             }
             if notify:
                 fields["notify"] = notify
+            for detector, label in out.labels.items():
+                fields[f"label:{detector}"] = str(label)
+                fields[f"labeled_at:{detector}"] = repr(now)
             records.append({"id": out.id, "digest": fields["digest"],
-                            "fields": [x for kv in fields.items() for x in kv]})
-        result = self._create(keys=[self.keys.pending],
+                            "fields": [x for kv in fields.items() for x in kv],
+                            "counters": [f"labeled|{d}|{out.model}" for d in out.labels]})
+        result = self._create(keys=[self.keys.pending, self.keys.counters],
                               args=[self.ttl_s, repr(now), self.keys.prefix, json.dumps(records)])
         states = [r.decode() for r in result]
         if states and states[0] == "conflict":
@@ -154,29 +246,53 @@ class OutputStore:
                     for r in rows]
         return [_decode(r) if r else None for r in rows]
 
-    def finish_scored(self, results: Iterable[tuple[dict[str, Any], dict[str, DetectorScore], dict[str, Any]]]) -> int:
-        """Write scores for (record, scores, batch-info) triples; records no longer queued are skipped."""
-        now = repr(time.time())
+    def finish_scored(self, results: Iterable[tuple[dict[str, Any], dict[str, DetectorScore], dict[str, Any]]],
+                      audit_rate: float = 0.0) -> int:
+        """Write scores for (record, scores, batch-info) triples; records no longer queued are skipped.
+
+        An output no detector flagged is picked for the audit sample with probability `audit_rate`,
+        so reviewers also label some of what got through (see `evaluation`, inverse-probability weights).
+        """
+        now = self.clock()
         payload = []
         for record, scores, batch in results:
             counters = [f"scored|{d}" for d in scores] + [f"flagged|{d}" for d, s in scores.items() if s.flagged]
-            fields = {"status": SCORED, "scored_at": now, "batch": json.dumps(batch),
-                      "scores": json.dumps({d: s.__dict__ for d, s in scores.items()})}
+            audit = not any(s.flagged for s in scores.values()) and self._random.random() < audit_rate
+            fields = {"status": SCORED, "scored_at": repr(now), "batch": json.dumps(batch),
+                      "scores": json.dumps({d: s.__dict__ for d, s in scores.items()}),
+                      "audit": "1" if audit else "0", "audit_rate": repr(audit_rate)}
+            dets = [{"name": d, "score": repr(s.score), "flagged": s.flagged,
+                     **self._window_keys(record["model"], d, now)} for d, s in scores.items()]
             payload.append({"id": record["id"], "fields": [x for kv in fields.items() for x in kv],
-                            "counters": counters})
+                            "counters": counters, "dets": dets, "audit": "1" if audit else "0",
+                            "rate": repr(audit_rate)})
         return self._run_finish(payload)
+
+    def apply_labels(self, items: Sequence[tuple[str, str, str, int]]) -> list[str]:
+        """Set (output id, model, detector, 0|1) labels atomically; returns "new", "changed", "unchanged"
+        or "missing" for each. A label joins the stored score at once, or when the score arrives."""
+        now = self.clock()
+        payload = [{"key": self.keys.output(i), "id": i, "det": d, "label": str(label),
+                    **self._window_keys(model, d, now)} for i, model, d, label in items]
+        result = self._label(keys=[self.keys.counters], args=[repr(now), json.dumps(payload)])
+        return [r.decode() for r in result]
+
+    def _window_keys(self, model: str, detector: str, now: float) -> dict[str, Any]:
+        return {"win": self.keys.window(model, detector), "idx": self.keys.window_index(model, detector),
+                "sc": self.keys.scores(model, detector), "horizon": repr(now - self.retention_s),
+                "cap": self.window_cap}
 
     def finish_failed(self, ids: Iterable[str], reason: str) -> int:
         """Mark outputs failed with a reason (only those still queued)."""
-        now = repr(time.time())
-        payload = [{"id": i, "fields": ["status", FAILED, "error", reason, "scored_at", now], "counters": ["failed"]}
-                   for i in ids]
+        now = repr(self.clock())
+        payload = [{"id": i, "fields": ["status", FAILED, "error", reason, "scored_at", now], "counters": ["failed"],
+                    "dets": []} for i in ids]
         return self._run_finish(payload)
 
     def _run_finish(self, payload: list[dict[str, Any]]) -> int:
         if not payload:
             return 0
-        return int(self._finish(keys=[self.keys.pending, self.keys.counters],
+        return int(self._finish(keys=[self.keys.pending, self.keys.counters, self.keys.monitored],
                                 args=[self.keys.prefix, json.dumps(payload), NOTIFY_TTL_S]))
 
     def counters(self) -> dict[str, int]:
@@ -195,7 +311,11 @@ def _decode(raw: dict[bytes, bytes | None]) -> dict[str, Any]:
         if v is None:
             continue
         text = v.decode()
-        if key in _JSON_FIELDS:
+        if key.startswith("label:"):
+            record.setdefault("labels", {})[key[6:]] = int(text)
+        elif key.startswith("labeled_at:"):
+            record.setdefault("labeled_at", {})[key[11:]] = float(text)
+        elif key in _JSON_FIELDS:
             record[key] = json.loads(text)
         elif key in _FLOAT_FIELDS:
             record[key] = float(text)

@@ -15,7 +15,7 @@ from .store import NewOutput
 
 # Model names become Redis key parts and Prometheus label values: no '|', no whitespace.
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
-OUTPUT_FIELDS = frozenset({"id", "model", "prompt", "response", "detectors", "metadata"})
+OUTPUT_FIELDS = frozenset({"id", "model", "prompt", "response", "detectors", "metadata", "labels"})
 
 
 def require_object(body: Any) -> dict[str, Any]:
@@ -90,8 +90,9 @@ def _parse_one(item: Any, where: str, settings: Settings, detectors: Collection[
     if size > settings.max_metadata_bytes:
         raise TooLarge(f"{where}.metadata is {size} bytes as JSON; the limit is {settings.max_metadata_bytes} "
                        "(REDLINE_MAX_METADATA_BYTES)")
+    labels = parse_label_map(item["labels"], f"{where}.labels", wanted) if "labels" in item else {}
     return NewOutput(id=output_id, model=model, response=response, prompt=prompt, detectors=wanted,
-                     metadata=metadata)
+                     metadata=metadata, labels=labels)
 
 
 def _string(item: dict[str, Any], key: str, where: str, *, required: bool = False, limit: int | None = None,
@@ -110,3 +111,44 @@ def _string(item: dict[str, Any], key: str, where: str, *, required: bool = Fals
     if pattern is not None and not re.match(pattern, value):
         raise ValidationFailed(f"{where}.{key} {value[:40]!r} must match {pattern}")
     return value
+
+
+def parse_label_map(body: Any, where: str, detectors: Collection[str]) -> dict[str, int]:
+    """`{"injury": 1, "deception": 0}`: detector -> 0/1."""
+    if not isinstance(body, dict) or not body:
+        raise ValidationFailed(f"{where} must be a non-empty object of detector: 0|1")
+    for detector, label in body.items():
+        _check_label(detector, label, where, detectors)
+    return {d: int(v) for d, v in body.items()}
+
+
+def parse_label_batch(body: dict[str, Any], settings: Settings,
+                      detectors: Collection[str]) -> list[tuple[str, str, int]]:
+    """`{"labels": [{"id", "detector", "label"}, ...]}` -> [(id, detector, label)]."""
+    unknown = set(body) - {"labels"}
+    if unknown:
+        raise ValidationFailed(f"unknown field(s) in body: {', '.join(sorted(unknown))}")
+    items = body.get("labels")
+    if not isinstance(items, list) or not items:
+        raise ValidationFailed("'labels' must be a non-empty list of {id, detector, label}")
+    if len(items) > settings.max_labels_per_request:
+        raise TooLarge(f"'labels' has {len(items)} items; the limit is {settings.max_labels_per_request} "
+                       "(REDLINE_MAX_LABELS_PER_REQUEST)")
+    out = []
+    for n, item in enumerate(items):
+        where = f"labels[{n}]"
+        if not isinstance(item, dict) or set(item) != {"id", "detector", "label"}:
+            raise ValidationFailed(f"{where} must be an object with exactly id, detector and label")
+        if not isinstance(item["id"], str) or not re.match(ID_PATTERN, item["id"]):
+            raise ValidationFailed(f"{where}.id must be an output id")
+        _check_label(item["detector"], item["label"], where, detectors)
+        out.append((item["id"], item["detector"], int(item["label"])))
+    return out
+
+
+def _check_label(detector: Any, label: Any, where: str, detectors: Collection[str]) -> None:
+    if detector not in detectors:
+        raise ValidationFailed(f"{where}: unknown detector {detector!r}; available: {', '.join(sorted(detectors))}",
+                               code="unknown_detector")
+    if isinstance(label, bool) or label not in (0, 1):
+        raise ValidationFailed(f"{where}: label for {detector} must be 0 or 1, not {label!r}")

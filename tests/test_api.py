@@ -6,12 +6,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from redis import Redis
 
-from models.synthetic import DEFAULT_HEADS, keyword_score
+from models.synthetic import keyword_score
+from service import evaluation as ev
+from service.detector_config import load_configs
+from workers.detector import OnnxDetector, load_detectors
 
+from .conftest import USER_HEADS
 from .procs import Proc, redline_env, start_api, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,11 +38,23 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(redis_url: str, synthetic_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def detectors(shipped_models: Path, user_models: Path) -> dict[str, OnnxDetector]:
+    """The same detectors the worker serves, loaded in the test process to predict its scores."""
+    return load_detectors(load_configs([shipped_models, user_models]), ["CPUExecutionProvider"])
+
+
+def expected(detectors: dict[str, OnnxDetector], name: str, response: str, prompt: str = "") -> float:
+    return float(detectors[name].predict([(prompt, response)])[0])
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url: str, shipped_models: Path, user_models: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("api")
     prefix = "api" + uuid.uuid4().hex[:8]
-    env = redline_env(redis_url, synthetic_models, prefix, max_outputs_per_request=50, max_text_chars=1000,
-                      max_body_bytes=200_000)
+    # The shipped detectors plus a user's own ONNX classifier in a folder of their own.
+    env = redline_env(redis_url, [shipped_models, user_models], prefix, max_outputs_per_request=50,
+                      max_text_chars=1000, max_body_bytes=200_000)
     redis = Redis.from_url(redis_url)
     api, base = start_api(env, tmp / "api.log")
     s = Stack(base, redis, prefix, env, tmp)
@@ -55,43 +72,57 @@ def _wait_scored(stack: Stack, output_id: str) -> dict:
     return wait_for(done)
 
 
-def test_submit_then_read_scores(stack: Stack) -> None:
-    texts = ["bleeding and a broken arm", "a calm day in the park", "that is a lie"]
+INJURED = "He was stabbed in the chest and bled heavily before the ambulance arrived."
+HARMLESS = "Just kill the process and restart the server, then the build goes green."
+
+
+def test_submit_then_read_scores(stack: Stack, detectors: dict[str, OnnxDetector]) -> None:
+    texts = [INJURED, HARMLESS, "Damn, that heck of a crap day"]
     r = stack.post("/v1/outputs", {"outputs": [{"model": "chat-v1", "response": t, "metadata": {"k": 1}}
                                                for t in texts]})
     assert r.status_code == 202
     items = r.json()["outputs"]
     assert [i["status"] for i in items] == ["queued"] * 3
     assert all(i["url"] == f"/v1/outputs/{i['id']}" for i in items)
-    for item, text in zip(items, texts, strict=True):
-        body = _wait_scored(stack, item["id"])
+    bodies = [_wait_scored(stack, item["id"]) for item in items]
+    for body, text in zip(bodies, texts, strict=True):
         assert body["status"] == "scored" and body["model"] == "chat-v1" and body["metadata"] == {"k": 1}
         assert body["created_at"].endswith("Z") and body["scored_at"] >= body["created_at"]
-        assert set(body["scores"]) == {"injury", "deception"}
+        assert set(body["scores"]) == {"injury", "deception", "sycophancy", "profanity"}
         for det, score in body["scores"].items():
-            expected = keyword_score(text, DEFAULT_HEADS[det])
-            assert score["score"] == pytest.approx(expected, abs=1e-5)
-            assert score["flagged"] is (expected >= 0.5)
-            assert score["threshold"] == 0.5 and score["version"] == "synthetic-1"
+            value = expected(detectors, det, text)
+            assert score["score"] == pytest.approx(value, abs=1e-5)
+            assert 0.0 <= score["score"] <= 1.0
+            assert score["flagged"] is (value >= detectors[det].threshold)
+            assert score["threshold"] == detectors[det].threshold and score["version"] == detectors[det].version
+    injured, harmless, swearing = bodies
+    assert injured["scores"]["injury"]["flagged"] is True and harmless["scores"]["injury"]["flagged"] is False
+    # The user's own model is served next to the shipped ones, with its exact scores.
+    assert swearing["scores"]["profanity"]["score"] == pytest.approx(
+        keyword_score(texts[2], USER_HEADS["profanity"]), abs=1e-5)
+    assert swearing["scores"]["profanity"]["version"] == "user-7"
 
 
 def test_client_id_and_detector_subset(stack: Stack) -> None:
     oid = "client-" + uuid.uuid4().hex[:6]
-    r = stack.post("/v1/outputs", {"outputs": [{"id": oid, "model": "m", "response": "fake hoax",
-                                                "detectors": ["deception"]}]})
+    r = stack.post("/v1/outputs", {"outputs": [{"id": oid, "model": "m", "response": INJURED,
+                                                "detectors": ["injury"]}]})
     assert r.status_code == 202 and r.json()["outputs"][0]["id"] == oid
     body = _wait_scored(stack, oid)
-    assert list(body["scores"]) == ["deception"] and body["scores"]["deception"]["flagged"] is True
+    assert list(body["scores"]) == ["injury"] and body["scores"]["injury"]["flagged"] is True
 
 
-def test_sync_score_returns_scores(stack: Stack) -> None:
-    r = stack.post("/v1/score", {"outputs": [{"model": "m", "prompt": "how?", "response": "blood blood"}],
+def test_sync_score_returns_scores(stack: Stack, detectors: dict[str, OnnxDetector]) -> None:
+    prompt = "I think the moon landing was faked. Do you agree? (A) Yes (B) No"
+    r = stack.post("/v1/score", {"outputs": [{"model": "m", "prompt": prompt, "response": "(A) Yes"}],
                                  "timeout_ms": 10_000})
     assert r.status_code == 200, r.text
     [out] = r.json()["outputs"]
-    assert out["status"] == "scored" and out["scores"]["injury"]["score"] == pytest.approx(
-        keyword_score("blood blood", DEFAULT_HEADS["injury"]), abs=1e-5)
-    assert out["prompt"] == "how?"
+    assert out["status"] == "scored" and out["prompt"] == prompt
+    # The sycophancy detector reads the prompt: its score is the prompt+response pair's.
+    assert out["scores"]["sycophancy"]["score"] == pytest.approx(
+        expected(detectors, "sycophancy", "(A) Yes", prompt), abs=1e-5)
+    assert out["scores"]["sycophancy"]["score"] != pytest.approx(expected(detectors, "sycophancy", "(A) Yes"), abs=1e-4)
 
 
 def test_unknown_output_is_404(stack: Stack) -> None:
@@ -102,9 +133,18 @@ def test_unknown_output_is_404(stack: Stack) -> None:
 def test_detectors_listed(stack: Stack) -> None:
     body = stack.get("/v1/detectors").json()
     by_name = {d["name"]: d for d in body["detectors"]}
-    assert set(by_name) == {"injury", "deception"}
-    assert by_name["injury"]["version"] == "synthetic-1" and by_name["injury"]["threshold"] == 0.5
-    assert "keyword" in by_name["injury"]["description"]
+    assert set(by_name) == {"injury", "deception", "sycophancy", "profanity"}
+    shipped = load_configs([stack_models()])
+    for name, config in shipped.items():
+        assert by_name[name]["version"] == config.version and by_name[name]["threshold"] == config.threshold
+        assert by_name[name]["target_fnr"] == config.target_fnr and by_name[name]["description"]
+    assert by_name["profanity"]["version"] == "user-7"
+
+
+def stack_models() -> Path:
+    from .conftest import SHIPPED_MODELS
+
+    return SHIPPED_MODELS
 
 
 def test_health_and_readiness(stack: Stack) -> None:
@@ -167,3 +207,65 @@ def test_sync_score_without_workers_answers_202_with_pending_ids(stack: Stack) -
     # The output is kept and scored once a worker is back.
     stack.workers.append(start_worker(stack.env, stack.tmp / "worker2.log", stack.redis, stack.prefix))
     assert _wait_scored(stack, body["pending"][0]["id"])["status"] == "scored"
+
+
+def test_labels_join_scores_and_monitor_reports_exact_metrics(stack: Stack) -> None:
+    model = "labels-" + uuid.uuid4().hex[:6]
+    texts = INJURED_SET + HARMLESS_SET
+    outputs = [{"model": model, "response": t, "detectors": ["injury", "deception"]} for t in texts]
+    outputs[0]["labels"] = {"injury": 1}  # ground truth may come with the output
+    r = stack.post("/v1/outputs", {"outputs": outputs})
+    ids = [o["id"] for o in r.json()["outputs"]]
+    r = requests.put(f"{stack.base}/v1/outputs/{ids[1]}/labels", json={"injury": 1, "deception": 0}, timeout=10)
+    assert r.status_code == 200 and r.json()["labels"]["injury"] == {"label": 1, "result": "new"}
+    bulk = [{"id": i, "detector": "injury", "label": 1 if n < len(INJURED_SET) else 0}
+            for n, i in enumerate(ids) if n >= 2]
+    r = stack.post("/v1/labels", {"labels": bulk})
+    assert r.status_code == 200 and r.json()["new"] == len(bulk)
+    r = stack.post("/v1/labels", {"labels": bulk[:1]})
+    assert r.json()["unchanged"] == 1 and r.json()["new"] == 0
+    bodies = [_wait_scored(stack, i) for i in ids]
+    assert bodies[1]["labels"] == {"injury": 1, "deception": 0}
+    scores = np.array([b["scores"]["injury"]["score"] for b in bodies])
+    labels = np.array([1] * len(INJURED_SET) + [0] * len(HARMLESS_SET))
+    got = stack.get(f"/v1/monitor?model={model}&detector=injury&window=24h").json()
+    assert (got["positives"], got["negatives"], got["labeled"], got["scored"]) == (4, 4, 8, 8)
+    assert got["auc"] == pytest.approx(ev.roc_auc(scores, labels), abs=1e-9)
+    assert got["label_coverage"] == 1.0 and got["median_label_lag_s"] >= 0
+    assert got["threshold"] == bodies[0]["scores"]["injury"]["threshold"] and got["target_fnr"] == 0.02
+    # Fewer positives than REDLINE_MONITOR_MIN_POSITIVES (20): N-AUC and FNR are withheld, and it says so.
+    assert got["fnr"] is None and "need 20" in got["withheld"]
+    listing = stack.get("/v1/monitor").json()["monitors"]
+    mine = [m for m in listing if m["model"] == model and m["detector"] == "injury"]
+    assert {m["window"] for m in mine} == {"count:1000", "1h", "24h", "7d"}
+    assert all(m["labeled"] == 8 for m in mine)
+
+
+INJURED_SET = ["He was stabbed in the chest and bled heavily.", "She broke her leg in two places skiing.",
+               "The driver was critically injured in the crash.", "I cut my hand badly and needed stitches."]
+HARMLESS_SET = ["Kill the process and restart it.", "The cake needs two eggs.", "Our sales grew this year.",
+                "The meeting moved to Friday."]
+
+
+def test_label_errors(stack: Stack) -> None:
+    oid = "lab-" + uuid.uuid4().hex[:6]
+    stack.post("/v1/outputs", {"outputs": [{"id": oid, "model": "m", "response": "hello", "detectors": ["injury"]}]})
+    cases = [
+        (f"/v1/outputs/nope-{oid}/labels", {"injury": 1}, 404, "not_found"),
+        (f"/v1/outputs/{oid}/labels", {"injury": 2}, 422, "validation_failed"),
+        (f"/v1/outputs/{oid}/labels", {"injury": True}, 422, "validation_failed"),
+        (f"/v1/outputs/{oid}/labels", {"nope": 1}, 422, "unknown_detector"),
+        (f"/v1/outputs/{oid}/labels", {"deception": 1}, 422, "validation_failed"),  # not scored by it
+        (f"/v1/outputs/{oid}/labels", {}, 422, "validation_failed"),
+    ]
+    for url, body, status, code in cases:
+        r = requests.put(stack.base + url, json=body, timeout=10)
+        assert (r.status_code, r.json()["error"]["code"]) == (status, code), (url, body, r.text)
+    r = stack.post("/v1/labels", {"labels": [{"id": oid, "detector": "injury", "label": 1},
+                                             {"id": "missing-" + oid, "detector": "injury", "label": 1}]})
+    assert r.status_code == 404 and "missing-" in r.json()["error"]["message"]
+    assert stack.get(f"/v1/outputs/{oid}").json()["labels"] == {}  # nothing applied
+    for query, status in [("?model=m&detector=injury&window=1y", 422), ("?model=m", 422),
+                          ("?model=never-seen&detector=injury&window=1h", 404),
+                          ("?model=m&detector=nope&window=1h", 404)]:
+        assert stack.get("/v1/monitor" + query).status_code == status, query

@@ -111,3 +111,30 @@ def test_threshold_for_target_fnr_is_the_highest_meeting_it(pos_scores: list[int
     assert ev.fnr_at(s, y, t).value <= target + 1e-12
     higher = [p for p in set(pos_scores) if p > t]
     assert all(ev.fnr_at(s, y, h).value > target for h in higher)
+
+
+def test_drift_statistics() -> None:
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 1, 5000)
+    same = rng.normal(0, 1, 5000)
+    shifted = rng.normal(1, 1, 5000)
+    assert ev.psi(ref, same) < 0.02 < 0.25 < ev.psi(ref, shifted)
+    from scipy.stats import ks_2samp
+
+    for cur in (same, shifted, np.round(shifted)):
+        assert ev.ks_statistic(ref, cur) == pytest.approx(ks_2samp(ref, cur).statistic, abs=1e-12)
+    assert ev.psi(ref, np.array([])) is None and ev.ks_statistic(np.array([]), ref) is None
+    # PSI from hand-computed shares: two bins split at the reference median.
+    assert ev.psi(np.array([0, 0, 1, 1.0]), np.array([0, 1, 1, 1.0]), bins=2) == pytest.approx(
+        (0.25 - 0.5) * np.log(0.25 / 0.5) + (0.75 - 0.5) * np.log(0.75 / 0.5))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 200_000).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))))
+def test_clopper_pearson_matches_scipy(kn: tuple[int, int]) -> None:
+    from scipy.stats import beta
+
+    k, n = kn
+    lo, hi = ev.clopper_pearson_interval(k, n)
+    assert lo == pytest.approx(0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1), abs=1e-10)
+    assert hi == pytest.approx(1.0 if k == n else beta.ppf(0.975, k + 1, n - k), abs=1e-10)

@@ -8,7 +8,6 @@ import socket
 from redis import Redis
 
 from service.detector_config import load_configs
-from service.keys import Keys
 from service.settings import Settings
 from service.store import OutputStore
 
@@ -21,9 +20,9 @@ _scorer: Scorer | None = None
 def build_scorer(redis: Redis, settings: Settings, worker_name: str | None = None) -> Scorer:
     """Load every configured detector (the slow part: done once per process)."""
     detectors = load_detectors(load_configs(settings.models_dirs), settings.providers, settings.intra_op_threads)
-    store = OutputStore(redis, Keys(settings.queue_prefix), settings.record_ttl_s)
+    store = OutputStore.from_settings(redis, settings)
     name = worker_name or f"{socket.gethostname()}.{os.getpid()}"
-    return Scorer(store, detectors, name, settings.max_batch_tokens)
+    return Scorer(store, detectors, name, settings.max_batch_tokens, settings.audit_rate)
 
 
 def install(scorer: Scorer) -> None:

@@ -33,7 +33,8 @@ class Scorer:
     """Holds the loaded detectors of one worker process."""
 
     def __init__(self, store: OutputStore, detectors: dict[str, OnnxDetector], worker: str,
-                 max_batch_tokens: int) -> None:
+                 max_batch_tokens: int, audit_rate: float = 0.0) -> None:
+        self.audit_rate = audit_rate
         self.store = store
         self.detectors = detectors
         self.worker = worker
@@ -70,7 +71,7 @@ class Scorer:
             model.calls = []
         batch = {"id": batch_id, "size": len(todo), "worker": self.worker, "session_calls": calls}
         written = self.store.finish_scored(
-            (r, scores[r["id"]], batch) for r in todo if r["id"] not in failures)
+            ((r, scores[r["id"]], batch) for r in todo if r["id"] not in failures), self.audit_rate)
         failed = 0
         for output_id, reason in failures.items():
             failed += self.store.finish_failed([output_id], reason)

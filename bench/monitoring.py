@@ -1,0 +1,117 @@
+"""Monitoring costs: metrics for a 100,000-label window, and label ingest through the API.
+
+    python -m bench.monitoring [--window 100000] [--labels 20000]
+
+Prints (1) the pure metric recompute (AUC, N-AUCs, (N,M)-AUCs, FNR/FPR with intervals, IPW) on
+arrays, (2) the same through `GET /v1/monitor`'s code path including the Redis read, and
+(3) labels/s through `POST /v1/labels` (batches of 500, 4 concurrent clients), with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import struct
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+from redis import Redis
+
+from service.detector_config import load_configs
+from service.keys import Keys
+from service.monitoring import Entries, Monitor, Window, quality
+from service.settings import Settings
+
+from .common import ROOT, LocalRedline, machine
+
+
+def timed(fn, repeat: int = 7) -> float:  # type: ignore[no-untyped-def]
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--window", type=int, default=100_000)
+    parser.add_argument("--labels", type=int, default=20_000)
+    args = parser.parse_args()
+    settings = Settings()
+    configs = load_configs([ROOT / "models"])
+    config = configs["injury"]
+    rng = np.random.default_rng(0)
+    n = args.window
+    labels = (rng.random(n) < 0.3).astype(np.int8)
+    scores = np.round(np.clip(rng.normal(0.3 + 0.4 * labels, 0.2), 0, 1), 3)  # rounding makes ties
+    now = time.time()
+    entries = Entries(scores, labels, np.where(scores >= config.threshold, 1.0, 20.0), now - rng.random(n) * 3600,
+                      now - 3600 - rng.random(n) * 3600)
+    pure = timed(lambda: quality(entries, config, list(settings.monitor_ns),
+                                 [(5, 2), (20, 5)], settings.monitor_min_positives))
+    print(f"machine: {machine()}")
+    print(f"pure metrics, {n:,}-label window: {pure:.1f} ms (median of 7)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        service = LocalRedline(Path(tmp), ROOT / "models", workers=1)
+        try:
+            redis = Redis.from_url(service.redis.url)
+            keys = Keys(settings.queue_prefix)
+            sc, lb, wt = scores.tolist(), labels.tolist(), entries.weights.tolist()
+            la, ca = entries.labeled_at.tolist(), entries.created_at.tolist()
+            with redis.pipeline(transaction=False) as pipe:
+                for start in range(0, n, 10_000):
+                    stop = min(n, start + 10_000)
+                    pipe.zadd(keys.window("bench", "injury"), {
+                        f"o{i}|".encode() + struct.pack("<ddddd", sc[i], lb[i], wt[i], la[i], ca[i]): ca[i]
+                        for i in range(start, stop)})
+                    pipe.zadd(keys.scores("bench", "injury"), {f"o{i}|".encode() + struct.pack("<d", sc[i]): ca[i]
+                                                                for i in range(start, stop)})
+                pipe.sadd(keys.monitored, "bench|injury")
+                pipe.execute()
+            monitor = Monitor(redis, dataclasses.replace(settings, monitor_cache_s=0), configs)
+            full = timed(lambda: monitor.evaluate("bench", "injury", Window.parse("24h")))
+            print(f"GET /v1/monitor code path (Redis read + parse + metrics + drift), {n:,} labels: {full:.1f} ms")
+
+            ids = []
+            session = requests.Session()
+            for start in range(0, args.labels, 256):
+                batch = [{"model": "ingest", "response": "hello", "detectors": ["injury"]}
+                         for _ in range(min(256, args.labels - start))]
+                ids += [o["id"] for o in session.post(service.base + "/v1/outputs", json={"outputs": batch},
+                                                      timeout=60).json()["outputs"]]
+            chunks = [ids[i:i + 500] for i in range(0, len(ids), 500)]
+            lock = threading.Lock()
+
+            def client() -> None:
+                s = requests.Session()
+                while True:
+                    with lock:
+                        if not chunks:
+                            return
+                        chunk = chunks.pop()
+                    body = {"labels": [{"id": i, "detector": "injury", "label": int(k % 3 == 0)}
+                                       for k, i in enumerate(chunk)]}
+                    s.post(service.base + "/v1/labels", json=body, timeout=60).raise_for_status()
+
+            start = time.perf_counter()
+            threads = [threading.Thread(target=client) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            rate = len(ids) / (time.perf_counter() - start)
+            print(f"label ingest through POST /v1/labels: {rate:,.0f} labels/s ({len(ids):,} labels)")
+        finally:
+            service.stop()
+
+
+if __name__ == "__main__":
+    main()

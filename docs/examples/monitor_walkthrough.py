@@ -1,0 +1,53 @@
+"""Produces the README's GET /v1/monitor example from a real service run.
+
+    .venv/bin/python docs/examples/monitor_walkthrough.py
+
+Starts Redis, the API and a worker (shipped detectors), submits 600 validation texts of the
+injury set, labels 120 of them through POST /v1/labels as a reviewer would (every flagged output
+plus the audit sample, a few others), then prints GET /v1/monitor for 24h.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import LocalRedline  # noqa: E402
+from models.datasets import load_injury  # noqa: E402
+
+rows = [r for r in load_injury() if r.validation]
+random.Random(1).shuffle(rows)
+rows = rows[:600]
+with tempfile.TemporaryDirectory() as tmp:
+    service = LocalRedline(Path(tmp), ROOT / "models", workers=1, audit_rate=0.1)
+    try:
+        s = requests.Session()
+        ids = []
+        for start in range(0, len(rows), 100):
+            batch = [{"model": "support-bot-v3", "prompt": r.prompt, "response": r.response,
+                      "detectors": ["injury"]} for r in rows[start:start + 100]]
+            ids += [o["id"] for o in s.post(service.base + "/v1/outputs", json={"outputs": batch}).json()["outputs"]]
+        records = []
+        for i in ids:
+            while (body := s.get(f"{service.base}/v1/outputs/{i}").json())["status"] == "queued":
+                time.sleep(0.05)
+            records.append(body)
+        time.sleep(1)
+        reviewed = [(i, r) for i, r, b in zip(ids, rows, records, strict=True)
+                    if b["scores"]["injury"]["flagged"] or b["audit"]][:200]
+        labels = [{"id": i, "detector": "injury", "label": r.label} for i, r in reviewed]
+        s.post(service.base + "/v1/labels", json={"labels": labels}).raise_for_status()
+        out = s.get(service.base + "/v1/monitor", params={"model": "support-bot-v3", "detector": "injury",
+                                                          "window": "24h"}).json()
+        print(json.dumps(out, indent=1))
+    finally:
+        service.stop()

@@ -1,0 +1,178 @@
+"""Rolling quality metrics per (deployed model, detector, window), read from the Redis windows.
+
+Windows are kept up to date as scores and labels arrive (store.py's Lua scripts); this module
+only reads a bounded window and applies the pure math in `evaluation`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from redis import Redis
+
+from . import evaluation as ev
+from .detector_config import DetectorConfig
+from .errors import NotFound, ValidationFailed
+from .keys import Keys
+from .settings import Settings
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+@dataclass(frozen=True)
+class Window:
+    """`count:W` (the last W labeled outputs) or a duration (`90s`, `15m`, `1h`, `24h`, `7d`)."""
+
+    name: str
+    count: int | None = None
+    seconds: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        if m := re.fullmatch(r"count:(\d{1,7})", text):
+            if int(m.group(1)) < 1:
+                raise ValidationFailed("window count must be >= 1")
+            return cls(text, count=int(m.group(1)))
+        if m := re.fullmatch(r"(\d{1,6})([smhdw])", text):
+            seconds = int(m.group(1)) * _UNITS[m.group(2)]
+            if seconds < 1:
+                raise ValidationFailed("window duration must be positive")
+            return cls(text, seconds=seconds)
+        raise ValidationFailed(f"window {text!r} must be count:<W> (e.g. count:1000) or a duration like 1h, 24h, 7d")
+
+
+@dataclass
+class Entries:
+    """One window's labeled outputs as arrays."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+    labeled_at: np.ndarray
+    created_at: np.ndarray
+
+
+class Monitor:
+    """Computes monitor responses; `clock` is injectable so tests control time windows."""
+
+    def __init__(self, redis: Redis, settings: Settings, detectors: dict[str, DetectorConfig],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.queue_prefix)
+        self.detectors = detectors
+        self.clock = clock
+        self.pairs_nm = [tuple(int(x) for x in p.split(":")) for p in settings.monitor_nm]
+        self._cache: dict[tuple[str, str, str], tuple[float, dict[str, Any]]] = {}
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (model, detector) that has scores."""
+        raw = self.redis.smembers(self.keys.monitored)
+        return sorted(tuple(m.decode().split("|", 1)) for m in raw)  # type: ignore[misc]
+
+    def entries(self, model: str, detector: str, window: Window, now: float) -> Entries:
+        key = self.keys.window(model, detector)
+        if window.count is not None:
+            rows = self.redis.zrevrange(key, 0, window.count - 1)
+        else:
+            rows = self.redis.zrangebyscore(key, now - (window.seconds or 0), "+inf")
+        if not rows:
+            empty = np.zeros(0)
+            return Entries(empty, empty.astype(np.int8), empty, empty, empty)
+        fields = _doubles(rows, 5)
+        return Entries(scores=fields[:, 0], labels=fields[:, 1].astype(np.int8), weights=fields[:, 2],
+                       labeled_at=fields[:, 3], created_at=fields[:, 4])
+
+    def scores_between(self, model: str, detector: str, start: float, stop: float) -> np.ndarray:
+        """Every stored score (labeled or not) of outputs created in [start, stop)."""
+        rows = self.redis.zrangebyscore(self.keys.scores(model, detector), start, f"({stop}")
+        return _doubles(rows, 1)[:, 0] if rows else np.zeros(0)
+
+    def evaluate(self, model: str, detector: str, window: Window) -> dict[str, Any]:
+        """The monitor response; results are reused for `REDLINE_MONITOR_CACHE_S` seconds, so dashboards
+        and scrapes asking again do not re-read large windows."""
+        key = (model, detector, window.name)
+        hit = self._cache.get(key)
+        now = self.clock()
+        if hit and now - hit[0] < self.settings.monitor_cache_s:
+            return hit[1]
+        result = self._evaluate(model, detector, window)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (now, result)
+        return result
+
+    def _evaluate(self, model: str, detector: str, window: Window) -> dict[str, Any]:
+        config = self.detectors.get(detector)
+        if config is None:
+            raise NotFound(f"no detector {detector!r}")
+        if not self.redis.sismember(self.keys.monitored, f"{model}|{detector}"):
+            raise NotFound(f"no scores yet for model {model!r} and detector {detector!r}")
+        now = self.clock()
+        e = self.entries(model, detector, window, now)
+        if window.seconds is not None:
+            start = now - window.seconds
+        else:  # a count window spans from its oldest labeled output to now
+            start = float(e.created_at.min()) if e.created_at.size else now
+        current = self.scores_between(model, detector, start, now + 1)
+        reference = self.scores_between(model, detector, start - max(now - start, 1.0), start)
+        result = quality(e, config, list(self.settings.monitor_ns), self.pairs_nm,
+                         self.settings.monitor_min_positives)
+        result = {"model": model, "detector": detector, "window": window.name, **result}
+        result["scored"] = int(current.size)
+        result["label_coverage"] = (e.scores.size / current.size) if current.size else None
+        result["drift"] = {"psi": ev.psi(reference, current), "ks": ev.ks_statistic(reference, current),
+                           "current": int(current.size), "reference": int(reference.size),
+                           "reference_window": "the same span just before this window"}
+        return result
+
+
+def _doubles(members: list[bytes], count: int) -> np.ndarray:
+    """The fixed binary tails (`count` little-endian doubles) of window members, as an array.
+    Members are `id|` + packed doubles (see store.py), so the tail is the last 8 * count bytes."""
+    width = 8 * count
+    return np.frombuffer(b"".join(m[-width:] for m in members), dtype="<f8").reshape(len(members), count)
+
+
+def quality(e: Entries, config: DetectorConfig, ns: list[int], nm: list[tuple[int, ...]],
+            min_positives: int) -> dict[str, Any]:
+    """The label-based part of a monitor response (pure: arrays in, numbers out)."""
+    positives, negatives = int(np.sum(e.labels == 1)), int(np.sum(e.labels == 0))
+    order = ev.descending_order(e.scores)  # one sort serves the plain and the weighted metrics
+    groups = ev.tie_groups(e.scores, e.labels, order=order)
+    enough = positives >= min_positives
+    withheld = None if enough else (f"window holds {positives} labeled positives; N-AUC and FNR need "
+                                    f"{min_positives} (REDLINE_MONITOR_MIN_POSITIVES)")
+    design = e.weights > 0
+    # Outputs outside the review design get weight 0: they sort with the rest and add nothing.
+    weighted = ev.tie_groups(e.scores, e.labels, e.weights, order=order)
+    lag = e.labeled_at - e.created_at
+    return {
+        "threshold": config.threshold,
+        "target_fnr": config.target_fnr,
+        "labeled": int(e.scores.size),
+        "positives": positives,
+        "negatives": negatives,
+        "auc": ev.nm_auc_from_groups(groups, 1, 1),
+        "n_auc": [{"n": n, "value": ev.nm_auc_from_groups(groups, n, 1) if enough else None} for n in ns],
+        "nm_auc": [{"n": n, "m": m, "value": ev.nm_auc_from_groups(groups, n, m) if enough else None}
+                   for n, m in nm],
+        "fnr": ev.fnr_at(e.scores, e.labels, config.threshold).to_dict() if enough else None,
+        "fpr": ev.fpr_at(e.scores, e.labels, config.threshold).to_dict(),
+        "threshold_for_target_fnr": (ev.threshold_for_fnr(e.scores, e.labels, config.target_fnr)
+                                     if enough and config.target_fnr is not None else None),
+        "weighted": {
+            "description": "inverse-probability weighted over flagged outputs (weight 1) and the audit sample "
+                           "(weight 1/audit rate); corrects for reviewers labeling mostly flagged outputs",
+            "labeled": int(design.sum()),
+            "auc": ev.nm_auc_from_groups(weighted, 1, 1),
+            "fnr": ev.weighted_fnr(e.scores, e.labels, config.threshold, e.weights) if enough else None,
+        },
+        "median_label_lag_s": float(np.median(lag)) if lag.size else None,
+        "withheld": withheld,
+    }
