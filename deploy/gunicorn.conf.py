@@ -21,3 +21,25 @@ errorlog = "-"
 loglevel = _settings.log_level.lower()
 # App loaded per worker process after fork: each gets its own Redis connection pool.
 preload_app = False
+
+
+def on_starting(server):  # noqa: ANN001 - gunicorn hook signature
+    """prometheus-client multiprocess mode: start from an empty directory, so counters of a previous
+    run are not summed into this one (`redline api` sets PROMETHEUS_MULTIPROC_DIR)."""
+    import os
+    import shutil
+
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path, exist_ok=True)
+
+
+def child_exit(server, worker):  # noqa: ANN001 - gunicorn hook signature
+    """Drop a dead process's live gauges; its counters stay in the directory, as they should."""
+    import os
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
-from flask import Flask, current_app, jsonify
+from flask import Flask, Response, current_app, g, jsonify, request
 from redis import Redis
 from werkzeug.exceptions import HTTPException
 
@@ -27,12 +28,29 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["redline"] = Redline(settings, redis)
 
-    from .api import detectors, health, labels, monitor, outputs
+    from .api import detectors, health, labels, metrics, monitor, outputs
 
-    for module in (outputs, labels, monitor, detectors, health):
+    for module in (outputs, labels, monitor, detectors, health, metrics):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
+    _register_request_metrics(app)
     return app
+
+
+def _register_request_metrics(app: Flask) -> None:
+    from .metrics import observe_request
+
+    @app.before_request
+    def start_timer() -> None:
+        g.redline_started = time.perf_counter()
+
+    @app.after_request
+    def record(response: Response) -> Response:
+        # The URL rule, not the path: a bounded label ("/v1/outputs/<output_id>"), never an id.
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        if route != "/metrics":
+            observe_request(route, request.method, response.status_code, g.get("redline_started", time.perf_counter()))
+        return response
 
 
 def core() -> Redline:

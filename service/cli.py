@@ -67,6 +67,8 @@ def run_api(settings: Settings) -> int:
     """Replace this process with gunicorn serving `service.app:create_app()`."""
     if not settings.redis_url:
         raise ConfigError("REDLINE_REDIS_URL is not set")
+    # Request metrics of all gunicorn processes are merged through this directory (wiped at start).
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.data_dir / f"prometheus-api-{settings.port}"))
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "service.app:create_app()"])
     return 0  # not reached
 

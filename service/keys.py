@@ -80,6 +80,15 @@ class Keys:
         """Set: "model|detector" pairs that have scores."""
         return f"{self.prefix}:monitored"
 
+    def histogram(self, name: str) -> str:
+        """Hash: one worker histogram (bucket upper bound -> count, plus sum and count), shared by all workers."""
+        return f"{self.prefix}:histogram:{name}"
+
+    @property
+    def models(self) -> str:
+        """Set: deployed model names seen; bounded by REDLINE_MAX_MODELS since they become metric labels."""
+        return f"{self.prefix}:models"
+
     def queue_name(self, priority: str) -> str:
         """RQ queue name for `high` (sync scoring) or `default` priority."""
         return f"{self.prefix}-{priority}"

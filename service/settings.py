@@ -53,6 +53,8 @@ class Settings:
     """Most characters in one prompt or response."""
     max_metadata_bytes: int = 4096
     """Largest metadata object, as JSON bytes."""
+    max_models: int = 200
+    """Most distinct deployed-model names accepted (they are metric label values, so bounded)."""
     max_labels_per_request: int = 1000
     """Most labels in one POST /v1/labels."""
     max_body_bytes: int = 8 * 1024 * 1024
@@ -105,7 +107,7 @@ class Settings:
     def validate(self) -> None:
         """Reject values that would only fail later, far from their cause."""
         positive = ("port", "workers", "api_processes", "max_batch", "max_outputs_per_request",
-                    "max_text_chars", "max_batch_tokens", "max_labels_per_request", "max_metadata_bytes",
+                    "max_text_chars", "max_batch_tokens", "max_labels_per_request", "max_models", "max_metadata_bytes",
                     "max_body_bytes", "sync_timeout_ms",
                     "max_sync_timeout_ms", "record_ttl_s", "job_timeout_s", "requeue_after_s",
                     "worker_ttl_s", "window_retention_s", "window_max_entries",

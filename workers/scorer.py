@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service.metrics import BATCH_SIZE, INFERENCE_SECONDS, QUEUE_WAIT
 from service.store import QUEUED, DetectorScore, OutputStore
 
 from .detector import OnnxDetector, OnnxModel, TextPair
 
 log = logging.getLogger(__name__)
 
-_READ_FIELDS = ("id", "status", "model", "prompt", "response", "detectors")
+_READ_FIELDS = ("id", "status", "model", "prompt", "response", "detectors", "created_at")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Scorer:
     def score(self, output_ids: Sequence[str]) -> BatchReport:
         """Score those of `output_ids` that are still queued; already-scored ones are left alone."""
         batch_id = uuid.uuid4().hex[:16]
+        started = time.time()
         records = [r for r in self.store.get_many(list(dict.fromkeys(output_ids)), _READ_FIELDS)
                    if r and r.get("status") == QUEUED]
         failures: dict[str, str] = {}
@@ -53,6 +56,7 @@ class Scorer:
         todo = [r for r in records if r["id"] not in failures]
         scores: dict[str, dict[str, DetectorScore]] = {r["id"]: {} for r in todo}
         calls: list[int] = []
+        inference_started = time.perf_counter()
         for model, detectors in self._by_model().items():
             wanted = {d.name for d in detectors}
             subset = [r for r in todo if wanted & set(r["detectors"]) and r["id"] not in failures]
@@ -69,13 +73,25 @@ class Scorer:
                                 version=det.version)
             calls += model.calls
             model.calls = []
+        inference_s = time.perf_counter() - inference_started
         batch = {"id": batch_id, "size": len(todo), "worker": self.worker, "session_calls": calls}
         written = self.store.finish_scored(
             ((r, scores[r["id"]], batch) for r in todo if r["id"] not in failures), self.audit_rate)
         failed = 0
         for output_id, reason in failures.items():
             failed += self.store.finish_failed([output_id], reason)
+        if todo:
+            self._observe(inference_s, len(todo), [started - r["created_at"] for r in todo])
         return BatchReport(batch_id, len(output_ids), written, failed, calls)
+
+    def _observe(self, inference_s: float, size: int, waits: list[float]) -> None:
+        """Worker histograms go to Redis, shared by all workers and exported by the API's /metrics."""
+        keys = self.store.keys
+        with self.store.redis.pipeline(transaction=False) as pipe:
+            INFERENCE_SECONDS.observe(pipe, keys, [inference_s])
+            BATCH_SIZE.observe(pipe, keys, [size])
+            QUEUE_WAIT.observe(pipe, keys, [max(0.0, w) for w in waits])
+            pipe.execute()
 
     def _by_model(self) -> dict[OnnxModel, list[OnnxDetector]]:
         groups: dict[OnnxModel, list[OnnxDetector]] = {}

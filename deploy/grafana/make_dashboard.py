@@ -1,0 +1,113 @@
+"""Generate deploy/grafana/dashboards/redline.json (run after editing; a test checks they match).
+
+    python deploy/grafana/make_dashboard.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "dashboards" / "redline.json"
+SEL = 'model=~"$model", detector=~"$detector"'
+WIN = f'{SEL}, window="$window"'
+
+
+def panel(pid: int, title: str, targets: list[tuple[str, str]], x: int, y: int, unit: str = "short",
+          description: str = "", w: int = 12, h: int = 8, max_: float | None = None) -> dict:
+    defaults: dict = {"unit": unit}
+    if max_ is not None:
+        defaults.update({"min": 0, "max": max_})
+    return {
+        "id": pid, "type": "timeseries", "title": title, "description": description,
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": {"legend": {"displayMode": "table", "placement": "bottom"}, "tooltip": {"mode": "multi"}},
+        "targets": [{"refId": chr(65 + i), "expr": expr, "legendFormat": legend}
+                    for i, (expr, legend) in enumerate(targets)],
+    }
+
+
+def variable(name: str, query: str) -> dict:
+    return {"name": name, "type": "query", "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "query": {"query": query, "refId": name}, "definition": query, "refresh": 2, "includeAll": True,
+            "multi": True, "current": {"text": "All", "value": "$__all"}, "allValue": ".*"}
+
+
+PANELS = [
+    panel(1, "High-sensitivity N-AUC", [(f"redline_n_auc{{{WIN}}}", "{{model}} {{detector}} N={{n}}")], 0, 0,
+          description="P(N random positives all outscore a random negative). N=1 is the ROC AUC.", max_=1),
+    panel(2, "False-negative rate with 95% Wilson band, and target", [
+        (f"redline_fnr_ratio{{{WIN}}}", "{{model}} {{detector}} FNR"),
+        (f'redline_fnr_lower_ratio{{{WIN}, interval="wilson"}}', "{{model}} {{detector}} lower"),
+        (f'redline_fnr_upper_ratio{{{WIN}, interval="wilson"}}', "{{model}} {{detector}} upper"),
+        ('redline_detector_target_fnr_ratio{detector=~"$detector"}', "{{detector}} target"),
+    ], 12, 0, unit="percentunit",
+        description="The FNR alert fires when the lower bound stays above the target."),
+    panel(3, "(N,M)-AUC", [(f"redline_nm_auc{{{WIN}}}", "{{model}} {{detector}} N={{n}} M={{m}}")], 0, 8, max_=1),
+    panel(4, "Audit-weighted FNR and FPR", [
+        (f"redline_fnr_weighted_ratio{{{WIN}}}", "{{model}} {{detector}} FNR (audit-weighted)"),
+        (f"redline_fpr_ratio{{{WIN}}}", "{{model}} {{detector}} FPR"),
+    ], 12, 8, unit="percentunit"),
+    panel(5, "Label coverage", [(f"redline_label_coverage_ratio{{{WIN}}}", "{{model}} {{detector}}")], 0, 16,
+          unit="percentunit", description="Labeled / scored outputs in the window."),
+    panel(6, "Labeled positives and negatives in window", [
+        (f"redline_window_positives{{{WIN}}}", "{{model}} {{detector}} positives"),
+        (f"redline_window_negatives{{{WIN}}}", "{{model}} {{detector}} negatives"),
+    ], 12, 16),
+    panel(7, "Flagged rate", [(
+        f"sum by (model, detector) (rate(redline_outputs_flagged_total{{{SEL}}}[5m]))"
+        f" / sum by (model, detector) (rate(redline_outputs_scored_total{{{SEL}}}[5m]))", "{{model}} {{detector}}")],
+        0, 24, unit="percentunit"),
+    panel(8, "Score drift (PSI and KS vs the previous span)", [
+        (f"redline_score_psi{{{WIN}}}", "{{model}} {{detector}} PSI"),
+        (f"redline_score_ks{{{WIN}}}", "{{model}} {{detector}} KS"),
+    ], 12, 24),
+    panel(9, "Throughput", [
+        (f"sum by (detector) (rate(redline_outputs_scored_total{{{SEL}}}[5m]))", "scored/s {{detector}}"),
+        ("sum by (route) (rate(redline_http_requests_total[5m]))", "requests/s {{route}}"),
+        (f"sum by (detector) (rate(redline_labels_total{{{SEL}}}[5m]))", "labels/s {{detector}}"),
+    ], 0, 32, unit="reqps"),
+    panel(10, "Latency percentiles", [
+        ("histogram_quantile(0.5, sum by (le) (rate(redline_http_request_duration_seconds_bucket[5m])))", "API p50"),
+        ("histogram_quantile(0.99, sum by (le) (rate(redline_http_request_duration_seconds_bucket[5m])))", "API p99"),
+        ("histogram_quantile(0.5, sum by (le) (rate(redline_inference_duration_seconds_bucket[5m])))", "inference p50"),
+        ("histogram_quantile(0.99, sum by (le) (rate(redline_inference_duration_seconds_bucket[5m])))",
+         "inference p99"),
+        ("histogram_quantile(0.99, sum by (le) (rate(redline_queue_wait_seconds_bucket[5m])))", "queue wait p99"),
+    ], 12, 32, unit="s"),
+    panel(11, "Queue depth and pending outputs", [
+        ("redline_queue_depth", "jobs queued ({{priority}})"),
+        ("redline_outputs_pending", "outputs pending"),
+    ], 0, 40),
+    panel(12, "Workers alive and batch size", [
+        ("redline_workers_alive", "workers alive"),
+        ("histogram_quantile(0.5, sum by (le) (rate(redline_batch_size_bucket[5m])))", "batch size p50"),
+    ], 12, 40),
+]
+
+DASHBOARD = {
+    "uid": "redline-overview", "title": "Redline: detector quality and service health", "schemaVersion": 39,
+    "version": 1, "editable": True, "tags": ["redline"], "timezone": "browser", "refresh": "30s",
+    "time": {"from": "now-6h", "to": "now"},
+    "templating": {"list": [
+        {"name": "datasource", "type": "datasource", "query": "prometheus", "current": {}},
+        variable("model", "label_values(redline_outputs_scored_total, model)"),
+        variable("detector", "label_values(redline_outputs_scored_total, detector)"),
+        {"name": "window", "type": "custom", "query": "24h,1h,7d,count:1000", "multi": False,
+         "current": {"text": "24h", "value": "24h"},
+         "options": [{"text": w, "value": w, "selected": w == "24h"} for w in ("24h", "1h", "7d", "count:1000")]},
+    ]},
+    "panels": PANELS,
+}
+
+
+def render() -> str:
+    return json.dumps(DASHBOARD, indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(render())
+    print(OUT)

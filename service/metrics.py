@@ -1,0 +1,203 @@
+"""Prometheus metrics.
+
+- Request metrics are recorded by each gunicorn process in prometheus-client's multiprocess mode
+  (PROMETHEUS_MULTIPROC_DIR, wiped when the API starts, dead processes marked in `child_exit`).
+- Everything else is read from Redis at scrape time by `RedlineCollector`, so it is exported once
+  per scrape whichever process answers, and covers every worker on every machine: the exactly-once
+  counters, the workers' histograms (inference time, batch size, queue wait: `RedisHistogram`),
+  queue depth, live workers, and the quality gauges of every (model, detector, window).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from redis import Redis
+
+from .keys import Keys
+
+REQUESTS = Counter("redline_http_requests_total", "HTTP requests by route, method and status",
+                   ["route", "method", "status"])
+REQUEST_SECONDS = Histogram("redline_http_request_duration_seconds", "HTTP request latency", ["route", "method"],
+                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+
+
+class RedisHistogram:
+    """A histogram whose buckets live in one Redis hash, so every worker adds to the same series."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name, self.documentation, self.buckets = name, documentation, tuple(buckets)
+
+    def observe(self, pipe: Any, keys: Keys, values: Sequence[float]) -> None:
+        """Queue the observations on a Redis pipeline (the caller executes it with its other writes)."""
+        key = keys.histogram(self.name)
+        for value in values:
+            bucket = next((b for b in self.buckets if value <= b), float("inf"))
+            pipe.hincrby(key, repr(float(bucket)), 1)
+        pipe.hincrbyfloat(key, "sum", float(sum(values)))
+        pipe.hincrby(key, "count", len(values))
+
+    def family(self, raw: dict[bytes, bytes]) -> HistogramMetricFamily:
+        counts = {k.decode(): float(v) for k, v in raw.items()}
+        cumulative, running = [], 0.0
+        for bound in (*self.buckets, float("inf")):
+            running += counts.get(repr(float(bound)), 0.0)
+            cumulative.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], cumulative, counts.get("sum", 0.0))
+        return family
+
+
+INFERENCE_SECONDS = RedisHistogram("redline_inference_duration_seconds",
+                                   "onnxruntime time to score one batch (all detectors)",
+                                   (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+BATCH_SIZE = RedisHistogram("redline_batch_size", "Outputs scored per batch", (1, 2, 4, 8, 16, 32, 64, 128, 256))
+QUEUE_WAIT = RedisHistogram("redline_queue_wait_seconds", "Time from acceptance to scoring start",
+                            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+WORKER_HISTOGRAMS = (INFERENCE_SECONDS, BATCH_SIZE, QUEUE_WAIT)
+
+_COUNTERS = {  # Redis counter event -> (metric, help)
+    "scored": ("redline_outputs_scored_total", "Outputs scored, by deployed model and detector"),
+    "flagged": ("redline_outputs_flagged_total", "Outputs flagged (score >= threshold)"),
+    "labeled": ("redline_labels_total", "Outputs given a ground-truth label"),
+}
+
+
+class RedlineCollector(Collector):
+    """Reads Redline's state from Redis when Prometheus scrapes."""
+
+    def __init__(self, redline: Any) -> None:
+        self.redline = redline  # service.core.Redline
+
+    def collect(self) -> Iterator[Any]:
+        r, keys = self.redline.redis, self.redline.keys
+        yield from self._counters(r, keys)
+        for histogram in WORKER_HISTOGRAMS:
+            yield histogram.family(r.hgetall(keys.histogram(histogram.name)))
+        depth = GaugeMetricFamily("redline_queue_depth", "Scoring jobs waiting, by queue priority", labels=["priority"])
+        for priority, queue in self.redline.queues.by_priority.items():
+            depth.add_metric([priority], queue.count)
+        yield depth
+        yield GaugeMetricFamily("redline_outputs_pending", "Outputs accepted and not yet scored",
+                                value=r.zcard(keys.pending))
+        yield GaugeMetricFamily("redline_workers_alive", "Scoring workers with a recent heartbeat",
+                                value=self.redline.workers_alive())
+        yield from self._detectors()
+        yield from self._quality()
+
+    def _counters(self, r: Redis, keys: Keys) -> Iterator[Any]:
+        families = {event: CounterMetricFamily(name, doc, labels=["model", "detector"])
+                    for event, (name, doc) in _COUNTERS.items()}
+        failed = CounterMetricFamily("redline_outputs_failed_total", "Outputs that could not be scored",
+                                     labels=["model"])
+        for field, value in r.hgetall(keys.counters).items():
+            parts = field.decode().split("|")
+            if parts[0] in families and len(parts) == 3:
+                families[parts[0]].add_metric([parts[2], parts[1]], float(value))
+            elif parts[0] == "failed" and len(parts) == 2:
+                failed.add_metric([parts[1]], float(value))
+        yield from families.values()
+        yield failed
+
+    def _detectors(self) -> Iterator[Any]:
+        threshold = GaugeMetricFamily("redline_detector_threshold", "Operating threshold", labels=["detector"])
+        target = GaugeMetricFamily("redline_detector_target_fnr_ratio", "Target false-negative rate",
+                                   labels=["detector"])
+        for name, config in self.redline.detectors.items():
+            threshold.add_metric([name], config.threshold)
+            if config.target_fnr is not None:
+                target.add_metric([name], config.target_fnr)
+        yield threshold
+        yield target
+
+    def _quality(self) -> Iterator[Any]:
+        base = ["model", "detector", "window"]
+        g = {
+            "positives": GaugeMetricFamily("redline_window_positives", "Labeled positives in window", labels=base),
+            "negatives": GaugeMetricFamily("redline_window_negatives", "Labeled negatives in window", labels=base),
+            "n_auc": GaugeMetricFamily("redline_n_auc", "N-AUC: P(N random positives all outscore a negative)",
+                                       labels=[*base, "n"]),
+            "nm_auc": GaugeMetricFamily("redline_nm_auc", "(N,M)-AUC: P(N positives all outscore M negatives)",
+                                        labels=[*base, "n", "m"]),
+            "fnr": GaugeMetricFamily("redline_fnr_ratio", "False-negative rate at the threshold", labels=base),
+            "fnr_lower": GaugeMetricFamily("redline_fnr_lower_ratio", "Lower bound of the 95% FNR interval",
+                                           labels=[*base, "interval"]),
+            "fnr_upper": GaugeMetricFamily("redline_fnr_upper_ratio", "Upper bound of the 95% FNR interval",
+                                           labels=[*base, "interval"]),
+            "fnr_weighted": GaugeMetricFamily("redline_fnr_weighted_ratio", "Audit-weighted (IPW) FNR", labels=base),
+            "fpr": GaugeMetricFamily("redline_fpr_ratio", "False-positive rate at the threshold", labels=base),
+            "coverage": GaugeMetricFamily("redline_label_coverage_ratio", "Labeled / scored outputs", labels=base),
+            "lag": GaugeMetricFamily("redline_label_lag_seconds", "Median output-to-label delay", labels=base),
+            "psi": GaugeMetricFamily("redline_score_psi", "Score PSI against the previous span", labels=base),
+            "ks": GaugeMetricFamily("redline_score_ks", "Score KS statistic against the previous span", labels=base),
+        }
+        monitor = self.redline.monitor
+        windows = [monitor_window(w) for w in self.redline.settings.monitor_windows]
+        for model, detector in monitor.pairs():
+            if detector not in self.redline.detectors:
+                continue
+            for window in windows:
+                q = monitor.evaluate(model, detector, window)
+                labels = [model, detector, window.name]
+                g["positives"].add_metric(labels, q["positives"])
+                g["negatives"].add_metric(labels, q["negatives"])
+                for entry in q["n_auc"]:
+                    _maybe(g["n_auc"], [*labels, str(entry["n"])], entry["value"])
+                for entry in q["nm_auc"]:
+                    _maybe(g["nm_auc"], [*labels, str(entry["n"]), str(entry["m"])], entry["value"])
+                if q["fnr"]:
+                    _maybe(g["fnr"], labels, q["fnr"]["value"])
+                    for interval in ("wilson", "clopper_pearson"):
+                        bounds = q["fnr"][interval]
+                        if bounds:
+                            g["fnr_lower"].add_metric([*labels, interval], bounds[0])
+                            g["fnr_upper"].add_metric([*labels, interval], bounds[1])
+                _maybe(g["fnr_weighted"], labels, q["weighted"]["fnr"])
+                _maybe(g["fpr"], labels, q["fpr"]["value"])
+                _maybe(g["coverage"], labels, q["label_coverage"])
+                _maybe(g["lag"], labels, q["median_label_lag_s"])
+                _maybe(g["psi"], labels, q["drift"]["psi"])
+                _maybe(g["ks"], labels, q["drift"]["ks"])
+        yield from g.values()
+
+
+def _maybe(family: GaugeMetricFamily, labels: list[str], value: float | None) -> None:
+    """Withheld or undefined metrics are absent series, never 0 (an alert must not fire on 'no data')."""
+    if value is not None:
+        family.add_metric(labels, value)
+
+
+def monitor_window(name: str) -> Any:
+    from .monitoring import Window
+
+    return Window.parse(name)
+
+
+def exposition(redline: Any) -> bytes:
+    """The /metrics body: this deployment's request metrics from every API process, plus Redis state."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)
+    else:  # single process (tests, `flask run`): the instruments live in the default registry
+        registry.register(_DefaultRequestMetrics())
+    registry.register(RedlineCollector(redline))
+    return generate_latest(registry)
+
+
+class _DefaultRequestMetrics(Collector):
+    def collect(self) -> Iterator[Any]:
+        yield from REQUESTS.collect()
+        yield from REQUEST_SECONDS.collect()
+
+
+def observe_request(route: str, method: str, status: int, started: float) -> None:
+    REQUESTS.labels(route, method, str(status)).inc()
+    REQUEST_SECONDS.labels(route, method).observe(time.perf_counter() - started)

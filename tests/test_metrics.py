@@ -1,0 +1,136 @@
+"""Prometheus instruments and the scrape-time collector, with a private registry and a real Redis."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
+
+from models.synthetic import DEFAULT_HEADS, keyword_score
+from service.app import create_app
+from service.core import Redline
+from service.metrics import BATCH_SIZE, RedisHistogram, RedlineCollector
+from service.monitoring import Window
+from service.settings import Settings
+from service.store import NewOutput
+from workers.runtime import build_scorer
+
+TEXTS = ["blood and a broken arm", "bleeding wound", "stabbed hurt", "a calm day", "hello world", "the park"]
+
+
+@pytest.fixture()
+def scored(redis: Redis, settings: Settings) -> Redline:
+    s = dataclasses.replace(settings, monitor_min_positives=2, monitor_cache_s=0, monitor_windows=("24h", "count:6"))
+    core = Redline(s, redis)
+    outs = [NewOutput(id=f"m{i}", model="bot", response=t, detectors=["injury"],
+                      labels={"injury": int(i < 3)}) for i, t in enumerate(TEXTS)]
+    core.submit(outs)
+    build_scorer(redis, s, "w1").score([o.id for o in outs])
+    return core
+
+
+def _registry(core: Redline) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(RedlineCollector(core))
+    return registry
+
+
+def test_counters_come_from_the_exactly_once_counts(scored: Redline) -> None:
+    reg = _registry(scored)
+    flagged = sum(keyword_score(t, DEFAULT_HEADS["injury"]) >= 0.5 for t in TEXTS)
+    assert reg.get_sample_value("redline_outputs_scored_total", {"model": "bot", "detector": "injury"}) == 6
+    assert reg.get_sample_value("redline_outputs_flagged_total", {"model": "bot", "detector": "injury"}) == flagged
+    assert reg.get_sample_value("redline_labels_total", {"model": "bot", "detector": "injury"}) == 6
+    assert reg.get_sample_value("redline_outputs_pending") == 0
+    # Scored here without a worker, so the job that carried them is still queued.
+    assert reg.get_sample_value("redline_queue_depth", {"priority": "default"}) == 1
+    assert reg.get_sample_value("redline_queue_depth", {"priority": "high"}) == 0
+    assert reg.get_sample_value("redline_detector_threshold", {"detector": "injury"}) == 0.5
+
+
+def test_worker_histograms_are_shared_through_redis(scored: Redline) -> None:
+    reg = _registry(scored)
+    assert reg.get_sample_value("redline_batch_size_count") == 1
+    assert reg.get_sample_value("redline_batch_size_sum") == 6
+    assert reg.get_sample_value("redline_batch_size_bucket", {"le": "4.0"}) == 0
+    assert reg.get_sample_value("redline_batch_size_bucket", {"le": "8.0"}) == 1
+    assert reg.get_sample_value("redline_queue_wait_seconds_count") == 6
+    assert reg.get_sample_value("redline_inference_duration_seconds_count") == 1
+    # A second worker adds to the same series.
+    with scored.redis.pipeline() as pipe:
+        BATCH_SIZE.observe(pipe, scored.keys, [1, 300])
+        pipe.execute()
+    reg = _registry(scored)
+    assert reg.get_sample_value("redline_batch_size_count") == 3
+    assert reg.get_sample_value("redline_batch_size_bucket", {"le": "1.0"}) == 1
+    assert reg.get_sample_value("redline_batch_size_bucket", {"le": "256.0"}) == 2
+    assert reg.get_sample_value("redline_batch_size_bucket", {"le": "+Inf"}) == 3
+
+
+def test_quality_gauges_match_the_monitor(scored: Redline) -> None:
+    reg = _registry(scored)
+    for window in ("24h", "count:6"):
+        q = scored.monitor.evaluate("bot", "injury", Window.parse(window))
+        labels = {"model": "bot", "detector": "injury", "window": window}
+        assert reg.get_sample_value("redline_window_positives", labels) == q["positives"]
+        for entry in q["n_auc"]:
+            assert reg.get_sample_value("redline_n_auc", {**labels, "n": str(entry["n"])}) == entry["value"]
+        assert reg.get_sample_value("redline_fnr_ratio", labels) == q["fnr"]["value"]
+        lo, hi = q["fnr"]["clopper_pearson"]
+        assert reg.get_sample_value("redline_fnr_lower_ratio", {**labels, "interval": "clopper_pearson"}) == lo
+        assert reg.get_sample_value("redline_fnr_upper_ratio", {**labels, "interval": "clopper_pearson"}) == hi
+        assert reg.get_sample_value("redline_label_coverage_ratio", labels) == q["label_coverage"]
+
+
+def test_withheld_metrics_are_absent_not_zero(redis: Redis, settings: Settings) -> None:
+    s = dataclasses.replace(settings, monitor_min_positives=50, monitor_cache_s=0, monitor_windows=("24h",))
+    core = Redline(s, redis)
+    core.submit([NewOutput(id="w1", model="bot", response="blood", detectors=["injury"], labels={"injury": 1})])
+    build_scorer(redis, s, "w").score(["w1"])
+    reg = _registry(core)
+    labels = {"model": "bot", "detector": "injury", "window": "24h"}
+    assert reg.get_sample_value("redline_window_positives", labels) == 1
+    assert reg.get_sample_value("redline_fnr_ratio", labels) is None
+    assert reg.get_sample_value("redline_n_auc", {**labels, "n": "5"}) is None
+
+
+def test_redis_histogram_buckets_are_cumulative(redis: Redis, scored: Redline) -> None:
+    h = RedisHistogram("redline_test_seconds", "test", (0.1, 1.0))
+    with redis.pipeline() as pipe:
+        h.observe(pipe, scored.keys, [0.05, 0.5, 0.7, 5.0])
+        pipe.execute()
+    family = h.family(redis.hgetall(scored.keys.histogram("redline_test_seconds")))
+    values = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert values[("redline_test_seconds_bucket", "0.1")] == 1
+    assert values[("redline_test_seconds_bucket", "1.0")] == 3
+    assert values[("redline_test_seconds_bucket", "+Inf")] == 4
+    assert values[("redline_test_seconds_count", None)] == 4
+    assert values[("redline_test_seconds_sum", None)] == pytest.approx(6.25)
+
+
+def test_metrics_endpoint_labels_routes_not_ids(scored: Redline, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    app = create_app(scored.settings, scored.redis)
+    client = app.test_client()
+    assert client.get("/v1/outputs/m0").status_code == 200
+    assert client.get("/v1/outputs/nope").status_code == 404
+    body = client.get("/metrics").get_data(as_text=True)
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    routes = {(s.labels["route"], s.labels["status"]) for s in families["redline_http_requests"].samples
+              if s.name == "redline_http_requests_total"}
+    assert ("/v1/outputs/<output_id>", "200") in routes and ("/v1/outputs/<output_id>", "404") in routes
+    assert not any("m0" in r for r, _ in routes)
+    assert "redline_n_auc" in families and "redline_outputs_scored" in families
+
+
+def test_distinct_model_names_are_bounded(redis: Redis, settings: Settings) -> None:
+    from service.errors import ValidationFailed
+
+    core = Redline(dataclasses.replace(settings, max_models=2), redis)
+    for name in ("a", "b", "a"):
+        core.submit([NewOutput(id=f"x-{name}-{id(name)}", model=name, response="hi", detectors=["injury"])])
+    with pytest.raises(ValidationFailed, match="REDLINE_MAX_MODELS=2"):
+        core.submit([NewOutput(id="x-c", model="c", response="hi", detectors=["injury"])])
