@@ -92,8 +92,11 @@ class Featurizer:
                                                  for e in examples])
         return pad_batch(encodings, self.pad_id)
 
+    tag = "frozen"  # part of the feature cache key: fine-tuning changes the encoder
+
     def features(self, examples: list[Example], batch: int = 32) -> np.ndarray:
-        key = hashlib.sha256(json.dumps([[e.prompt, e.response] for e in examples]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([self.tag, [[e.prompt, e.response] for e in examples]]).encode()
+                             ).hexdigest()[:16]
         cached = CACHE / f"{key}.npy"
         if cached.exists():
             return np.load(cached)
@@ -156,6 +159,56 @@ def PooledHeads(encoder: Any, weights: np.ndarray, bias: np.ndarray) -> Any:  # 
             return self.features(input_ids, attention_mask, token_type_ids) @ self.weights + self.bias
 
     return _Pooled()
+
+
+def finetune(featurizer: Featurizer, splits: dict[str, Split], epochs: float, minutes: float,
+             lr: float = 3e-5, batch: int = 16) -> dict[str, Any]:
+    """Multi-task fine-tuning of the shared encoder: one binary cross-entropy head per detector, batches
+    drawn task by task (each task's data once per epoch, small tasks repeated to at least 1/4 of the
+    largest), class-balanced. Stops after `epochs` or `minutes`, whichever comes first."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    encoder = featurizer.encoder.train()
+    heads = nn.Linear(3 * 384, len(DETECTORS))
+    params = list(encoder.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    largest = max(len(splits[n].train) for n in DETECTORS)
+    plan: list[tuple[int, list[int]]] = []
+    for task, name in enumerate(DETECTORS):
+        rows = splits[name].train
+        order = np.concatenate([rng.permutation(len(rows)) for _ in range(max(1, largest // (4 * len(rows))))])
+        plan += [(task, order[i:i + batch].tolist()) for i in range(0, len(order), batch)]
+    steps = int(len(plan) * epochs)
+    schedule = [plan[i] for i in np.concatenate([rng.permutation(len(plan)) for _ in range(int(np.ceil(epochs)))])]
+    schedule = schedule[:steps]
+    pos_weight = {t: (len(splits[n].train) - sum(e.label for e in splits[n].train)) /
+                  max(1, sum(e.label for e in splits[n].train)) for t, n in enumerate(DETECTORS)}
+    started, done, losses = time.time(), 0, []
+    for task, idx in schedule:
+        if time.time() - started > minutes * 60:
+            break
+        rows = [splits[DETECTORS[task]].train[i] for i in idx]
+        feeds = {k: torch.from_numpy(v) for k, v in featurizer.encode(rows).items()}
+        logits = heads(featurizer.module.features(**feeds))[:, task]
+        target = torch.tensor([float(e.label) for e in rows])
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            logits, target, pos_weight=torch.tensor(pos_weight[task]))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(float(loss))
+        done += 1
+        if done % 100 == 0:
+            print(f"  fine-tune step {done}/{len(schedule)} loss {np.mean(losses[-100:]):.4f} "
+                  f"({time.time() - started:.0f}s)", flush=True)
+    encoder.eval()
+    featurizer.tag = f"finetuned-{done}-steps"
+    return {"steps": done, "planned_steps": len(schedule), "minutes": round((time.time() - started) / 60, 1),
+            "lr": lr, "batch": batch}
 
 
 def fit_head(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
@@ -257,12 +310,22 @@ def metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[st
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train and export Redline's shipped detectors")
     parser.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
+    parser.add_argument("--finetune-epochs", type=float, default=0.0,
+                        help="fine-tune the shared encoder first (0: frozen encoder, heads only)")
+    parser.add_argument("--finetune-minutes", type=float, default=60.0, help="time cap for fine-tuning")
     args = parser.parse_args(argv)
     started = time.time()
     splits = load_splits(args.data_dir)
     featurizer = Featurizer()
     heads_w, heads_b, torch_val = [], [], {}
     report: dict[str, Any] = {}
+    procedure = {"encoder": "frozen"}
+    if args.finetune_epochs > 0:
+        import torch
+
+        torch.set_num_threads(2)
+        procedure = {"encoder": "fine-tuned", **finetune(featurizer, splits, args.finetune_epochs,
+                                                          args.finetune_minutes)}
     for name in DETECTORS:
         split = splits[name]
         print(f"{name}: {len(split.train)} train / {len(split.val)} validation rows", flush=True)
@@ -271,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         heads_w.append(w)
         heads_b.append(b)
         torch_val[name] = 1 / (1 + np.exp(-(xv.astype(np.float64) @ w + b)))
-        report[name] = {"baseline_tfidf_auc": tfidf_baseline(split)}
+        report[name] = {"baseline_tfidf_auc": tfidf_baseline(split), "procedure": procedure}
     weights, bias = np.stack(heads_w, 1).astype(np.float32), np.array(heads_b, np.float32)
     export(featurizer, weights, bias)
     # Placeholder thresholds so the configs load; calibrated below on the served scores.

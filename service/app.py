@@ -7,10 +7,11 @@ import time
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from redis import Redis
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from .core import Redline
-from .errors import ConfigError, RedlineError
+from .errors import ConfigError, RedlineError, Unavailable
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,9 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["redline"] = Redline(settings, redis)
 
-    from .api import detectors, health, labels, metrics, monitor, outputs
+    from .api import dead_letters, detectors, health, labels, metrics, monitor, outputs
 
-    for module in (outputs, labels, monitor, detectors, health, metrics):
+    for module in (outputs, labels, monitor, detectors, dead_letters, health, metrics):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
     _register_request_metrics(app)
@@ -61,7 +62,17 @@ def core() -> Redline:
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RedlineError)
     def redline_error(exc: RedlineError):  # type: ignore[no-untyped-def]
-        return jsonify(exc.to_dict()), exc.status
+        response = jsonify(exc.to_dict())
+        if isinstance(exc, Unavailable):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response, exc.status
+
+    @app.errorhandler(RedisError)
+    def redis_down(exc: RedisError):  # type: ignore[no-untyped-def]
+        # Nothing was accepted: a create is one atomic script, so the client may simply retry.
+        log.warning("Redis unavailable: %s", exc)
+        return redline_error(Unavailable("storage is unavailable; nothing was stored, retry shortly",
+                                         retry_after_s=2))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from typing import Any
 from redis import Redis
 
 from .detector_config import DetectorConfig, load_configs
-from .errors import NotFound, ValidationFailed
+from .errors import NotFound, Overloaded, ValidationFailed
 from .keys import Keys
 from .monitoring import Monitor
 from .queueing import DEFAULT, HIGH, ScoreQueues, new_job_id
@@ -36,6 +36,11 @@ class Redline:
     def submit(self, outputs: list[NewOutput], sync: bool = False) -> tuple[list[str], str | None]:
         """Store outputs and queue the new ones in one job; returns each output's state
         ("new" or its existing status) and, for sync requests, the notification token."""
+        pending = int(self.redis.zcard(self.keys.pending))
+        if pending + len(outputs) > self.settings.max_pending:
+            # Refuse before storing anything: memory stays bounded however far traffic overshoots.
+            raise Overloaded(f"{pending} outputs are waiting to be scored (REDLINE_MAX_PENDING="
+                             f"{self.settings.max_pending}); retry later", retry_after_s=self.settings.retry_after_s)
         self._admit_models({o.model for o in outputs})
         token = uuid.uuid4().hex if sync else None
         job_id = new_job_id()

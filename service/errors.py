@@ -55,3 +55,14 @@ class Conflict(RedlineError):
 class Unavailable(RedlineError):
     status = 503
     code = "unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 5, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after_s = retry_after_s
+
+
+class Overloaded(Unavailable):
+    """Backpressure: too much accepted and not yet scored; the client should retry later."""
+
+    status = 429
+    code = "overloaded"

@@ -57,6 +57,11 @@ class Keys:
         return f"{self.prefix}:detectors"
 
     @property
+    def dead(self) -> str:
+        """Sorted set: outputs given up on after REDLINE_MAX_ATTEMPTS scoring attempts, by time."""
+        return f"{self.prefix}:dead"
+
+    @property
     def reaper_lock(self) -> str:
         """String with TTL: only one process requeues abandoned outputs at a time."""
         return f"{self.prefix}:reaper-lock"

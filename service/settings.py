@@ -55,6 +55,10 @@ class Settings:
     """Largest metadata object, as JSON bytes."""
     max_models: int = 200
     """Most distinct deployed-model names accepted (they are metric label values, so bounded)."""
+    max_pending: int = 100_000
+    """Backpressure: outputs accepted and not yet scored beyond which submits get 429."""
+    retry_after_s: int = 5
+    """Retry-After sent with 429 when the backlog is full."""
     max_labels_per_request: int = 1000
     """Most labels in one POST /v1/labels."""
     max_body_bytes: int = 8 * 1024 * 1024
@@ -69,6 +73,9 @@ class Settings:
     """RQ job timeout for one scoring job."""
     requeue_after_s: int = 30
     """Outputs queued this long with no live worker holding them are queued again."""
+    max_attempts: int = 5
+    """Scoring attempts per output (first + requeues after a worker died or its job failed) before it is
+    marked failed and listed in GET /v1/dead-letters."""
     worker_ttl_s: int = 15
     """A worker whose liveness key is older than this counts as dead."""
     log_level: str = "INFO"
@@ -107,10 +114,11 @@ class Settings:
     def validate(self) -> None:
         """Reject values that would only fail later, far from their cause."""
         positive = ("port", "workers", "api_processes", "max_batch", "max_outputs_per_request",
-                    "max_text_chars", "max_batch_tokens", "max_labels_per_request", "max_models", "max_metadata_bytes",
+                    "max_text_chars", "max_batch_tokens", "max_labels_per_request", "max_models", "max_pending",
+                    "retry_after_s", "max_metadata_bytes",
                     "max_body_bytes", "sync_timeout_ms",
                     "max_sync_timeout_ms", "record_ttl_s", "job_timeout_s", "requeue_after_s",
-                    "worker_ttl_s", "window_retention_s", "window_max_entries",
+                    "worker_ttl_s", "max_attempts", "window_retention_s", "window_max_entries",
                     "monitor_min_positives")
         for name in positive:
             if getattr(self, name) <= 0:

@@ -82,9 +82,9 @@ def start_api(env: Mapping[str, str], log_path: Path, timeout: float = 30) -> tu
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if requests.get(base + "/healthz", timeout=1).status_code == 200:
+            if requests.get(base + "/healthz", timeout=5).status_code == 200:
                 return proc, base
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or too busy starting to answer
             pass
         if not proc.alive() or time.monotonic() > deadline:
             proc.stop()

@@ -21,15 +21,17 @@ log = logging.getLogger(__name__)
 
 
 def requeue_abandoned(redis: Redis, store: OutputStore, queues: ScoreQueues, older_than_s: float,
-                      chunk: int, limit: int = 5000) -> int:
-    """One pass; returns how many outputs were queued again."""
+                      chunk: int, limit: int = 5000, max_attempts: int = 5) -> int:
+    """One pass; returns how many outputs were queued again. An output whose job was abandoned
+    `max_attempts` times (its worker kept dying, or its job kept failing) is marked failed with the
+    last job error and listed as a dead letter instead."""
     keys: Keys = store.keys
     now = time.time()
     raw_ids = redis.zrangebyscore(keys.pending, "-inf", now - older_than_s, start=0, num=limit)
     if not raw_ids:
         return 0
     ids = [i.decode() for i in raw_ids]
-    records = store.get_many(ids, ["id", "status", "job"])
+    records = store.get_many(ids, ["id", "status", "job", "attempts"])
     gone = [i for i, r in zip(ids, records, strict=True) if not r or r.get("status") != QUEUED]
     if gone:
         redis.zrem(keys.pending, *gone)
@@ -42,16 +44,39 @@ def requeue_abandoned(redis: Redis, store: OutputStore, queues: ScoreQueues, old
         for job in jobs:
             pipe.exists(keys.lease(job))
         leased = {job for job, held in zip(jobs, pipe.execute(), strict=True) if held}
-    orphans = [r["id"] for r in live if r.get("job") not in waiting and r.get("job") not in leased]
+    lost = [r for r in live if r.get("job") not in waiting and r.get("job") not in leased]
+    exhausted = [r for r in lost if int(r.get("attempts", 1)) >= max_attempts]
+    for record in exhausted:
+        reason = f"gave up after {max_attempts} scoring attempts; last error: {job_error(redis, record.get('job', ''))}"
+        if store.finish_failed([record["id"]], reason):
+            redis.zadd(keys.dead, {record["id"]: now})
+    orphans = [r["id"] for r in lost if r not in exhausted]
     for start in range(0, len(orphans), chunk):
         part = orphans[start:start + chunk]
         job_id = new_job_id()
         with redis.pipeline() as pipe:
             for output_id in part:
                 pipe.hset(keys.output(output_id), "job", job_id)
+                pipe.hincrby(keys.output(output_id), "attempts", 1)
                 pipe.zadd(keys.pending, {output_id: time.time()})
             pipe.execute()
         queues.enqueue(part, job_id)
     if orphans:
         log.warning("requeued %d abandoned outputs", len(orphans))
     return len(orphans)
+
+
+def job_error(redis: Redis, job_id: str) -> str:
+    """The last line of a failed job's exception, or why there is none (its worker was killed)."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    try:
+        job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return "its job is gone (worker killed?)"
+    result = job.latest_result()
+    text = (result.exc_string if result is not None and result.exc_string else None) or ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no error recorded (worker killed or stopped mid-job)"

@@ -50,10 +50,15 @@ class Scorer:
                    if r and r.get("status") == QUEUED]
         failures: dict[str, str] = {}
         for record in records:
+            if not isinstance(record.get("detectors"), list) or "response" not in record or "model" not in record:
+                failures[record["id"]] = "stored record is incomplete"  # fail alone, not the batch
+                continue
             missing = [d for d in record["detectors"] if d not in self.detectors]
             if missing:
                 failures[record["id"]] = f"detectors not loaded by worker {self.worker}: {', '.join(missing)}"
         todo = [r for r in records if r["id"] not in failures]
+        for r in todo:
+            r.setdefault("created_at", started)
         scores: dict[str, dict[str, DetectorScore]] = {r["id"]: {} for r in todo}
         calls: list[int] = []
         inference_started = time.perf_counter()

@@ -99,7 +99,7 @@ class Heart(threading.Thread):
         self._last_reap = time.monotonic()
         if self.redis.set(self.keys.reaper_lock, self.worker_name, nx=True, ex=int(REAPER_INTERVAL_S)):
             requeue_abandoned(self.redis, self.scorer.store, self.queues, self.settings.requeue_after_s,
-                              self.settings.max_batch)
+                              self.settings.max_batch, max_attempts=self.settings.max_attempts)
 
 
 class ScoringWorker(SimpleWorker):

@@ -1,0 +1,213 @@
+"""Failure and overload with real processes: backpressure, SIGKILLed workers, SIGTERM, Redis restarts
+with AOF, and dead letters. Each test checks that every accepted output is scored exactly once."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from redis import Redis
+
+from service.app import create_app
+from service.core import Redline
+from service.embedded_redis import EmbeddedRedis
+from service.settings import Settings
+from service.store import NewOutput
+from workers.reaper import requeue_abandoned
+from workers.worker import build_worker
+
+from .procs import Proc, free_port, redline_env, start_api, start_worker, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _post(base: str, outputs: list[dict], path: str = "/v1/outputs") -> requests.Response:
+    return requests.post(base + path, json={"outputs": outputs}, timeout=30)
+
+
+def _all_scored(redis: Redis, prefix: str, ids: list[str]) -> bool:
+    with redis.pipeline(transaction=False) as pipe:
+        for i in ids:
+            pipe.hget(f"{prefix}:output:{i}", "status")
+        return all(s == b"scored" for s in pipe.execute())
+
+
+def test_backpressure_429_with_retry_after_and_nothing_lost(redis_url: str, shipped_models: Path,
+                                                             tmp_path: Path) -> None:
+    prefix = "bp" + uuid.uuid4().hex[:8]
+    env = redline_env(redis_url, shipped_models, prefix, max_pending=20, retry_after_s=7)
+    redis = Redis.from_url(redis_url)
+    api, base = start_api(env, tmp_path / "api.log")
+    try:
+        accepted = []
+        for n in range(4):  # no worker yet: the backlog fills up
+            r = _post(base, [{"model": "m", "response": f"text {n}-{k}", "detectors": ["injury"]} for k in range(5)])
+            assert r.status_code == 202
+            accepted += [o["id"] for o in r.json()["outputs"]]
+        over = _post(base, [{"model": "m", "response": "one too many", "detectors": ["injury"]}])
+        assert over.status_code == 429 and over.headers["Retry-After"] == "7"
+        error = over.json()["error"]
+        assert error["code"] == "overloaded" and "REDLINE_MAX_PENDING=20" in error["message"]
+        assert redis.zcard(f"{prefix}:pending") == 20  # the refused output was not stored
+        worker = start_worker(env, tmp_path / "worker.log", redis, prefix)
+        try:
+            wait_for(lambda: _all_scored(redis, prefix, accepted), timeout=60)
+            assert _post(base, [{"model": "m", "response": "room again", "detectors": ["injury"]}]).status_code == 202
+        finally:
+            worker.stop()
+    finally:
+        api.stop()
+
+
+def test_sigkilled_workers_lose_nothing_and_score_each_output_once(redis_url: str, shipped_models: Path,
+                                                                   tmp_path: Path) -> None:
+    prefix = "chaos" + uuid.uuid4().hex[:6]
+    env = redline_env(redis_url, shipped_models, prefix, worker_ttl_s=2, requeue_after_s=3, max_attempts=100,
+                      max_batch=32, max_outputs_per_request=100)
+    redis = Redis.from_url(redis_url)
+    api, base = start_api(env, tmp_path / "api.log")
+    workers = [start_worker(env, tmp_path / f"w{i}.log", redis, prefix) for i in range(2)]
+    n_out, ids, kills = 3000, [], 0
+    try:
+        for start in range(0, n_out, 100):
+            batch = [{"model": "chaos", "response": f"short text number {start + k}", "detectors": ["injury"],
+                      "labels": {"injury": (start + k) % 2}} for k in range(100)]
+            r = _post(base, batch)
+            assert r.status_code == 202
+            ids += [o["id"] for o in r.json()["outputs"]]
+        rng = random.Random(0)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and redis.zcard(f"{prefix}:pending"):
+            # Kill a worker while it holds a job lease: that is, in the middle of a batch.
+            leases = [redis.get(k) for k in redis.scan_iter(f"{prefix}:lease:*")]
+            holders = {v.decode() for v in leases if v}
+            victims = [w for w in workers if w.alive() and any(h.endswith(f".{w.popen.pid}") for h in holders)]
+            if victims:
+                victim = rng.choice(victims)
+                victim.popen.send_signal(signal.SIGKILL)
+                victim.popen.wait()
+                kills += 1
+                workers.remove(victim)
+                workers.append(start_worker(env, tmp_path / f"w{kills + 2}.log", redis, prefix))
+            time.sleep(rng.uniform(0.2, 0.8))
+        wait_for(lambda: redis.zcard(f"{prefix}:pending") == 0, timeout=180, interval=0.5)
+        assert kills >= 3
+        assert _all_scored(redis, prefix, ids)
+        counters = {k.decode(): int(v) for k, v in redis.hgetall(f"{prefix}:counters").items()}
+        assert counters["scored|injury|chaos"] == n_out  # exactly once, despite requeues
+        assert counters["labeled|injury|chaos"] == n_out
+        assert redis.zcard(f"{prefix}:window:chaos|injury") == n_out
+        requeued = sum(1 for i in ids if redis.hget(f"{prefix}:output:{i}", "attempts"))
+        assert requeued > 0  # the kills really did abandon outputs, and they came back
+    finally:
+        for w in workers:
+            w.stop()
+        api.stop()
+
+
+def test_sigterm_finishes_the_current_batch_then_exits(redis_url: str, shipped_models: Path, tmp_path: Path) -> None:
+    prefix = "term" + uuid.uuid4().hex[:6]
+    env = redline_env(redis_url, shipped_models, prefix, max_batch=64)
+    redis = Redis.from_url(redis_url)
+    core = Redline(Settings(redis_url=redis_url, models_dirs=(shipped_models,), queue_prefix=prefix), redis)
+    worker = start_worker(env, tmp_path / "worker.log", redis, prefix)
+    long_text = "the surgeon reviewed the scans and discussed the recovery plan with the family " * 30
+    outs = [NewOutput(id=f"t{i}", model="m", response=long_text, detectors=["injury"]) for i in range(64)]
+    core.submit(outs)
+    wait_for(lambda: list(redis.scan_iter(f"{prefix}:lease:*")), timeout=30, interval=0.01)
+    worker.popen.send_signal(signal.SIGTERM)
+    assert worker.popen.wait(timeout=60) == 0
+    assert _all_scored(redis, prefix, [o.id for o in outs])
+    assert not any(redis.hget(f"{prefix}:output:{o.id}", "attempts") for o in outs)  # no requeue needed
+    worker.stop()
+
+
+def test_redis_restart_with_aof_loses_no_accepted_output(shipped_models: Path, tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), persist=True).start()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDLINE_")}
+    env.update({"REDLINE_REDIS_URL": server.url, "REDLINE_PORT": str(port), "REDLINE_MODELS_DIRS": str(shipped_models),
+                "REDLINE_DATA_DIR": str(tmp_path / "var"), "REDLINE_LOG_LEVEL": "WARNING"})
+    # `redline serve` with an external Redis: it restarts a worker that dies while Redis is away.
+    serve = Proc([sys.executable, "-m", "service.cli", "serve"], env, tmp_path / "serve.log")
+    base = f"http://127.0.0.1:{port}"
+    accepted: list[str] = []
+    refused = 0
+    stop = threading.Event()
+
+    def client() -> None:
+        nonlocal refused
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                r = _post(base, [{"model": "m", "response": f"message {n} {k}", "detectors": ["injury"]}
+                                 for k in range(5)])
+            except requests.RequestException:
+                refused += 1
+                continue
+            if r.status_code == 202:
+                accepted.extend(o["id"] for o in r.json()["outputs"])
+            else:
+                assert r.status_code == 503 and r.headers.get("Retry-After"), r.text
+                refused += 1
+            time.sleep(0.02)
+
+    try:
+        wait_for(lambda: _ready(base), timeout=60)
+        thread = threading.Thread(target=client)
+        thread.start()
+        time.sleep(2)
+        server.stop()  # SIGTERM: Redis writes its AOF and exits, mid-traffic
+        time.sleep(1)
+        server.start()
+        time.sleep(2)
+        stop.set()
+        thread.join()
+        redis = Redis.from_url(server.url)
+        assert len(accepted) > 50 and refused > 0
+        wait_for(lambda: _all_scored(redis, "redline", accepted), timeout=120, interval=0.5)
+        counters = {k.decode(): int(v) for k, v in redis.hgetall("redline:counters").items()}
+        assert counters["scored|injury|m"] == len(accepted)
+    finally:
+        stop.set()
+        serve.popen.send_signal(signal.SIGINT)
+        serve.popen.wait(timeout=60)
+        serve.stop()
+        server.stop()
+
+
+def _ready(base: str) -> bool:
+    try:
+        return requests.get(base + "/readyz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_dead_letters_list_failed_jobs_and_given_up_outputs(redis: Redis, settings: Settings) -> None:
+    settings = dataclasses.replace(settings, max_attempts=2)
+    core = Redline(settings, redis)
+    # A job that raises every time (a malformed argument) lands in RQ's failed-job registry.
+    core.queues.by_priority["default"].enqueue_call("workers.jobs.score_outputs", args=(12345,))
+    build_worker(redis, settings).work(burst=True)
+    # An output whose jobs keep getting lost: the reaper requeues it, then gives up.
+    core.store.create([NewOutput(id="doomed", model="m", response="x", detectors=["injury"])], job_id="lost-1")
+    redis.hset(core.keys.output("doomed"), "attempts", 2)
+    assert requeue_abandoned(redis, core.store, core.queues, 0, 32, max_attempts=2) == 0
+    record = core.store.get("doomed")
+    assert record is not None and record["status"] == "failed"
+    assert record["error"].startswith("gave up after 2 scoring attempts; last error: its job is gone")
+    body = create_app(settings, redis).test_client().get("/v1/dead-letters").get_json()
+    assert [o["id"] for o in body["outputs"]] == ["doomed"] and body["outputs"][0]["error"] == record["error"]
+    [job] = body["jobs"]
+    assert "TypeError" in job["error"] and job["queue"] == "default"
+    assert redis.zcard(core.keys.pending) == 0
