@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from redis import Redis
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
+from .auth import OPEN, KeyStore, Principal, is_loopback
 from .core import Redline
 from .errors import ConfigError, RedlineError, Unavailable
 from .settings import Settings
@@ -28,12 +30,14 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["redline"] = Redline(settings, redis)
+    app.extensions["redline.keys"] = open_or_keys(settings)
 
     from .api import dead_letters, detectors, health, labels, metrics, monitor, outputs
 
     for module in (outputs, labels, monitor, detectors, dead_letters, health, metrics):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
+    _register_auth(app)
     _register_request_metrics(app)
     return app
 
@@ -59,10 +63,48 @@ def core() -> Redline:
     return current_app.extensions["redline"]
 
 
+def caller() -> Principal:
+    """The authenticated caller of this request (the open tenant when auth is off)."""
+    return g.principal  # type: ignore[no-any-return]
+
+
+def open_or_keys(settings: Settings) -> KeyStore | None:
+    """The key store, or None for open mode; refuses open mode beyond loopback unless REDLINE_AUTH=off."""
+    if settings.api_keys_file:
+        return KeyStore.load(Path(settings.api_keys_file))
+    if settings.auth != "off" and not is_loopback(settings.host):
+        raise ConfigError(f"refusing to serve on {settings.host} without API keys: set REDLINE_API_KEYS_FILE "
+                          "(create keys with `redline keys create`) or, on a trusted network, REDLINE_AUTH=off")
+    log.warning("Redline API is OPEN (no REDLINE_API_KEYS_FILE): anyone who can reach %s:%d can read and "
+                "write. Create keys with `redline keys create` and set REDLINE_API_KEYS_FILE.",
+                settings.host, settings.port)
+    return None
+
+
+# Scope needed per (method, URL rule); /healthz, /readyz and /metrics stay open.
+_OPEN_ROUTES = {"/healthz", "/readyz", "/metrics"}
+_WRITE_SCOPES = {("POST", "/v1/outputs"): "outputs:write", ("POST", "/v1/score"): "outputs:write",
+                 ("PUT", "/v1/outputs/<output_id>/labels"): "labels:write", ("POST", "/v1/labels"): "labels:write"}
+
+
+def _register_auth(app: Flask) -> None:
+    @app.before_request
+    def authenticate() -> None:
+        rule = request.url_rule.rule if request.url_rule else None
+        if rule in _OPEN_ROUTES:
+            return
+        keys: KeyStore | None = app.extensions["redline.keys"]
+        g.principal = OPEN if keys is None else keys.authenticate(request.headers.get("Authorization"))
+        if rule is not None:
+            g.principal.require(_WRITE_SCOPES.get((request.method, rule), "read"))
+
+
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RedlineError)
     def redline_error(exc: RedlineError):  # type: ignore[no-untyped-def]
         response = jsonify(exc.to_dict())
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="redline"'
         if isinstance(exc, Unavailable):
             response.headers["Retry-After"] = str(exc.retry_after_s)
         return response, exc.status

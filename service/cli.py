@@ -28,6 +28,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("api", help="start the API under gunicorn (needs REDLINE_REDIS_URL)")
     worker = sub.add_parser("worker", help="start one scoring worker (needs REDLINE_REDIS_URL)")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create an API key: printed once, its hash appended to the keys file")
+    create.add_argument("--tenant", required=True, help="tenant the key acts for (lowercase letters, digits, -)")
+    create.add_argument("--scopes", default="outputs:write,labels:write,read",
+                        help="comma-separated: outputs:write, labels:write, read (default: all)")
+    create.add_argument("--file", type=Path, help="keys file (default: REDLINE_API_KEYS_FILE)")
     evaluate = sub.add_parser("evaluate", help="AUC, N-AUC, (N,M)-AUC and FNR of a file of scores and labels")
     evaluate.add_argument("file", help="CSV with 'score' and 'label' columns, or JSON Lines with those keys")
     evaluate.add_argument("--n", type=int, action="append", help="N of the N-AUC (repeatable; default 1, 5, 20)")
@@ -53,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in unknown_variables():
         log.warning("ignoring unknown setting %s (typo?)", name)
     try:
+        if args.command == "keys":
+            return create_key_command(settings, args)
         if args.command == "serve":
             return serve(settings)
         if args.command == "api":
@@ -63,10 +71,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def create_key_command(settings: Settings, args: argparse.Namespace) -> int:
+    from .auth import create_key
+
+    path = args.file or (Path(settings.api_keys_file) if settings.api_keys_file else None)
+    if path is None:
+        raise ConfigError("give --file or set REDLINE_API_KEYS_FILE")
+    key = create_key(path, args.tenant, [s.strip() for s in args.scopes.split(",") if s.strip()])
+    print(key)
+    print(f"(shown once; its SHA-256 was appended to {path} for tenant {args.tenant!r})", file=sys.stderr)
+    return 0
+
+
 def run_api(settings: Settings) -> int:
     """Replace this process with gunicorn serving `service.app:create_app()`."""
     if not settings.redis_url:
         raise ConfigError("REDLINE_REDIS_URL is not set")
+    from .app import open_or_keys
+
+    open_or_keys(settings)  # fail here, before gunicorn, on a bad keys file or an open public address
     # Request metrics of all gunicorn processes are merged through this directory (wiped at start).
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.data_dir / f"prometheus-api-{settings.port}"))
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "service.app:create_app()"])
@@ -88,10 +111,12 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
 def serve(settings: Settings) -> int:
     """Supervise Redis (if embedded), the API and the workers; restart a worker that dies.
     Ctrl-C or SIGTERM stops the API, then the workers (each finishes its batch), then Redis."""
+    from .app import open_or_keys
     from .detector_config import load_configs
     from .embedded_redis import EmbeddedRedis
 
     detectors = load_configs(settings.models_dirs)  # fail before starting anything
+    open_or_keys(settings)
     if not detectors:
         log.warning("no detectors found in %s: outputs cannot be scored",
                     ", ".join(str(d) for d in settings.models_dirs))

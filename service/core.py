@@ -9,6 +9,7 @@ from typing import Any
 
 from redis import Redis
 
+from .auth import OPEN, Principal
 from .detector_config import DetectorConfig, load_configs
 from .errors import NotFound, Overloaded, ValidationFailed
 from .keys import Keys
@@ -80,7 +81,8 @@ class Redline:
         try:
             while outstanding:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left < 0.01:
+                    # Redis reads a blocking timeout under 1 ms as 0, "wait forever": never send one.
                     break
                 popped = self.redis.blpop([notify], timeout=min(left, _POLL_S))
                 if popped:
@@ -91,19 +93,21 @@ class Redline:
             self.redis.delete(notify)
         return self._still_queued(outstanding) if outstanding else outstanding
 
-    def apply_labels(self, items: list[tuple[str, str, int]]) -> list[dict[str, Any]]:
-        """Apply (output id, detector, 0|1) labels; all or nothing: an unknown id is 404 and a detector
-        the output was not scored with is 422, before anything is written."""
-        ids = sorted({i for i, _, _ in items})
+    def apply_labels(self, items: list[tuple[str, str, int]], who: Principal = OPEN) -> list[dict[str, Any]]:
+        """Apply (public output id, detector, 0|1) labels of `who`'s outputs; all or nothing: an unknown id
+        is 404 and a detector the output was not scored with is 422, before anything is written."""
+        ids = sorted({who.output_id(i) for i, _, _ in items})
         records = dict(zip(ids, self.store.get_many(ids, ["model", "detectors"]), strict=True))
-        missing = [i for i in ids if not records[i]]
+        missing = [who.public_id(i) for i in ids if not records[i]]
         if missing:
             raise NotFound(f"no output with id {', '.join(repr(i) for i in missing[:10])}")
-        for output_id, detector, _ in items:
-            if detector not in records[output_id]["detectors"]:  # type: ignore[index]
-                raise ValidationFailed(f"output {output_id!r} was not scored by detector {detector!r} "
-                                       f"(it has: {', '.join(records[output_id]['detectors'])})")  # type: ignore[index]
-        states = self.store.apply_labels([(i, records[i]["model"], d, v) for i, d, v in items])  # type: ignore[index]
+        for public, detector, _ in items:
+            record = records[who.output_id(public)]
+            if detector not in record["detectors"]:  # type: ignore[index]
+                raise ValidationFailed(f"output {public!r} was not scored by detector {detector!r} "
+                                       f"(it has: {', '.join(record['detectors'])})")  # type: ignore[index]
+        states = self.store.apply_labels([(who.output_id(i), records[who.output_id(i)]["model"], d, v)  # type: ignore[index]
+                                          for i, d, v in items])
         return [{"id": i, "detector": d, "label": v, "result": s}
                 for (i, d, v), s in zip(items, states, strict=True)]
 
@@ -112,9 +116,10 @@ class Redline:
         rows = self.store.get_many(order, ["status"])
         return {i for i, r in zip(order, rows, strict=True) if r and r.get("status") == QUEUED}
 
-    def output_view(self, output_id: str) -> dict[str, Any] | None:
-        record = self.store.get(output_id)
-        return None if record is None else public_view(record)
+    def output_view(self, output_id: str, who: Principal = OPEN) -> dict[str, Any] | None:
+        """`who`'s output by its public id (another tenant's output is simply not found)."""
+        record = self.store.get(who.output_id(output_id))
+        return None if record is None else public_view(record, who)
 
     def workers_alive(self) -> int:
         cutoff = time.time() - self.settings.worker_ttl_s
@@ -130,11 +135,11 @@ class Redline:
         return {"ready": alive > 0, "redis": "ok", "workers_alive": alive, "queue_depth": self.queues.depth()}
 
 
-def public_view(record: dict[str, Any]) -> dict[str, Any]:
-    """The client-facing shape of a stored record."""
+def public_view(record: dict[str, Any], who: Principal = OPEN) -> dict[str, Any]:
+    """The client-facing shape of a stored record, with the caller's public names."""
     view = {
-        "id": record["id"],
-        "model": record.get("model"),
+        "id": who.public_id(record["id"]),
+        "model": who.public_model(record.get("model", "")),
         "status": record.get("status"),
         "scores": record.get("scores", {}),
         "created_at": iso(record.get("created_at")),

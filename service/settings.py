@@ -23,6 +23,10 @@ class Settings:
 
     redis_url: str = ""
     """Redis URL; empty means `redline serve` starts its own Redis."""
+    api_keys_file: str = ""
+    """File of API keys (`<sha256> <tenant> <scopes>` per line); empty: no keys (see `auth`)."""
+    auth: str = "auto"
+    """`auto`: keys required when a keys file is set, open on loopback otherwise; `off`: open anywhere."""
     host: str = "127.0.0.1"
     """Address the API listens on."""
     port: int = 8080
@@ -125,6 +129,8 @@ class Settings:
                 raise ConfigError(f"REDLINE_{name.upper()} must be positive, got {getattr(self, name)}")
         if self.max_batch_wait_ms < 0 or self.intra_op_threads < 0:
             raise ConfigError("REDLINE_MAX_BATCH_WAIT_MS and REDLINE_INTRA_OP_THREADS must be >= 0")
+        if self.auth not in ("auto", "off"):
+            raise ConfigError("REDLINE_AUTH must be 'auto' or 'off'")
         if self.monitor_cache_s < 0:
             raise ConfigError("REDLINE_MONITOR_CACHE_S must be >= 0")
         if not 0.0 <= self.audit_rate <= 1.0:

@@ -269,3 +269,9 @@ def test_label_errors(stack: Stack) -> None:
                           ("?model=never-seen&detector=injury&window=1h", 404),
                           ("?model=m&detector=nope&window=1h", 404)]:
         assert stack.get("/v1/monitor" + query).status_code == status, query
+
+
+def test_sync_score_with_the_smallest_timeout_answers(stack: Stack) -> None:
+    # timeout_ms=1 once made a sub-millisecond BLPOP, which Redis reads as "block forever".
+    r = stack.post("/v1/score", {"outputs": [{"model": "m", "response": "hello there"}], "timeout_ms": 1})
+    assert r.status_code in (200, 202), r.text

@@ -26,8 +26,8 @@ def test_serve_starts_everything_scores_restarts_workers_and_stops_cleanly(tmp_p
     try:
         def ready() -> bool:
             try:
-                return requests.get(base + "/readyz", timeout=1).status_code == 200
-            except requests.ConnectionError:
+                return requests.get(base + "/readyz", timeout=5).status_code == 200
+            except requests.RequestException:  # not up yet, or too busy starting to answer
                 return False
 
         wait_for(ready, timeout=60)

@@ -9,7 +9,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from ..app import core
+from ..app import caller, core
 from ..core import iso
 
 bp = Blueprint("dead_letters", __name__)
@@ -19,12 +19,13 @@ bp = Blueprint("dead_letters", __name__)
 def dead_letters() -> dict[str, Any]:
     """Outputs given up on (status failed, with the reason) and scoring jobs that raised (RQ's failed
     job registry, with the exception). Newest first; `limit` (default 100, at most 1000)."""
-    redline = core()
+    redline, who = core(), caller()
     limit = max(1, min(1000, request.args.get("limit", 100, type=int)))
-    dead = redline.redis.zrevrange(redline.keys.dead, 0, limit - 1, withscores=True)
-    records = redline.store.get_many([i.decode() for i, _ in dead], ["id", "status", "error", "model"])
-    outputs = [{"id": r["id"], "model": r.get("model"), "status": r.get("status"), "error": r.get("error"),
-                "failed_at": iso(t)} for r, (_, t) in zip(records, dead, strict=True) if r]
+    dead = [(i.decode(), t) for i, t in redline.redis.zrevrange(redline.keys.dead, 0, -1, withscores=True)
+            if who.owns(i.decode())][:limit]
+    records = redline.store.get_many([i for i, _ in dead], ["id", "status", "error", "model"])
+    outputs = [{"id": who.public_id(r["id"]), "model": who.public_model(r.get("model", "")), "status": r.get("status"),
+                "error": r.get("error"), "failed_at": iso(t)} for r, (_, t) in zip(records, dead, strict=True) if r]
     jobs = []
     for priority, queue in redline.queues.by_priority.items():
         registry = FailedJobRegistry(queue=queue)
@@ -35,7 +36,10 @@ def dead_letters() -> dict[str, Any]:
             result = job.latest_result()
             error = (result.exc_string or "") if result is not None else ""
             lines = [line for line in error.strip().splitlines() if line.strip()]
+            ids = job.args[0] if job.args and isinstance(job.args[0], list) else []
+            mine = [who.public_id(i) for i in ids if isinstance(i, str) and who.owns(i)]
+            if ids and not mine:
+                continue  # another tenant's job
             jobs.append({"id": job.id, "queue": priority, "error": lines[-1] if lines else None,
-                         "output_ids": job.args[0] if job.args and isinstance(job.args[0], list) else [],
-                         "failed_at": iso(job.ended_at.timestamp()) if job.ended_at else None})
+                         "output_ids": mine, "failed_at": iso(job.ended_at.timestamp()) if job.ended_at else None})
     return {"outputs": outputs, "jobs": jobs[:limit]}

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, request
 
-from ..app import core
+from ..app import caller, core
 from ..validation import parse_label_batch, parse_label_map, require_object
 
 bp = Blueprint("labels", __name__)
@@ -16,7 +16,7 @@ bp = Blueprint("labels", __name__)
 def put_labels(output_id: str) -> dict[str, Any]:
     redline = core()
     labels = parse_label_map(require_object(request.get_json(silent=True)), "body", redline.detectors)
-    results = redline.apply_labels([(output_id, d, v) for d, v in labels.items()])
+    results = redline.apply_labels([(output_id, d, v) for d, v in labels.items()], caller())
     return {"id": output_id, "labels": {r["detector"]: {"label": r["label"], "result": r["result"]} for r in results}}
 
 
@@ -24,6 +24,6 @@ def put_labels(output_id: str) -> dict[str, Any]:
 def post_labels() -> dict[str, Any]:
     redline = core()
     items = parse_label_batch(require_object(request.get_json(silent=True)), redline.settings, redline.detectors)
-    results = redline.apply_labels(items)
+    results = redline.apply_labels(items, caller())
     counts = {k: sum(r["result"] == k for r in results) for k in ("new", "changed", "unchanged")}
     return {"labels": results, **counts}

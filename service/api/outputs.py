@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from flask import Blueprint, request
 
-from ..app import core
+from ..app import caller, core
+from ..auth import Principal
 from ..errors import NotFound
+from ..store import NewOutput
 from ..validation import parse_outputs, parse_timeout_ms, require_object
 
 bp = Blueprint("outputs", __name__)
@@ -15,10 +18,16 @@ bp = Blueprint("outputs", __name__)
 
 @bp.post("/v1/outputs")
 def submit() -> tuple[dict[str, Any], int]:
-    redline = core()
+    redline, who = core(), caller()
     outputs = parse_outputs(require_object(request.get_json(silent=True)), redline.settings, redline.detectors)
-    states, _ = redline.submit(outputs)
-    return {"outputs": [_queued_item(o.id, s) for o, s in zip(outputs, states, strict=True)]}, 202
+    public = [o.id for o in outputs]
+    states, _ = redline.submit(_owned(outputs, who))
+    return {"outputs": [_queued_item(i, s) for i, s in zip(public, states, strict=True)]}, 202
+
+
+def _owned(outputs: list[NewOutput], who: Principal) -> list[NewOutput]:
+    """The caller's outputs under their tenant's internal names."""
+    return [dataclasses.replace(o, id=who.output_id(o.id), model=who.model(o.model)) for o in outputs]
 
 
 @bp.post("/v1/score")
@@ -27,11 +36,12 @@ def score() -> tuple[dict[str, Any], int]:
     body = require_object(request.get_json(silent=True))
     timeout_ms = parse_timeout_ms(body, redline.settings)
     outputs = parse_outputs(body, redline.settings, redline.detectors, extra_fields=("timeout_ms",))
+    who = caller()
     ids = [o.id for o in outputs]
-    _, token = redline.submit(outputs, sync=True)
+    _, token = redline.submit(_owned(outputs, who), sync=True)
     assert token is not None
-    pending = redline.wait(ids, token, timeout_ms / 1000)
-    views = [redline.output_view(i) for i in ids]
+    pending = {who.public_id(i) for i in redline.wait([who.output_id(i) for i in ids], token, timeout_ms / 1000)}
+    views = [redline.output_view(i, who) for i in ids]
     done = [v for v in views if v and v["id"] not in pending]
     body_out: dict[str, Any] = {"outputs": done}
     if pending:
@@ -42,7 +52,7 @@ def score() -> tuple[dict[str, Any], int]:
 
 @bp.get("/v1/outputs/<output_id>")
 def get_output(output_id: str) -> dict[str, Any]:
-    view = core().output_view(output_id)
+    view = core().output_view(output_id, caller())
     if view is None:
         raise NotFound(f"no output with id {output_id!r}")
     return view

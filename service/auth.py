@@ -1,0 +1,135 @@
+"""API keys, scopes and tenants.
+
+Keys live in `REDLINE_API_KEYS_FILE`, one per line: `<sha256 hex of the key> <tenant> <scope>[,<scope>...]`
+(keys are never stored in clear). Clients send `Authorization: Bearer <key>`.
+
+A tenant owns its outputs: inside Redis its output ids are `tenant~id` and its deployed-model names
+`tenant~model` ('~' is allowed in neither public name, so nothing collides), so ids, windows, counters
+and metrics never mix between tenants and another tenant's output is simply not found. The open (no
+keys) mode is one tenant, `default`, whose names are stored unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, RedlineError
+
+SCOPES = ("outputs:write", "labels:write", "read")
+DEFAULT_TENANT = "default"
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
+
+
+class Unauthorized(RedlineError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(RedlineError):
+    status = 403
+    code = "forbidden"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: their tenant and scopes."""
+
+    tenant: str
+    scopes: frozenset[str]
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise Forbidden(f"this API key lacks the {scope!r} scope")
+
+    # Tenant namespacing: the one place public names become internal ones and back.
+    def output_id(self, public_id: str) -> str:
+        return public_id if self.tenant == DEFAULT_TENANT else f"{self.tenant}~{public_id}"
+
+    def public_id(self, internal_id: str) -> str:
+        return internal_id if self.tenant == DEFAULT_TENANT else internal_id.split("~", 1)[1]
+
+    def model(self, public_model: str) -> str:
+        return public_model if self.tenant == DEFAULT_TENANT else f"{self.tenant}~{public_model}"
+
+    def owns(self, internal_name: str) -> bool:
+        """Whether an internal output id or model name belongs to this tenant."""
+        if self.tenant == DEFAULT_TENANT:
+            return "~" not in internal_name
+        return internal_name.startswith(f"{self.tenant}~")
+
+    def public_model(self, internal_model: str) -> str:
+        return internal_model if self.tenant == DEFAULT_TENANT else internal_model.split("~", 1)[1]
+
+
+OPEN = Principal(DEFAULT_TENANT, frozenset(SCOPES))
+
+
+class KeyStore:
+    """The parsed keys file. Lookups compare digests in constant time."""
+
+    def __init__(self, entries: dict[str, Principal]) -> None:
+        self.entries = entries
+
+    @classmethod
+    def load(cls, path: Path) -> KeyStore:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"REDLINE_API_KEYS_FILE {path}: {exc.strerror}") from None
+        entries: dict[str, Principal] = {}
+        for n, line in enumerate(lines, start=1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            parts = text.split()
+            if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{64}", parts[0]):
+                raise ConfigError(f"{path}:{n}: expected '<sha256 hex> <tenant> <scope>[,<scope>...]'")
+            digest, tenant, scopes = parts
+            if not re.match(TENANT_PATTERN, tenant):
+                raise ConfigError(f"{path}:{n}: tenant {tenant!r} must match {TENANT_PATTERN}")
+            wanted = frozenset(scopes.split(","))
+            if not wanted <= set(SCOPES):
+                raise ConfigError(f"{path}:{n}: unknown scope(s) {', '.join(sorted(wanted - set(SCOPES)))}; "
+                                  f"known: {', '.join(SCOPES)}")
+            entries[digest] = Principal(tenant, wanted)
+        return cls(entries)
+
+    def authenticate(self, header: str | None) -> Principal:
+        if not header or not header.startswith("Bearer "):
+            raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+        digest = hashlib.sha256(header[len("Bearer "):].strip().encode()).hexdigest()
+        for known, principal in self.entries.items():
+            if hmac.compare_digest(known, digest):
+                return principal
+        raise Unauthorized("unknown API key")
+
+
+def create_key(path: Path, tenant: str, scopes: list[str]) -> str:
+    """Append a new key's line to `path` and return the key (shown once, never stored)."""
+    if not re.match(TENANT_PATTERN, tenant):
+        raise ConfigError(f"tenant {tenant!r} must match {TENANT_PATTERN}")
+    unknown = set(scopes) - set(SCOPES)
+    if unknown or not scopes:
+        raise ConfigError(f"scopes must be among {', '.join(SCOPES)}")
+    key = "rl_" + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(f"{digest} {tenant} {','.join(sorted(set(scopes)))}\n")
+    path.chmod(0o600)
+    return key
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

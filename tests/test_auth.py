@@ -1,0 +1,151 @@
+"""API keys, scopes and tenant isolation (Flask app against a real Redis, real scorer)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from service.app import create_app
+from service.auth import KeyStore, create_key
+from service.errors import ConfigError
+from service.settings import Settings
+from workers.runtime import build_scorer
+
+ALL = ["outputs:write", "labels:write", "read"]
+
+
+@pytest.fixture()
+def keys(tmp_path: Path) -> dict[str, str]:
+    path = tmp_path / "keys"
+    made = {
+        "a": create_key(path, "team-a", ALL),
+        "b": create_key(path, "team-b", ALL),
+        "reader": create_key(path, "team-a", ["read"]),
+        "writer": create_key(path, "team-a", ["outputs:write"]),
+        "labeler": create_key(path, "team-a", ["labels:write"]),
+    }
+    made["file"] = str(path)
+    return made
+
+
+@pytest.fixture()
+def client(redis: Redis, settings: Settings, keys: dict[str, str]):  # type: ignore[no-untyped-def]
+    s = dataclasses.replace(settings, api_keys_file=keys["file"], monitor_min_positives=1, monitor_cache_s=0)
+    app = create_app(s, redis)
+    app.extensions["scorer"] = build_scorer(redis, s, "auth-test")
+    return app.test_client()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def score_all(client) -> None:  # type: ignore[no-untyped-def]
+    core = client.application.extensions["redline"]
+    ids = [i.decode() for i in core.redis.zrange(core.keys.pending, 0, -1)]
+    client.application.extensions["scorer"].score(ids)
+
+
+OUT = {"outputs": [{"id": "x1", "model": "bot", "response": "blood everywhere", "detectors": ["injury"]}]}
+ENDPOINTS = [  # method, path, body, scope needed
+    ("POST", "/v1/outputs", OUT, "outputs:write"),
+    ("POST", "/v1/score", {**OUT, "timeout_ms": 1}, "outputs:write"),
+    ("GET", "/v1/outputs/x1", None, "read"),
+    ("PUT", "/v1/outputs/x1/labels", {"injury": 1}, "labels:write"),
+    ("POST", "/v1/labels", {"labels": [{"id": "x1", "detector": "injury", "label": 1}]}, "labels:write"),
+    ("GET", "/v1/monitor", None, "read"),
+    ("GET", "/v1/detectors", None, "read"),
+    ("GET", "/v1/dead-letters", None, "read"),
+]
+
+
+def test_auth_matrix_for_every_endpoint(client, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    client.post("/v1/outputs", json=OUT, headers=auth(keys["a"]))
+    for method, path, body, scope in ENDPOINTS:
+        missing = client.open(path, method=method, json=body)
+        assert missing.status_code == 401 and missing.headers["WWW-Authenticate"].startswith("Bearer"), path
+        assert missing.get_json()["error"]["code"] == "unauthorized"
+        assert client.open(path, method=method, json=body, headers=auth("rl_not-a-key")).status_code == 401
+        assert client.open(path, method=method, json=body, headers={"Authorization": keys["a"]}).status_code == 401
+        holder = {"outputs:write": "writer", "labels:write": "labeler", "read": "reader"}[scope]
+        for who in ("writer", "labeler", "reader"):
+            r = client.open(path, method=method, json=body, headers=auth(keys[who]))
+            if who == holder:
+                assert r.status_code < 400, (path, who, r.get_json())
+            else:
+                assert r.status_code == 403 and scope in r.get_json()["error"]["message"], (path, who)
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert client.get(path).status_code in (200, 503)  # open; readyz is 503 here (no worker process)
+
+
+def test_tenants_never_see_each_other(client, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    a, b = auth(keys["a"]), auth(keys["b"])
+    assert client.post("/v1/outputs", json=OUT, headers=a).status_code == 202
+    # Same id, different content, other tenant: no 409, since ids are per tenant (and existence is never revealed).
+    other = {"outputs": [{"id": "x1", "model": "bot", "response": "a quiet day", "detectors": ["injury"],
+                          "labels": {"injury": 0}}]}
+    assert client.post("/v1/outputs", json=other, headers=b).status_code == 202
+    score_all(client)
+    mine = client.get("/v1/outputs/x1", headers=a).get_json()
+    theirs = client.get("/v1/outputs/x1", headers=b).get_json()
+    assert (mine["id"], mine["model"], mine["response"]) == ("x1", "bot", "blood everywhere")
+    assert (theirs["id"], theirs["model"], theirs["response"]) == ("x1", "bot", "a quiet day")
+    only_a = {"outputs": [{"id": "a-only", "model": "bot", "response": "hi", "detectors": ["injury"]}]}
+    client.post("/v1/outputs", json=only_a, headers=a)
+    assert client.get("/v1/outputs/a-only", headers=b).status_code == 404
+    assert client.put("/v1/outputs/a-only/labels", json={"injury": 1}, headers=b).status_code == 404
+    labeled = client.put("/v1/outputs/x1/labels", json={"injury": 1}, headers=a).get_json()
+    assert labeled["labels"]["injury"]["result"] == "new"
+    # Windows and monitor are per tenant: each sees its own one label under its own model name.
+    for key, label in ((a, 1), (b, 0)):
+        listing = client.get("/v1/monitor", headers=key).get_json()["monitors"]
+        assert {(m["model"], m["detector"]) for m in listing} == {("bot", "injury")}
+        one = client.get("/v1/monitor?model=bot&detector=injury&window=24h", headers=key).get_json()
+        assert one["model"] == "bot" and one["labeled"] == 1 and one["positives"] == label
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'model="team-a~bot"' in metrics and 'model="team-b~bot"' in metrics
+
+
+def test_keys_file_is_strict(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    digest = hashlib.sha256(b"k").hexdigest()
+    for line, fragment in [("nonsense", "expected"), (f"{digest} Bad_Tenant read", "tenant"),
+                           (f"{digest} team admin", "unknown scope")]:
+        path.write_text(f"# comment\n{line}\n")
+        with pytest.raises(ConfigError, match=f"{path}:2: .*{fragment}"):
+            KeyStore.load(path)
+    path.write_text(f"{digest} team read  # the reporting job\n")
+    assert KeyStore.load(path).authenticate("Bearer k").tenant == "team"
+
+
+def test_keys_create_command_prints_the_key_once_and_stores_its_hash(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    r = subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", "ops", "--scopes",
+                        "read,labels:write", "--file", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.strip()
+    assert key.startswith("rl_") and key not in path.read_text()
+    digest, tenant, scopes = path.read_text().split()
+    assert digest == hashlib.sha256(key.encode()).hexdigest() and tenant == "ops" and scopes == "labels:write,read"
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_refuses_public_address_without_keys(redis: Redis, settings: Settings, caplog: pytest.LogCaptureFixture,
+                                             tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="refusing to serve on 0.0.0.0 without API keys"):
+        create_app(dataclasses.replace(settings, host="0.0.0.0"), redis)
+    assert create_app(dataclasses.replace(settings, host="0.0.0.0", auth="off"), redis)
+    with caplog.at_level(logging.WARNING):
+        create_app(settings, redis)  # loopback, no keys: open, loudly
+    assert "Redline API is OPEN" in caplog.text
+    env = {"REDLINE_HOST": "0.0.0.0", "REDLINE_REDIS_URL": settings.redis_url, "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "service.cli", "api"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 2 and "refusing to serve on 0.0.0.0" in r.stderr
