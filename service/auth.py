@@ -19,21 +19,11 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, RedlineError
+from .errors import ConfigError, Forbidden, Unauthorized
 
 SCOPES = ("outputs:write", "labels:write", "read")
 DEFAULT_TENANT = "default"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
-
-
-class Unauthorized(RedlineError):
-    status = 401
-    code = "unauthorized"
-
-
-class Forbidden(RedlineError):
-    status = 403
-    code = "forbidden"
 
 
 @dataclass(frozen=True)

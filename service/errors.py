@@ -37,6 +37,16 @@ class ValidationFailed(RedlineError):
     code = "validation_failed"
 
 
+class Unauthorized(RedlineError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(RedlineError):
+    status = 403
+    code = "forbidden"
+
+
 class TooLarge(RedlineError):
     status = 413
     code = "too_large"
