@@ -48,7 +48,10 @@ class Forbidden(RedlineError):
 
 
 class TooLarge(RedlineError):
-    status = 413
+    """A field over a configured limit (item count, text length, metadata size). The request body as a
+    whole over REDLINE_MAX_BODY_BYTES is HTTP's own 413."""
+
+    status = 422
     code = "too_large"
 
 

@@ -54,7 +54,9 @@ def parse_outputs(body: dict[str, Any], settings: Settings, detectors: Collectio
 
 def parse_timeout_ms(body: dict[str, Any], settings: Settings) -> int:
     """`timeout_ms` for sync scoring: an integer in [1, REDLINE_MAX_SYNC_TIMEOUT_MS]."""
-    value = body.get("timeout_ms", settings.sync_timeout_ms)
+    value = body.get("timeout_ms")
+    if value is None:
+        value = settings.sync_timeout_ms
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationFailed("'timeout_ms' must be an integer number of milliseconds")
     if not 1 <= value <= settings.max_sync_timeout_ms:
@@ -83,14 +85,16 @@ def _parse_one(item: Any, where: str, settings: Settings, detectors: Collection[
             raise ValidationFailed(f"{where}.detectors: unknown detector(s) {', '.join(missing)}; "
                                    f"available: {', '.join(sorted(detectors))}", code="unknown_detector")
         wanted = sorted(set(wanted))
-    metadata = item.get("metadata", {})
+    metadata = item.get("metadata")
+    if metadata is None:  # absent or explicit null: no metadata
+        metadata = {}
     if not isinstance(metadata, dict):
         raise ValidationFailed(f"{where}.metadata must be an object")
     size = len(json.dumps(metadata, ensure_ascii=False).encode())
     if size > settings.max_metadata_bytes:
         raise TooLarge(f"{where}.metadata is {size} bytes as JSON; the limit is {settings.max_metadata_bytes} "
                        "(REDLINE_MAX_METADATA_BYTES)")
-    labels = parse_label_map(item["labels"], f"{where}.labels", wanted) if "labels" in item else {}
+    labels = parse_label_map(item["labels"], f"{where}.labels", wanted) if item.get("labels") is not None else {}
     return NewOutput(id=output_id, model=model, response=response, prompt=prompt, detectors=wanted,
                      metadata=metadata, labels=labels)
 
@@ -147,7 +151,7 @@ def parse_label_batch(body: dict[str, Any], settings: Settings,
 
 
 def _check_label(detector: Any, label: Any, where: str, detectors: Collection[str]) -> None:
-    if detector not in detectors:
+    if not isinstance(detector, str) or detector not in detectors:
         raise ValidationFailed(f"{where}: unknown detector {detector!r}; available: {', '.join(sorted(detectors))}",
                                code="unknown_detector")
     if isinstance(label, bool) or label not in (0, 1):

@@ -2,7 +2,7 @@ import pytest
 
 from service.errors import BadRequest, TooLarge, ValidationFailed
 from service.settings import Settings
-from service.validation import parse_outputs, parse_timeout_ms, require_object
+from service.validation import parse_label_batch, parse_outputs, parse_timeout_ms, require_object
 
 S = Settings(max_outputs_per_request=3, max_text_chars=10, max_metadata_bytes=20)
 DETS = {"injury", "deception"}
@@ -58,3 +58,10 @@ def test_timeout_bounds(value: object) -> None:
 
 def test_timeout_default() -> None:
     assert parse_timeout_ms({}, S) == S.sync_timeout_ms
+
+
+def test_label_detector_of_any_json_type_is_a_422_not_a_crash() -> None:
+    # Found by schemathesis: an object as detector raised TypeError (unhashable) -> 500.
+    for detector in ({}, [], 3, None):
+        with pytest.raises(ValidationFailed, match="unknown detector"):
+            parse_label_batch({"labels": [{"id": "a", "detector": detector, "label": 1}]}, S, DETS)

@@ -11,6 +11,7 @@ from rq.serializers import JSONSerializer
 
 from ..app import caller, core
 from ..core import iso
+from ..errors import ValidationFailed
 
 bp = Blueprint("dead_letters", __name__)
 
@@ -20,7 +21,9 @@ def dead_letters() -> dict[str, Any]:
     """Outputs given up on (status failed, with the reason) and scoring jobs that raised (RQ's failed
     job registry, with the exception). Newest first; `limit` (default 100, at most 1000)."""
     redline, who = core(), caller()
-    limit = max(1, min(1000, request.args.get("limit", 100, type=int)))
+    limit = request.args.get("limit", 100, type=int)
+    if limit is None or not 1 <= limit <= 1000 or not request.args.get("limit", "100").isdigit():
+        raise ValidationFailed("'limit' must be an integer from 1 to 1000")
     dead = [(i.decode(), t) for i, t in redline.redis.zrevrange(redline.keys.dead, 0, -1, withscores=True)
             if who.owns(i.decode())][:limit]
     records = redline.store.get_many([i for i, _ in dead], ["id", "status", "error", "model"])

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 
 from ..app import core
+from ..openapi import build
 
 bp = Blueprint("detectors", __name__)
+
+
+@bp.get("/openapi.json")
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document, built from the API's models with this deployment's limits."""
+    redline = core()
+    return build(redline.settings, sorted(redline.detectors), current_app.extensions["redline.keys"] is not None)
 
 
 @bp.get("/v1/detectors")

@@ -1,0 +1,105 @@
+"""Build the OpenAPI 3.1 document from the pydantic models in `schemas.py`, with this deployment's
+limits and detector names filled in, so the document always matches the running configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from . import __version__
+from . import schemas as s
+from .settings import Settings
+
+REF = "#/components/schemas/{model}"
+_REQUESTS = (s.SubmitRequest, s.ScoreRequest, s.LabelBatch)
+_RESPONSES = (s.SubmitResponse, s.ScoreResponse, s.OutputRecord, s.PutLabelsResponse, s.LabelBatchResponse,
+              s.DetectorsResponse, s.Monitor, s.MonitorWindows, s.MonitorList, s.DeadLetters, s.Error, s.Health,
+              s.Ready)
+
+
+def _ref(model: type) -> dict[str, str]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _json(schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    return {"description": description or "OK", "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Body is not JSON", 401: "Missing or unknown API key", 403: "API key lacks the scope",
+            404: "Not found", 409: "Id exists with different content", 413: "Body over REDLINE_MAX_BODY_BYTES",
+            422: "Invalid input (the message names the field)", 429: "Backlog full; retry after Retry-After",
+            503: "Storage unavailable; retry after Retry-After"}
+    return {str(c): _json(_ref(s.Error), text[c]) for c in codes}
+
+
+def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict[str, Any]:
+    _, top = models_json_schema([(m, "validation") for m in _REQUESTS] + [(m, "serialization") for m in _RESPONSES],
+                                ref_template=REF)
+    defs: dict[str, Any] = top["$defs"]
+    # This deployment's limits and detector names.
+    out = defs["OutputIn"]["properties"]
+    for field in ("response", "prompt"):
+        target = out[field] if "anyOf" not in out[field] else out[field]["anyOf"][0]
+        target["maxLength"] = settings.max_text_chars
+    out["detectors"]["anyOf"][0]["items"] = {"type": "string", "enum": detectors}
+    out["labels"]["anyOf"][0]["propertyNames"] = {"enum": detectors}
+    for name in ("SubmitRequest", "ScoreRequest"):
+        defs[name]["properties"]["outputs"]["maxItems"] = settings.max_outputs_per_request
+    defs["ScoreRequest"]["properties"]["timeout_ms"]["anyOf"][0]["maximum"] = settings.max_sync_timeout_ms
+    defs["LabelBatch"]["properties"]["labels"]["maxItems"] = settings.max_labels_per_request
+    defs["LabelItem"]["properties"]["detector"]["enum"] = detectors
+    label_map = {"type": "object", "minProperties": 1, "propertyNames": {"enum": detectors},
+                 "additionalProperties": {"enum": [0, 1]}}
+    write = _errors(400, 401, 403, 409, 413, 422, 429, 503)
+    output_id = {"name": "output_id", "in": "path", "required": True,
+                 "schema": {"type": "string", "pattern": s.ID_PATTERN}}
+    # Declared only where the server enforces it, so the document matches the running configuration.
+    security = [{"bearer": []}] if keys_required else []
+    paths = {
+        "/v1/outputs": {"post": {
+            "summary": "Submit model outputs for scoring", "security": security,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(s.SubmitRequest)}}},
+            "responses": {"202": _json(_ref(s.SubmitResponse), "Accepted and queued"), **write}}},
+        "/v1/score": {"post": {
+            "summary": "Submit and wait for scores", "security": security,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(s.ScoreRequest)}}},
+            "responses": {"200": _json(_ref(s.ScoreResponse), "All scored"),
+                          "202": _json(_ref(s.ScoreResponse), "Some not scored in time (see pending)"), **write}}},
+        "/v1/outputs/{output_id}": {"get": {
+            "summary": "An output and its scores", "security": security, "parameters": [output_id],
+            "responses": {"200": _json(_ref(s.OutputRecord)), **_errors(401, 403, 404, 503)}}},
+        "/v1/outputs/{output_id}/labels": {"put": {
+            "summary": "Set ground-truth labels of one output", "security": security, "parameters": [output_id],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": label_map}}},
+            "responses": {"200": _json(_ref(s.PutLabelsResponse)), **_errors(400, 401, 403, 404, 422, 503)}}},
+        "/v1/labels": {"post": {
+            "summary": "Set labels in bulk (all or nothing)", "security": security,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(s.LabelBatch)}}},
+            "responses": {"200": _json(_ref(s.LabelBatchResponse)), **_errors(400, 401, 403, 404, 413, 422, 503)}}},
+        "/v1/monitor": {"get": {
+            "summary": "Rolling quality per deployed model, detector and window", "security": security,
+            "parameters": [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                           for n in ("model", "detector", "window")],
+            "responses": {"200": _json({"oneOf": [_ref(s.Monitor), _ref(s.MonitorWindows), _ref(s.MonitorList)]}),
+                          **_errors(401, 403, 404, 422, 503)}}},
+        "/v1/detectors": {"get": {"summary": "Configured detectors", "security": security,
+                                  "responses": {"200": _json(_ref(s.DetectorsResponse)), **_errors(401, 403)}}},
+        "/v1/dead-letters": {"get": {
+            "summary": "Outputs and jobs that could not be scored", "security": security,
+            "parameters": [{"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+            "responses": {"200": _json(_ref(s.DeadLetters)), **_errors(401, 403, 422, 503)}}},
+        "/healthz": {"get": {"summary": "Process up", "responses": {"200": _json(_ref(s.Health))}}},
+        "/readyz": {"get": {"summary": "Redis reachable and a worker alive",
+                            "responses": {"200": _json(_ref(s.Ready)), "503": _json(_ref(s.Ready), "Not ready")}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Redline", "version": __version__,
+                 "description": "Scores and monitors the outputs of deployed language models."},
+        "paths": paths,
+        "components": {"schemas": defs, **({"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}
+                                           if keys_required else {})},
+    }

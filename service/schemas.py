@@ -1,0 +1,240 @@
+"""Request and response models of the HTTP API, the source of /openapi.json.
+
+Validation itself is in `validation.py` (it names every problem precisely); these models describe
+the same contract, and schemathesis checks the running API against the document built from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .keys import ID_PATTERN
+from .validation import MODEL_PATTERN
+
+Label = Literal[0, 1]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OutputIn(Strict):
+    id: str | None = Field(None, pattern=ID_PATTERN, description="Client id; generated when absent")
+    model: str = Field(pattern=MODEL_PATTERN, description="The deployed model that produced the output")
+    response: str = Field(min_length=1, pattern=r"\S", description="The text to score")
+    prompt: str | None = Field(None, description="Context the detectors may use (sycophancy needs it)")
+    detectors: list[str] | None = Field(None, min_length=1, description="Default: every detector")
+    metadata: dict[str, Any] | None = None
+    labels: dict[str, Label] | None = Field(None, description="Ground truth known at submit time")
+
+
+class SubmitRequest(Strict):
+    outputs: list[OutputIn] = Field(min_length=1)
+
+
+class ScoreRequest(SubmitRequest):
+    timeout_ms: int | None = Field(None, ge=1, description="How long to wait for scores")
+
+
+class Queued(BaseModel):
+    id: str
+    status: Literal["queued", "scored", "failed"]
+    url: str
+
+
+class SubmitResponse(BaseModel):
+    outputs: list[Queued]
+
+
+class DetectorScore(BaseModel):
+    score: float
+    flagged: bool
+    threshold: float
+    version: str
+
+
+class Batch(BaseModel):
+    id: str
+    size: int
+    worker: str
+    session_calls: list[int]
+
+
+class OutputRecord(BaseModel):
+    id: str
+    model: str
+    status: Literal["queued", "scored", "failed"]
+    scores: dict[str, DetectorScore]
+    created_at: str | None
+    scored_at: str | None
+    detectors: list[str]
+    prompt: str
+    response: str
+    metadata: dict[str, Any]
+    labels: dict[str, Label]
+    audit: bool
+    error: str | None = None
+    batch: Batch | None = None
+
+
+class ScoreResponse(BaseModel):
+    outputs: list[OutputRecord]
+    pending: list[Queued] | None = None
+
+
+class LabelItem(Strict):
+    id: str = Field(pattern=ID_PATTERN)
+    detector: str
+    label: Label
+
+
+class LabelBatch(Strict):
+    labels: list[LabelItem] = Field(min_length=1)
+
+
+class LabelResult(BaseModel):
+    id: str
+    detector: str
+    label: Label
+    result: Literal["new", "changed", "unchanged"]
+
+
+class LabelBatchResponse(BaseModel):
+    labels: list[LabelResult]
+    new: int
+    changed: int
+    unchanged: int
+
+
+class LabelState(BaseModel):
+    label: Label
+    result: Literal["new", "changed", "unchanged"]
+
+
+class PutLabelsResponse(BaseModel):
+    id: str
+    labels: dict[str, LabelState]
+
+
+class Detector(BaseModel):
+    name: str
+    version: str
+    threshold: float
+    target_fnr: float | None
+    description: str
+    input: Literal["response", "prompt_response"]
+    max_length: int
+
+
+class DetectorsResponse(BaseModel):
+    detectors: list[Detector]
+
+
+class Rate(BaseModel):
+    value: float | None
+    k: int
+    n: int
+    wilson: list[float] | None
+    clopper_pearson: list[float] | None
+
+
+class NAuc(BaseModel):
+    n: int
+    value: float | None
+
+
+class NMAuc(BaseModel):
+    n: int
+    m: int
+    value: float | None
+
+
+class Monitor(BaseModel):
+    model: str
+    detector: str
+    window: str
+    threshold: float
+    target_fnr: float | None
+    labeled: int
+    positives: int
+    negatives: int
+    auc: float | None
+    n_auc: list[NAuc]
+    nm_auc: list[NMAuc]
+    fnr: Rate | None
+    fpr: Rate
+    threshold_for_target_fnr: float | None
+    weighted: dict[str, Any]
+    median_label_lag_s: float | None
+    withheld: str | None
+    scored: int
+    label_coverage: float | None
+    drift: dict[str, Any]
+
+
+class MonitorWindows(BaseModel):
+    model: str
+    detector: str
+    windows: list[Monitor]
+
+
+class MonitorRow(BaseModel):
+    model: str
+    detector: str
+    window: str
+    labeled: int
+    positives: int
+    negatives: int
+    auc: float | None
+    n_auc: list[NAuc]
+    fnr: Rate | None
+    label_coverage: float | None
+    withheld: str | None
+    psi: float | None
+
+
+class MonitorList(BaseModel):
+    monitors: list[MonitorRow]
+
+
+class DeadOutput(BaseModel):
+    id: str
+    model: str
+    status: str | None
+    error: str | None
+    failed_at: str | None
+
+
+class DeadJob(BaseModel):
+    id: str
+    queue: str
+    error: str | None
+    output_ids: list[str]
+    failed_at: str | None
+
+
+class DeadLetters(BaseModel):
+    outputs: list[DeadOutput]
+    jobs: list[DeadJob]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class Error(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    ready: bool
+    redis: str
+    workers_alive: int
+    queue_depth: int | None = None
