@@ -58,6 +58,13 @@ def test_backpressure_429_with_retry_after_and_nothing_lost(redis_url: str, ship
         error = over.json()["error"]
         assert error["code"] == "overloaded" and "REDLINE_MAX_PENDING=20" in error["message"]
         assert redis.zcard(f"{prefix}:pending") == 20  # the refused output was not stored
+        # 10x overload: everything beyond the backlog is refused and Redis does not grow.
+        before = redis.info("memory")["used_memory"]
+        for _ in range(40):
+            r = _post(base, [{"model": "m", "response": "x" * 900, "detectors": ["injury"]} for _ in range(5)])
+            assert r.status_code == 429
+        assert redis.zcard(f"{prefix}:pending") == 20
+        assert redis.info("memory")["used_memory"] - before < 200_000  # 200 refused outputs would be ~200 kB
         worker = start_worker(env, tmp_path / "worker.log", redis, prefix)
         try:
             wait_for(lambda: _all_scored(redis, prefix, accepted), timeout=60)
