@@ -52,11 +52,6 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
-    def detectors(self) -> str:
-        """Hash: detector name -> JSON description, published by workers as they load models."""
-        return f"{self.prefix}:detectors"
-
-    @property
     def dead(self) -> str:
         """Sorted set: outputs given up on after REDLINE_MAX_ATTEMPTS scoring attempts, by time."""
         return f"{self.prefix}:dead"

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from redis import Redis
 
 from .keys import Keys
+from .monitoring import Window
 
 REQUESTS = Counter("redline_http_requests_total", "HTTP requests by route, method and status",
                    ["route", "method", "status"])
@@ -138,7 +139,7 @@ class RedlineCollector(Collector):
             "ks": GaugeMetricFamily("redline_score_ks", "Score KS statistic against the previous span", labels=base),
         }
         monitor = self.redline.monitor
-        windows = [monitor_window(w) for w in self.redline.settings.monitor_windows]
+        windows = [Window.parse(w) for w in self.redline.settings.monitor_windows]
         for model, detector in monitor.pairs():
             if detector not in self.redline.detectors:
                 continue
@@ -171,12 +172,6 @@ def _maybe(family: GaugeMetricFamily, labels: list[str], value: float | None) ->
     """Withheld or undefined metrics are absent series, never 0 (an alert must not fire on 'no data')."""
     if value is not None:
         family.add_metric(labels, value)
-
-
-def monitor_window(name: str) -> Any:
-    from .monitoring import Window
-
-    return Window.parse(name)
 
 
 def exposition(redline: Any) -> bytes:
