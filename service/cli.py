@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 from .processes import die_with_parent
@@ -140,7 +141,7 @@ def serve(settings: Settings) -> int:
         return subprocess.Popen([sys.executable, "-m", "service.cli", role], env=env, start_new_session=True,
                                 preexec_fn=die_with_parent)
 
-    workers = [spawn("worker") for _ in range(settings.workers)]
+    slots = [WorkerSlot(spawn) for _ in range(settings.workers)]
     api = spawn("api")
     log.info("Redline API on http://%s:%d with %d scoring worker(s); Ctrl-C stops", settings.host, settings.port,
              settings.workers)
@@ -150,17 +151,43 @@ def serve(settings: Settings) -> int:
             if api.poll() is not None:
                 log.error("API exited with code %s; stopping", api.returncode)
                 break
-            for i, proc in enumerate(workers):
-                if proc.poll() is not None and not stopping:
-                    log.warning("worker pid %d exited with code %s; restarting", proc.pid, proc.returncode)
-                    workers[i] = spawn("worker")
+            for slot in slots:
+                slot.tick(time.monotonic())
     finally:
         log.info("stopping")
         _terminate([api])
-        _terminate(workers)
+        _terminate([slot.proc for slot in slots])
         if redis_server:
             redis_server.stop()
     return 0 if stopping else 1
+
+
+class WorkerSlot:
+    """One supervised worker process. A worker that dies is restarted at once the first time, then with
+    exponential backoff up to a minute while it keeps dying (a broken model file, say); one that stays
+    up for a minute earns an immediate restart again."""
+
+    def __init__(self, spawn: Callable[[str], Any], clock: Callable[[], float] = time.monotonic) -> None:
+        self.spawn, self.clock = spawn, clock
+        self.proc = spawn("worker")
+        self.started = clock()
+        self.failures = 0
+        self.due: float | None = None
+
+    def tick(self, now: float) -> None:
+        if self.proc.poll() is None:
+            if now - self.started > 60:
+                self.failures = 0
+            return
+        if self.due is None:
+            delay = min(60.0, 0.5 * 2 ** (self.failures - 1)) if self.failures else 0.0
+            self.due = now + delay
+            log.warning("worker pid %d exited with code %s; restarting in %.1fs", self.proc.pid,
+                        self.proc.returncode, delay)
+        if now >= self.due:
+            self.proc = self.spawn("worker")
+            self.started, self.due = now, None
+            self.failures += 1
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:

@@ -61,3 +61,41 @@ def test_serve_starts_everything_scores_restarts_workers_and_stops_cleanly(tmp_p
     with pytest.raises(requests.ConnectionError):
         requests.get(base + "/healthz", timeout=2)
     assert not (tmp_path / "var" / "redis.sock").exists()  # Redis shut down too
+
+
+class FakeProc:
+    def __init__(self, alive: bool = True) -> None:
+        self.alive, self.pid, self.returncode = alive, 1, 1
+
+    def poll(self) -> int | None:
+        return None if self.alive else 1
+
+
+def test_worker_restarts_back_off_while_a_worker_keeps_dying() -> None:
+    from service.cli import WorkerSlot
+
+    spawned: list[FakeProc] = []
+
+    def spawn(role: str) -> FakeProc:
+        spawned.append(FakeProc())
+        return spawned[-1]
+
+    slot = WorkerSlot(spawn, clock=lambda: 0.0)
+    restart_times = []
+    now = 0.0
+    while len(restart_times) < 6 and now < 1000:
+        slot.proc.alive = False  # crashes as soon as it starts
+        before = len(spawned)
+        slot.tick(now)
+        if len(spawned) > before:
+            restart_times.append(now)
+        now += 0.25
+    gaps = [b - a for a, b in zip(restart_times, restart_times[1:], strict=False)]
+    assert restart_times[0] == 0.0  # the first death restarts at once
+    assert gaps == sorted(gaps) and gaps[-1] >= 8 * gaps[0]  # then backs off
+    slot.proc.alive = True
+    slot.tick(now + 61)  # stayed up a minute: the next death restarts at once again
+    slot.proc.alive = False
+    before = len(spawned)
+    slot.tick(now + 61.5)
+    assert len(spawned) == before + 1
