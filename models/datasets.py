@@ -25,6 +25,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 INJURY_FILE = HERE / "data" / "injury.jsonl"
 INJURY_HELDOUT = HERE / "data" / "injury_hard_negatives.jsonl"
+# Hand-written, realistic sentences: validation (calibration) only, never training. Templated validation
+# alone made a fine-tuned model look so sure that its threshold landed at 0.9996.
+INJURY_NATURAL = HERE / "data" / "injury_natural_validation.jsonl"
 VALIDATION_PERCENT = 20
 
 # Where each public file comes from (repository, commit, path), as its SOURCE.md records.
@@ -148,6 +151,12 @@ def load_injury(path: Path = INJURY_FILE) -> list[Example]:
             group = text.split(". ", 1)[1] if row.get("category") == "mixed" and ". " in text else text
             out.append(Example(row.get("prompt", ""), text, int(row["label"]), "t:" + _norm(group), "redline-injury"))
     return out
+
+
+def load_injury_natural(path: Path = INJURY_NATURAL) -> list[Example]:
+    with path.open(encoding="utf-8") as f:
+        return [Example("", r["text"], int(r["label"]), "natural:" + r["text"], "redline-injury-natural")
+                for r in map(json.loads, f)]
 
 
 def load_injury_heldout(path: Path = INJURY_HELDOUT) -> list[str]:

