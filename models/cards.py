@@ -70,7 +70,8 @@ def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: d
     if nat:
         held_line += (f"\nOf the validation rows, {nat['positives'] + nat['negatives']} are hand-written, realistic "
                       f"sentences (`models/data/injury_natural_validation.jsonl`, never trained on): ROC AUC "
-                      f"{nat['roc_auc']:.3f}, {nat['missed']} of {nat['positives']} positives missed and "
+                      f"{nat['roc_auc']:.3f} (TF-IDF baseline {nat.get('baseline_tfidf_auc') or 0:.3f}), "
+                      f"{nat['missed']} of {nat['positives']} positives missed and "
                       f"{nat['false_flags']} of {nat['negatives']} negatives flagged at the threshold. The templated "
                       "rows are easy; these are the better guide to real text.\n")
     variants_line = _variants(variants)

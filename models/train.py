@@ -26,6 +26,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,9 @@ def fit_head(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     return w.astype(np.float32), float(clf.intercept_[0] - np.dot(mu, w))
 
 
-def tfidf_baseline(split: Split) -> float | None:
+def tfidf_baseline(split: Split, subset: Callable[[Example], bool] | None = None) -> float | None:
+    """TF-IDF (1-2 grams) + logistic regression trained on the training rows; ROC AUC on validation
+    (or on the validation rows `subset` selects)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -248,8 +251,9 @@ def tfidf_baseline(split: Split) -> float | None:
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
     xt = vec.fit_transform([text(e) for e in split.train])
     clf = LogisticRegression(C=4.0, class_weight="balanced", max_iter=5000).fit(xt, [e.label for e in split.train])
-    scores = clf.decision_function(vec.transform([text(e) for e in split.val]))
-    return ev.roc_auc(scores, np.array([e.label for e in split.val]))
+    rows = [e for e in split.val if subset is None or subset(e)]
+    scores = clf.decision_function(vec.transform([text(e) for e in rows]))
+    return ev.roc_auc(scores, np.array([e.label for e in rows]))
 
 
 def export(featurizer: Featurizer, weights: np.ndarray, bias: np.ndarray) -> Path:
@@ -354,6 +358,7 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
             vs = np.array([v for _, v in natural])
             report[name]["natural_validation"] = {
                 "positives": int(ys.sum()), "negatives": int((1 - ys).sum()), "roc_auc": ev.roc_auc(vs, ys),
+                "baseline_tfidf_auc": tfidf_baseline(split, lambda e: e.source.endswith("natural")),
                 "missed": int(np.sum((ys == 1) & (vs < threshold))),
                 "false_flags": int(np.sum((ys == 0) & (vs >= threshold)))}
             held = [Example("", t, 0, "", "") for t in load_injury_heldout()]
