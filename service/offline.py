@@ -74,7 +74,7 @@ def _jsonl_rows(f: TextIO, bar: _Progress | None) -> Iterator[tuple[int, Any, An
             continue
         try:
             obj = json.loads(text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise BadRow(line, f"not valid JSON ({exc.msg})") from None
         if not isinstance(obj, dict) or "score" not in obj or "label" not in obj:
             raise BadRow(line, "expected an object with keys 'score' and 'label'")

@@ -56,7 +56,7 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
     output_id = {"name": "output_id", "in": "path", "required": True,
                  "schema": {"type": "string", "pattern": s.ID_PATTERN}}
     # Declared only where the server enforces it, so the document matches the running configuration.
-    security = [{"bearer": []}] if keys_required else []
+    security: list[dict[str, list[str]]] = [{"bearer": []}] if keys_required else []
     paths = {
         "/v1/outputs": {"post": {
             "summary": "Submit model outputs for scoring", "security": security,

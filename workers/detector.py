@@ -196,7 +196,7 @@ def load_tokenizer(path: Path, max_length: int) -> tuple[Tokenizer, int]:
     # Packaged tokenizers often pad to a fixed length (128 for MiniLM); we pad each call to its
     # longest member ourselves, and truncate at the model's real limit.
     padding = tokenizer.padding or {}
-    pad_id = padding.get("pad_id")
+    pad_id: int | None = padding.get("pad_id")
     if pad_id is None:
         pad_id = next((tokenizer.token_to_id(t) for t in ("[PAD]", "<pad>") if tokenizer.token_to_id(t) is not None), 0)
     tokenizer.no_padding()
