@@ -26,6 +26,7 @@ RUN pip install --no-deps -e . \
  && mkdir -p /data && chown redline /data
 USER redline
 EXPOSE 8080
-# One container with embedded Redis, API and a worker (try-out). For deployments run
-# `redline api` and `redline worker` as separate containers with REDLINE_REDIS_URL set.
+# One container with embedded Redis, API and a worker (try-out). It listens on 0.0.0.0, so it needs
+# API keys (mount a file, set REDLINE_API_KEYS_FILE) or, for a local trial, REDLINE_AUTH=off.
+# For deployments run `redline api` and `redline worker` as separate containers with REDLINE_REDIS_URL.
 CMD ["redline", "serve"]
