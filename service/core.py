@@ -12,7 +12,7 @@ from redis import Redis
 from .auth import OPEN, Principal
 from .detector_config import DetectorConfig, load_configs
 from .errors import NotFound, Overloaded, ValidationFailed
-from .keys import Keys
+from .keys import Keys, text
 from .monitoring import Monitor
 from .queueing import DEFAULT, HIGH, ScoreQueues, new_job_id
 from .settings import Settings
@@ -86,7 +86,7 @@ class Redline:
                     break
                 popped = self.redis.blpop([notify], timeout=min(left, _POLL_S))
                 if popped:
-                    outstanding.discard(popped[1].decode())
+                    outstanding.discard(text(popped[1]))
                 else:
                     outstanding = self._still_queued(outstanding)
         finally:

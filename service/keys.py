@@ -18,6 +18,12 @@ NOTIFY_TTL_S = 120
 LIVENESS_REFRESH_S = 2.0
 
 
+def text(reply: bytes | str) -> str:
+    """A Redis reply as text. Redline's clients return bytes (RQ needs them); redis-py types replies as
+    `bytes | str`, so every decode goes through here."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
 @dataclass(frozen=True)
 class Keys:
     """Key builder for one prefix (`Settings.queue_prefix`)."""

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from redis import Redis
 
-from .keys import Keys
+from .keys import Keys, text
 from .monitoring import Window
 
 REQUESTS = Counter("redline_http_requests_total", "HTTP requests by route, method and status",
@@ -98,7 +98,7 @@ class RedlineCollector(Collector):
         failed = CounterMetricFamily("redline_outputs_failed_total", "Outputs that could not be scored",
                                      labels=["model"])
         for field, value in r.hgetall(keys.counters).items():
-            parts = field.decode().split("|")
+            parts = text(field).split("|")
             if parts[0] in families and len(parts) == 3:
                 families[parts[0]].add_metric([parts[2], parts[1]], float(value))
             elif parts[0] == "failed" and len(parts) == 2:

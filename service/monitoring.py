@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from redis import Redis
@@ -18,7 +18,7 @@ from redis import Redis
 from . import evaluation as ev
 from .detector_config import DetectorConfig
 from .errors import NotFound, ValidationFailed
-from .keys import Keys
+from .keys import Keys, text
 from .settings import Settings
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -73,7 +73,7 @@ class Monitor:
     def pairs(self) -> list[tuple[str, str]]:
         """Every (model, detector) that has scores."""
         raw = self.redis.smembers(self.keys.monitored)
-        return sorted(tuple(m.decode().split("|", 1)) for m in raw)  # type: ignore[misc]
+        return sorted((model, detector) for model, detector in (text(m).split("|", 1) for m in raw))
 
     def entries(self, model: str, detector: str, window: Window, now: float) -> Entries:
         key = self.keys.window(model, detector)
@@ -84,14 +84,14 @@ class Monitor:
         if not rows:
             empty = np.zeros(0)
             return Entries(empty, empty.astype(np.int8), empty, empty, empty)
-        fields = _doubles(rows, 5)
+        fields = _doubles(cast("list[bytes]", rows), 5)
         return Entries(scores=fields[:, 0], labels=fields[:, 1].astype(np.int8), weights=fields[:, 2],
                        labeled_at=fields[:, 3], created_at=fields[:, 4])
 
     def scores_between(self, model: str, detector: str, start: float, stop: float) -> np.ndarray:
         """Every stored score (labeled or not) of outputs created in [start, stop)."""
         rows = self.redis.zrangebyscore(self.keys.scores(model, detector), start, f"({stop}")
-        return _doubles(rows, 1)[:, 0] if rows else np.zeros(0)
+        return _doubles(cast("list[bytes]", rows), 1)[:, 0] if rows else np.zeros(0)
 
     def evaluate(self, model: str, detector: str, window: Window) -> dict[str, Any]:
         """The monitor response; results are reused for `REDLINE_MONITOR_CACHE_S` seconds, so dashboards

@@ -11,14 +11,14 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
 
 from .errors import Conflict
-from .keys import NOTIFY_TTL_S, Keys
+from .keys import NOTIFY_TTL_S, Keys, text
 from .settings import Settings
 
 QUEUED, SCORED, FAILED = "queued", "scored", "failed"
@@ -297,14 +297,14 @@ class OutputStore:
 
     def counters(self) -> dict[str, int]:
         """Exactly-once counters keyed `event|detector|model` (e.g. `scored|injury|gpt-x`) or `failed|model`."""
-        return {k.decode(): int(v) for k, v in self.redis.hgetall(self.keys.counters).items()}
+        return {text(k): int(v) for k, v in self.redis.hgetall(self.keys.counters).items()}
 
 
 _JSON_FIELDS = ("detectors", "metadata", "scores", "batch")
 _FLOAT_FIELDS = ("created_at", "scored_at")
 
 
-def _decode(raw: dict[bytes, bytes | None]) -> dict[str, Any]:
+def _decode(raw: Mapping[Any, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for k, v in raw.items():
         key = k.decode()

@@ -201,4 +201,4 @@ def load_tokenizer(path: Path, max_length: int) -> tuple[Tokenizer, int]:
         pad_id = next((tokenizer.token_to_id(t) for t in ("[PAD]", "<pad>") if tokenizer.token_to_id(t) is not None), 0)
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
-    return tokenizer, int(pad_id)
+    return tokenizer, int(pad_id or 0)

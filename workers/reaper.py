@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import cast
 
 from redis import Redis
 
-from service.keys import Keys
+from service.keys import Keys, text
 from service.queueing import ScoreQueues, new_job_id
 from service.store import QUEUED, OutputStore
 
@@ -27,10 +28,10 @@ def requeue_abandoned(redis: Redis, store: OutputStore, queues: ScoreQueues, old
     last job error and listed as a dead letter instead."""
     keys: Keys = store.keys
     now = time.time()
-    raw_ids = redis.zrangebyscore(keys.pending, "-inf", now - older_than_s, start=0, num=limit)
+    raw_ids = cast("list[bytes]", redis.zrangebyscore(keys.pending, "-inf", now - older_than_s, start=0, num=limit))
     if not raw_ids:
         return 0
-    ids = [i.decode() for i in raw_ids]
+    ids = [text(i) for i in raw_ids]
     records = store.get_many(ids, ["id", "status", "job", "attempts"])
     gone = [i for i, r in zip(ids, records, strict=True) if not r or r.get("status") != QUEUED]
     if gone:
@@ -38,7 +39,7 @@ def requeue_abandoned(redis: Redis, store: OutputStore, queues: ScoreQueues, old
     live = [r for r in records if r and r.get("status") == QUEUED]
     if not live:
         return 0
-    waiting = {j.decode() for q in queues.ordered for j in redis.lrange(q.key, 0, -1)}
+    waiting = {text(j) for q in queues.ordered for j in redis.lrange(q.key, 0, -1)}
     jobs = sorted({r.get("job", "") for r in live})
     with redis.pipeline(transaction=False) as pipe:
         for job in jobs:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from flask import Blueprint, request
 from rq.job import Job
@@ -12,6 +12,7 @@ from rq.serializers import JSONSerializer
 from ..app import caller, core
 from ..core import iso
 from ..errors import ValidationFailed
+from ..keys import text
 
 bp = Blueprint("dead_letters", __name__)
 
@@ -24,8 +25,8 @@ def dead_letters() -> dict[str, Any]:
     limit = request.args.get("limit", 100, type=int)
     if limit is None or not 1 <= limit <= 1000 or not request.args.get("limit", "100").isdigit():
         raise ValidationFailed("'limit' must be an integer from 1 to 1000")
-    dead = [(i.decode(), t) for i, t in redline.redis.zrevrange(redline.keys.dead, 0, -1, withscores=True)
-            if who.owns(i.decode())][:limit]
+    replies = cast("list[tuple[bytes, float]]", redline.redis.zrevrange(redline.keys.dead, 0, -1, withscores=True))
+    dead = [(text(i), t) for i, t in replies if who.owns(text(i))][:limit]
     records = redline.store.get_many([i for i, _ in dead], ["id", "status", "error", "model"])
     outputs = [{"id": who.public_id(r["id"]), "model": who.public_model(r.get("model", "")), "status": r.get("status"),
                 "error": r.get("error"), "failed_at": iso(t)} for r, (_, t) in zip(records, dead, strict=True) if r]
