@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import onnxruntime as ort
 import requests
 
 from service.embedded_redis import EmbeddedRedis
-from service.processes import die_with_parent
+from service.processes import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,12 +29,6 @@ def machine() -> str:
         pass
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"onnxruntime {ort.__version__}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LocalRedline:

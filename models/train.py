@@ -302,21 +302,19 @@ def write_model_json(name: str, index: int, threshold: float, calibration: dict[
     (folder / "model.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def served_scores(examples: list[Example], providers: list[str]) -> dict[str, np.ndarray]:
-    """Scores of the exported model through the service's own detector code."""
+def load_served() -> dict[str, Any]:
+    """The exported detectors as the service loads them (one session for the shared graph)."""
     from service.detector_config import load_configs
     from workers.detector import load_detectors
 
     configs = {n: c for n, c in load_configs([HERE]).items() if n in DETECTORS}
-    detectors = load_detectors(configs, providers)
-    model = detectors[DETECTORS[0]].model
-    out = {n: [] for n in DETECTORS}  # type: dict[str, list[np.ndarray]]
-    for i in range(0, len(examples), 256):
-        chunk = examples[i:i + 256]
-        outputs = model.run([(e.prompt, e.response) for e in chunk], 8192)
-        for n in DETECTORS:
-            out[n].append(detectors[n].head(outputs))
-    return {n: np.concatenate(v) for n, v in out.items()}
+    return load_detectors(configs, ["CPUExecutionProvider"])
+
+
+def served_scores(detector: Any, examples: list[Example]) -> np.ndarray:
+    """One detector's scores through the service's own detector code."""
+    return np.concatenate([detector.predict([(e.prompt, e.response) for e in examples[i:i + 256]])
+                           for i in range(0, len(examples), 256)])
 
 
 def metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -335,11 +333,12 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
     for i, name in enumerate(DETECTORS):  # placeholder thresholds so the configs load
         if not (HERE / name / "model.json").exists():
             write_model_json(name, i, 0.5, {})
+    served_detectors = load_served()  # thresholds do not change scores: load the graph once
     references: dict[str, Any] = {"version": VERSION, "examples": []}
     for i, name in enumerate(DETECTORS):
         split = splits[name]
         labels = np.array([e.label for e in split.val])
-        served = served_scores(split.val, ["CPUExecutionProvider"])[name]
+        served = served_scores(served_detectors[name], split.val)
         threshold = ev.threshold_for_fnr(served, labels, TARGET_FNR[name])
         assert threshold is not None
         m = metrics(served, labels, threshold)
@@ -362,7 +361,7 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
                 "missed": int(np.sum((ys == 1) & (vs < threshold))),
                 "false_flags": int(np.sum((ys == 0) & (vs >= threshold)))}
             held = [Example("", t, 0, "", "") for t in load_injury_heldout()]
-            held_scores = served_scores(held, ["CPUExecutionProvider"])["injury"]
+            held_scores = served_scores(served_detectors["injury"], held)
             report[name]["heldout_hard_negatives"] = {
                 "rows": len(held), "flagged": int(np.sum(held_scores >= threshold)),
                 "max_score": float(held_scores.max())}

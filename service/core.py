@@ -116,10 +116,13 @@ class Redline:
         rows = self.store.get_many(order, ["status"])
         return {i for i, r in zip(order, rows, strict=True) if r and r.get("status") == QUEUED}
 
+    def output_views(self, output_ids: list[str], who: Principal = OPEN) -> list[dict[str, Any] | None]:
+        """`who`'s outputs by public id, read in one pipeline (another tenant's output is not found)."""
+        records = self.store.get_many([who.output_id(i) for i in output_ids])
+        return [None if r is None else public_view(r, who) for r in records]
+
     def output_view(self, output_id: str, who: Principal = OPEN) -> dict[str, Any] | None:
-        """`who`'s output by its public id (another tenant's output is simply not found)."""
-        record = self.store.get(who.output_id(output_id))
-        return None if record is None else public_view(record, who)
+        return self.output_views([output_id], who)[0]
 
     def workers_alive(self) -> int:
         cutoff = time.time() - self.settings.worker_ttl_s

@@ -282,11 +282,11 @@ class OutputStore:
                 "sc": self.keys.scores(model, detector), "horizon": repr(now - self.retention_s),
                 "cap": self.window_cap}
 
-    def finish_failed(self, ids: Iterable[str], reason: str) -> int:
-        """Mark outputs failed with a reason (only those still queued)."""
+    def finish_failed(self, reasons: Mapping[str, str]) -> int:
+        """Mark outputs failed, each with its reason (only those still queued), in one script call."""
         now = repr(self.clock())
         payload = [{"id": i, "fields": ["status", FAILED, "error", reason, "scored_at", now], "counters": ["failed"],
-                    "dets": []} for i in ids]
+                    "dets": []} for i, reason in reasons.items()]
         return self._run_finish(payload)
 
     def _run_finish(self, payload: list[dict[str, Any]]) -> int:

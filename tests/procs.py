@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,9 @@ from pathlib import Path
 import requests
 from redis import Redis
 
-from service.processes import die_with_parent
+from service.processes import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def redline_env(redis_url: str, models_dirs: Path | list[Path], prefix: str, **extra: object) -> dict[str, str]:

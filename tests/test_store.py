@@ -50,6 +50,6 @@ def test_finish_is_exactly_once(store: OutputStore) -> None:
     assert scored is not None and scored["status"] == "scored" and scored["batch"] == {"id": "b1"}
     assert scored["scores"]["injury"] == {"score": 0.9, "flagged": True, "threshold": 0.5, "version": "v1"}
     assert store.counters() == {"scored|injury|m1": 1, "flagged|injury|m1": 1}
-    assert store.finish_failed(["a", "b"], "boom") == 1  # only b was still queued
+    assert store.finish_failed({"a": "boom", "b": "boom"}) == 1  # only b was still queued
     assert store.get("b")["error"] == "boom"  # type: ignore[index]
     assert store.redis.zcard(store.keys.pending) == 0

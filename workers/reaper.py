@@ -49,7 +49,7 @@ def requeue_abandoned(redis: Redis, store: OutputStore, queues: ScoreQueues, old
     exhausted = [r for r in lost if int(r.get("attempts", 1)) >= max_attempts]
     for record in exhausted:
         reason = f"gave up after {max_attempts} scoring attempts; last error: {job_error(redis, record.get('job', ''))}"
-        if store.finish_failed([record["id"]], reason):
+        if store.finish_failed({record["id"]: reason}):
             redis.zadd(keys.dead, {record["id"]: now})
     orphans = [r["id"] for r in lost if r not in exhausted]
     for start in range(0, len(orphans), chunk):

@@ -50,15 +50,13 @@ class Scorer:
                    if r and r.get("status") == QUEUED]
         failures: dict[str, str] = {}
         for record in records:
-            if not isinstance(record.get("detectors"), list) or "response" not in record or "model" not in record:
+            if not isinstance(record.get("detectors"), list) or not {"response", "model", "created_at"} <= set(record):
                 failures[record["id"]] = "stored record is incomplete"  # fail alone, not the batch
                 continue
             missing = [d for d in record["detectors"] if d not in self.detectors]
             if missing:
                 failures[record["id"]] = f"detectors not loaded by worker {self.worker}: {', '.join(missing)}"
         todo = [r for r in records if r["id"] not in failures]
-        for r in todo:
-            r.setdefault("created_at", started)
         scores: dict[str, dict[str, DetectorScore]] = {r["id"]: {} for r in todo}
         calls: list[int] = []
         inference_started = time.perf_counter()
@@ -82,9 +80,7 @@ class Scorer:
         batch = {"id": batch_id, "size": len(todo), "worker": self.worker, "session_calls": calls}
         written = self.store.finish_scored(
             ((r, scores[r["id"]], batch) for r in todo if r["id"] not in failures), self.audit_rate)
-        failed = 0
-        for output_id, reason in failures.items():
-            failed += self.store.finish_failed([output_id], reason)
+        failed = self.store.finish_failed(failures)
         if todo:
             self._observe(inference_s, len(todo), [started - r["created_at"] for r in todo])
         return BatchReport(batch_id, len(output_ids), written, failed, calls)

@@ -112,11 +112,9 @@ class ScoringWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         self.set_state(WorkerStatus.BUSY)  # a SIGTERM from here on finishes the batch, then stops
-        batch = self._gather(job, queue)
+        batch, ids = self._gather(job, queue)  # leases are taken as each job is popped
         job_ids = [j.id for j, _ in batch]
-        self.heart.hold(job_ids)
         try:
-            ids = [i for j, _ in batch for i in _output_ids(j)]
             try:
                 self.last_report = self.scorer.score(ids)
                 log.info("batch %s: %d outputs from %d jobs, session calls %s", self.last_report.batch_id,
@@ -130,13 +128,14 @@ class ScoringWorker(SimpleWorker):
             self.heart.release(job_ids)
             self.set_state(WorkerStatus.IDLE)
 
-    def _gather(self, job: Job, queue: Queue) -> list[tuple[Job, Queue]]:
-        """Take more queued jobs until the batch is full or the wait is over (dynamic batching)."""
+    def _gather(self, job: Job, queue: Queue) -> tuple[list[tuple[Job, Queue]], list[str]]:
+        """Take more queued jobs until the batch is full or the wait is over (dynamic batching).
+        Returns the jobs and all their output ids."""
         batch = [(job, queue)]
         self.heart.hold([job.id])
-        size = len(_output_ids(job))
+        ids = _output_ids(job)
         deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000
-        while size < self.settings.max_batch:
+        while len(ids) < self.settings.max_batch:
             found = self.queue_class.dequeue_any(self._ordered_queues, None, connection=self.connection,
                                                  job_class=self.job_class, serializer=self.serializer)
             if found is None:
@@ -146,8 +145,8 @@ class ScoringWorker(SimpleWorker):
                 continue
             self.heart.hold([found[0].id])
             batch.append(found)
-            size += len(_output_ids(found[0]))
-        return batch
+            ids += _output_ids(found[0])
+        return batch, ids
 
     def teardown(self) -> None:
         self.heart.stop()

@@ -22,9 +22,10 @@ def dead_letters() -> dict[str, Any]:
     """Outputs given up on (status failed, with the reason) and scoring jobs that raised (RQ's failed
     job registry, with the exception). Newest first; `limit` (default 100, at most 1000)."""
     redline, who = core(), caller()
-    limit = request.args.get("limit", 100, type=int)
-    if limit is None or not 1 <= limit <= 1000 or not request.args.get("limit", "100").isdigit():
+    raw = request.args.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
         raise ValidationFailed("'limit' must be an integer from 1 to 1000")
+    limit = int(raw)
     replies = cast("list[tuple[bytes, float]]", redline.redis.zrevrange(redline.keys.dead, 0, -1, withscores=True))
     dead = [(text(i), t) for i, t in replies if who.owns(text(i))][:limit]
     records = redline.store.get_many([i for i, _ in dead], ["id", "status", "error", "model"])

@@ -41,7 +41,7 @@ def score() -> tuple[dict[str, Any], int]:
     _, token = redline.submit(_owned(outputs, who), sync=True)
     assert token is not None
     pending = {who.public_id(i) for i in redline.wait([who.output_id(i) for i in ids], token, timeout_ms / 1000)}
-    views = [redline.output_view(i, who) for i in ids]
+    views = redline.output_views(ids, who)
     done = [v for v in views if v and v["id"] not in pending]
     body_out: dict[str, Any] = {"outputs": done}
     if pending:
