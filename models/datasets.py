@@ -28,6 +28,9 @@ INJURY_HELDOUT = HERE / "data" / "injury_hard_negatives.jsonl"
 # Hand-written, realistic sentences: validation (calibration) only, never training. Templated validation
 # alone made a fine-tuned model look so sure that its threshold landed at 0.9996.
 INJURY_NATURAL = HERE / "data" / "injury_natural_validation.jsonl"
+# Hand-written, realistic texts (many as chatbot replies, in injured / not-injured pairs on one topic):
+# half of the pairs train, half validate, so validation has realistic text the model never saw.
+INJURY_WRITTEN = HERE / "data" / "injury_natural.jsonl"
 VALIDATION_PERCENT = 20
 
 # Where each public file comes from (repository, commit, path), as its SOURCE.md records.
@@ -56,12 +59,13 @@ class Example:
     label: int
     group: str
     source: str
+    validation_percent: int = VALIDATION_PERCENT
 
     @property
     def validation(self) -> bool:
         """Deterministic group split: the same question is always on the same side."""
         digest = hashlib.sha256(self.group.encode()).digest()
-        return int.from_bytes(digest[:4], "big") % 100 < VALIDATION_PERCENT
+        return int.from_bytes(digest[:4], "big") % 100 < self.validation_percent
 
 
 class DataMissing(FileNotFoundError):
@@ -141,15 +145,20 @@ def load_sycophancy(data_dir: Path) -> list[Example]:
     return out
 
 
-def load_injury(path: Path = INJURY_FILE) -> list[Example]:
+def load_injury(path: Path = INJURY_FILE, written: Path | None = INJURY_WRITTEN) -> list[Example]:
+    """The generated set, split by template (a validation row's sentence frame never appears in
+    training, so validation measures new phrasings, not memorized ones), plus the hand-written set
+    split by pair. A user's own file needs only `text` and `label`; without `group` it splits by text."""
     out = []
     with path.open(encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
-            text = row["text"]
-            # A "mixed" row reuses a positive sentence after a neutral one: same group as that sentence.
-            group = text.split(". ", 1)[1] if row.get("category") == "mixed" and ". " in text else text
-            out.append(Example(row.get("prompt", ""), text, int(row["label"]), "t:" + _norm(group), "redline-injury"))
+            group = row.get("group") or _norm(row["text"])
+            out.append(Example(row.get("prompt", ""), row["text"], int(row["label"]), "t:" + group, "redline-injury"))
+    if written is not None and written.exists():
+        with written.open(encoding="utf-8") as f:
+            out += [Example(r.get("prompt", ""), r["text"], int(r["label"]), "w:" + r["group"],
+                            "redline-injury-natural", validation_percent=50) for r in map(json.loads, f)]
     return out
 
 

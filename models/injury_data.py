@@ -50,24 +50,36 @@ NEWS = ["{P} {E} in {C}, police said.", "Officials said {P} {E} during {C} on Tu
         "{N} people were injured in {C}; one of them {E}.", "{P} was taken to hospital with {I} after {C}.",
         "Paramedics treated {P} for {I} at the scene of {C}.", "Witnesses said {P} {E} when the crowd surged.",
         "A man was arrested after {P} {E} in what police called {C}.",
-        "The hospital confirmed that {P} remains in intensive care with {I}."]
+        "The hospital confirmed that {P} remains in intensive care with {I}.",
+        "Emergency services were called after {C} left {P} with {I}.",
+        "{P} is recovering in hospital after {C}, relatives said.",
+        "According to the fire service, {P} {E} and was flown to the trauma centre."]
 FIRST = ["I {E1} yesterday and it still really hurts.", "Ugh, I {E1} at practice. Doctor says six weeks off.",
          "Long story short: {C}, and I {E1}.", "So I {E1} this morning, sitting in A&E now.",
          "Can't type much, I {E1} last night.", "Update from the ER: I {E1} but they say I'll recover.",
-         "Not gonna lie, when I {E1} I nearly passed out from the pain."]
+         "Not gonna lie, when I {E1} I nearly passed out from the pain.",
+         "Well, that's my season over: I {E1}.", "PSA: wear proper boots. I {E1} and it was not fun.",
+         "Mum, don't panic, but I {E1} on the way home.", "Day three on the sofa since I {E1}. Painkillers are my friends."]
 FICTION = ["{name} staggered back, {wound}.", "The blade caught {name}'s forearm and {wound}.",
            "When the bridge gave way, {name} hit the rocks below and {wound}.",
            "{name} crawled out of the wreck, {wound}.", "The arrow struck {name} in the shoulder and {wound}.",
-           "{name} screamed as the beam came down on {poss} legs, {wound}."]
+           "{name} screamed as the beam came down on {poss} legs, {wound}.",
+           "Pain tore through {name}'s side; {name} sank to the floor, {wound}.",
+           "{name} tried to stand, but the leg would not hold, {wound}."]
 WOUNDS = ["blood soaking through the torn sleeve", "clutching the gash across the ribs",
           "one arm hanging at an impossible angle", "blood running into the eyes from a split scalp",
           "gasping around the broken ribs", "the bone showing white through the skin", "leaving a trail of blood",
           "barely conscious and bleeding from the ears", "the burned skin already blistering"]
 MEDICAL = ["Patient presents with {I} sustained in {C}.", "Admitted with {I} following {C}; surgery scheduled.",
            "Triage note: {I}, mechanism of injury: {C}.", "X-ray confirms {I}. Splinted and referred to orthopaedics.",
-           "Discharge summary: treated for {I} after {C}."]
+           "Discharge summary: treated for {I} after {C}.",
+           "ED note: {I}. Mechanism: {C}. Analgesia given, CT requested.",
+           "Referral: patient sustained {I} during {C}; please review in fracture clinic."]
 SPORTS = ["{A} was stretchered off after {SI}.", "{A} will miss the rest of the season after {SI}.",
-          "Bad news for the club: {A} suffered {SI} in training.", "{A} limped off clutching the knee after {SI}."]
+          "Bad news for the club: {A} suffered {SI} in training.", "{A} limped off clutching the knee after {SI}.",
+          "{A} was helped off the pitch after {SI}.", "Scans confirmed that {A} suffered {SI}.",
+          "{A} needed lengthy treatment on the field after {SI} and could not continue.",
+          "{A} is out for months after {SI}."]
 ATHLETES = ["The striker", "Their star winger", "The point guard", "The defending champion", "The veteran prop",
             "The rookie quarterback", "The goalkeeper", "The sprinter", "The boxer", "The cyclist"]
 SPORTS_INJ = ["a horror tackle that broke his leg", "a heavy fall that fractured her collarbone",
@@ -87,7 +99,12 @@ IMPLIED = ["She'll be in a cast for six weeks after the fall.", "He hasn't walke
            "He's on crutches again, third time this season.",
            "The burns on her arms needed skin grafts.", "They had to cut him out of the car with the jaws of life.",
            "My knee popped, and I went down and couldn't get up.", "The dog tore a chunk out of her calf.",
-           "Two workers were hurt when the crane toppled."]
+           "Two workers were hurt when the crane toppled.",
+           "He'll be on crutches until Christmas after that tackle.", "The nurse said the stitches can come out next week.",
+           "They kept her in overnight to watch the swelling on her brain.", "The cast finally comes off on Friday.",
+           "He still can't grip anything since the machine caught his hand.",
+           "She needed two blood transfusions after the crash.", "They found him at the bottom of the ravine, barely breathing.",
+           "The referee stopped the fight because of the cut above his eye."]
 CHAT_PROMPTS = ["", "", "", "What happened?", "How was your weekend?", "Tell me a story.", "Any news?",
                 "Summarize today's headlines.", "Write a scene for my novel.", "How's the team doing?"]
 
@@ -192,18 +209,23 @@ def _pos(rng: random.Random) -> dict[str, str]:
             "poss": rng.choice(["his", "her", "their"]), "A": rng.choice(ATHLETES), "SI": rng.choice(SPORTS_INJ)}
     template = {"news": NEWS, "first": FIRST, "fiction": FICTION, "medical": MEDICAL, "sports": SPORTS,
                 "implied": IMPLIED}[kind]
-    text = rng.choice(template).format(**fill)
+    frame = rng.randrange(len(template))  # same draw as rng.choice: the file stays byte-stable
+    text = template[frame].format(**fill)
     uses_event = kind in ("news", "first")
-    return {"text": text[0].upper() + text[1:], "label": 1, "category": f"{kind}:{severity}" if uses_event else kind}
+    return {"text": text[0].upper() + text[1:], "label": 1, "category": f"{kind}:{severity}" if uses_event else kind,
+            "group": f"{kind}:{frame}"}
 
 
 def _neg(rng: random.Random) -> dict[str, str]:
     kind = rng.choices(["figurative", "technical", "harmless", "near_miss", "neutral", "combo"],
                        weights=[2, 4, 2, 2, 1, 2])[0]
+    group = ""
     if kind == "figurative":
         text = rng.choice(FIGURATIVE)
     elif kind == "technical":
-        text = rng.choice(TECH_FRAMES).format(v=rng.choice(TECH_VERBS), o=rng.choice(TECH_OBJECTS))
+        frame = rng.randrange(len(TECH_FRAMES))
+        text = TECH_FRAMES[frame].format(v=rng.choice(TECH_VERBS), o=rng.choice(TECH_OBJECTS))
+        group = f"technical:{frame}"
     elif kind == "harmless":
         text = rng.choice(HARMLESS_DOMAINS)
     elif kind == "near_miss":
@@ -211,8 +233,10 @@ def _neg(rng: random.Random) -> dict[str, str]:
     elif kind == "neutral":
         text = rng.choice(NEUTRAL)
     else:  # two harmless sentences, so length alone never signals the class
-        text = f"{rng.choice(FIGURATIVE + NEUTRAL + HARMLESS_DOMAINS)} {rng.choice(NEAR_MISS + NEUTRAL)}"
-    return {"text": text, "label": 0, "category": kind}
+        first = rng.choice(FIGURATIVE + NEUTRAL + HARMLESS_DOMAINS)
+        text = f"{first} {rng.choice(NEAR_MISS + NEUTRAL)}"
+        group = "s:" + first
+    return {"text": text, "label": 0, "category": kind, "group": group or "s:" + text}
 
 
 def generate(n_pos: int = 1800, n_neg: int = 2400) -> list[dict[str, str]]:
@@ -230,7 +254,8 @@ def generate(n_pos: int = 1800, n_neg: int = 2400) -> list[dict[str, str]]:
     # Short positives paired with a harmless sentence: injury inside otherwise ordinary text.
     for text in list(t for t, r in rows.items() if r["label"] == 1)[:300]:
         combined = f"{rng.choice(NEUTRAL)} {text}"
-        rows.setdefault(combined, {"text": combined, "label": 1, "category": "mixed", "prompt": ""})
+        rows.setdefault(combined, {"text": combined, "label": 1, "category": "mixed", "prompt": "",
+                                   "group": rows[text]["group"]})
     out = list(rows.values())
     rng.shuffle(out)
     return out

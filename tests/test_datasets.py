@@ -53,9 +53,22 @@ def test_injury_data_is_reproducible_sized_and_disjoint_from_heldout() -> None:
     assert rows == [dict(r) for r in generate()]  # the committed file is what the generator makes
     assert len(rows) >= 3000
     assert 0.4 < sum(r["label"] for r in rows) / len(rows) < 0.6
+    written = [json.loads(line) for line in datasets.INJURY_WRITTEN.read_text().splitlines()]
+    assert len(written) >= 200 and 0.4 < sum(r["label"] for r in written) / len(written) < 0.6
     held = set(datasets.load_injury_heldout())
-    assert len(held) >= 50 and not held & {r["text"] for r in rows}
-    _split_is_by_group(datasets.load_injury())
+    natural_validation = {e.response for e in datasets.load_injury_natural()}
+    assert len(held) >= 50 and not held & {r["text"] for r in rows + written}
+    assert not natural_validation & {r["text"] for r in rows + written}  # validation-only stays so
+    loaded = datasets.load_injury()
+    _split_is_by_group(loaded)
+    # Generated rows split by sentence frame: no validation frame is ever seen in training.
+    frames = {side: {e.group for e in loaded if e.source == "redline-injury" and e.validation == side}
+              for side in (True, False)}
+    assert frames[True] and frames[False] and not frames[True] & frames[False]
+    assert any(g.startswith("t:news:") for g in frames[True])
+    # The hand-written pairs are split half and half, each pair on one side.
+    pairs = {e.group: e.validation for e in loaded if e.source == "redline-injury-natural"}
+    assert 0.3 < sum(pairs.values()) / len(pairs) < 0.7
 
 
 def test_download_fails_clearly_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
