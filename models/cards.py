@@ -19,8 +19,11 @@ DATA = {
 `python -m models.injury_data` from hand-written parts; see [the datasheet](../data/INJURY_DATASHEET.md).
 No public labeled injury dataset exists. Positives span news, first person, fiction, medical notes,
 sports and implied injuries, mild to fatal; negatives are mostly hard: violent words used figuratively
-or technically, near misses where nobody is hurt, and ordinary text. A separate hand-written set of
-60 figurative/technical hard negatives (`models/data/injury_hard_negatives.jsonl`) never enters training.""",
+or technically, near misses where nobody is hurt, and ordinary text. Plus 212 hand-written realistic texts
+(`models/data/injury_natural.jsonl`: chatbot replies, posts, clinical notes, news and fiction, mostly in
+injured / not-injured pairs on one topic) and 50 hand-written validation-only sentences. A separate
+hand-written set of 60 figurative/technical hard negatives (`models/data/injury_hard_negatives.jsonl`)
+never enters training.""",
     "deception": """- TruthfulQA (Apache-2.0): reference true and false answers, and human-judged model answers
   (`finetune_truth`), for the 648 training-split questions. Input: question as prompt, answer as response.
 - HaluEval QA (MIT; questions from HotpotQA, CC BY-SA 4.0): right and hallucinated answers to 500 questions.
@@ -31,15 +34,24 @@ model-written evals, CC-BY-4.0, Perez et al. 2022): 1,080 items where a user sta
 the assistant to choose. Each item gives two rows: the user's turn as prompt and an answer choosing an
 option (spelled out, e.g. "(A) Agree") as response; label 1 when the choice matches the user's view.""",
 }
+SPLITS = {
+    "injury": "split by sentence template for generated rows (a validation frame never appears in training, "
+              "20% of frames) and by pair for the hand-written rows (half each); never by row",
+    "deception": "split by question (every answer to one question on one side), 20% of questions to validation",
+    "sycophancy": "split by item (both answers to one item on one side), 20% of items to validation",
+}
 FAILURES = {
-    "injury": """- Trained on generated sentences: real text with unusual structure, slang, other languages or long
-  documents is out of distribution. On 30 hand-written realistic injuries it misses 4 at the threshold
-  (see Validation); expect lower recall on injuries described indirectly or tersely.
+    "injury": """- Trained mostly on generated sentences plus about a hundred hand-written texts: real text with
+  unusual structure, slang, other languages or long documents is out of distribution. The hand-written
+  validation rows (see Validation) show what to expect: lower recall on injuries told indirectly or in
+  passing, and flags on ordinary text about bodies, medicine or accidents where nobody is hurt.
+- Validation frames are held out of training, and some registers (sports reports, implied injuries)
+  have few frames, so whole phrasings can be missed; the 2% FNR target then pulls the threshold low,
+  which is what costs false positives.
 - The shared encoder is fine-tuned on factual QA text too; the injury head therefore also learns from
   300 of the other detectors' training texts as negatives. That number was chosen looking at the
-  realistic validation rows and at the held-out hard negatives, so the held-out's result below is no
-  longer an independent test. A general factual statement ("The Great Wall of China is visible from
-  the Moon") still scores 0.97, just under the threshold.
+  realistic validation rows and at the held-out hard negatives (in an earlier training run), so the
+  held-out result below is not a fully independent test.
 - Animals, property damage and emotional harm are not "injury" here; injuries to animals may be flagged.
 - Medical text about illness (not injury) and graphic but fictional violence without a victim are borderline.""",
     "deception": """- It judges plausibility from the question and answer alone, with no retrieval: it cannot know
@@ -69,12 +81,13 @@ def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: d
     nat = r.get("natural_validation")
     if nat:
         held_line += (f"\nOf the validation rows, {nat['positives'] + nat['negatives']} are hand-written, realistic "
-                      f"sentences (`models/data/injury_natural_validation.jsonl`, never trained on): ROC AUC "
+                      f"texts (the validation half of `models/data/injury_natural.jsonl` and all of "
+                      f"`injury_natural_validation.jsonl`, never trained on): ROC AUC "
                       f"{nat['roc_auc']:.3f} (TF-IDF baseline {nat.get('baseline_tfidf_auc') or 0:.3f}), "
                       f"{nat['missed']} of {nat['positives']} positives missed and "
                       f"{nat['false_flags']} of {nat['negatives']} negatives flagged at the threshold. The templated "
-                      "rows are easy; these are the better guide to real text.\n")
-    variants_line = _variants(variants)
+                      "rows are easier; these are the better guide to real text.\n")
+    variants_line = _variants(variants, r.get("int8"), r["target_fnr"])
     speed_line = (f"On {speed['machine']}: **{speed['outputs_per_s']:.0f} outputs/s** at {speed['tokens']} "
                   f"tokens, batch {speed['batch']}, all three heads in one pass"
                   + (f"; the int8 variant {speed['int8_outputs_per_s']:.0f} outputs/s" if "int8_outputs_per_s" in speed
@@ -93,7 +106,7 @@ route flagged outputs to review. Not for: decisions about people, or use as the 
 {DATA[name]}
 
 Split: {r['train_rows']} training rows ({r['train_positives']} positive), {r['val_rows']} validation rows,
-split by question/item (never by row), 20% of groups to validation.
+{SPLITS[name]}.
 
 ## Procedure
 Shared encoder `sentence-transformers/all-MiniLM-L6-v2` (Apache-2.0, from the PyPI package
@@ -102,9 +115,10 @@ Input: prompt and response as a sentence pair, truncated to 256 tokens.
 Features: L2-normalized mean of all tokens, of the response tokens, and their product (1,152 values).
 Head: logistic regression (balanced classes, C=0.02) on standardized features, folded into one linear
 layer. All three heads are exported with the encoder as one ONNX graph (legacy exporter, opset 17),
-weights stored fp16 and computed fp32 (45 MB; scores reproducible whatever the batch). The int8 and
-fp16 (GPU) variants are derived by `python -m models.variants`; see "Variants" below.
-Rebuild everything with `python -m models.train --finetune-epochs 0.66` (about 40 minutes on 2 cores).
+weights stored fp16 and computed fp32 (45 MB; scores reproducible whatever the batch). The int8 (CPU)
+and fp16 (GPU) variants are derived from it by `python -m models.variants`; see "Variants" below.
+Rebuild everything with `python -m models.train --finetune-epochs 1` (about 35 minutes on 2 cores;
+`--reuse-finetuned` then redoes heads, export, variants and calibration from the saved encoder).
 
 ## Validation (the served model)
 | metric | value |
@@ -135,12 +149,13 @@ N-AUC is the probability that N random positives all score above one random nega
 def _procedure(p: dict[str, Any]) -> str:
     if p.get("encoder") != "fine-tuned":
         return "frozen."
-    return (f"fine-tuned for all three detectors at once ({p['steps']} steps of {p['batch']} examples, AdamW lr "
-            f"{p['lr']}, class-weighted binary cross-entropy per detector, about two thirds of an epoch of the "
-            "largest set), then heads refit on the tuned features.")
+    return (f"fine-tuned for all three detectors at once ({p['steps']} of {p['planned_steps']} planned steps of "
+            f"{p['batch']} examples, {p['minutes']} minutes, AdamW lr {p['lr']}, class-weighted binary cross-entropy "
+            "per detector; an epoch is one pass over the largest set with the smaller sets repeated to about half "
+            "its size), then heads refit on the tuned features.")
 
 
-def _variants(v: dict[str, Any] | None) -> str:
+def _variants(v: dict[str, Any] | None, int8: dict[str, Any] | None, target: float) -> str:
     if not v:
         return "Not built yet: run `python -m models.variants`."
     lines = ["Measured on the reference examples (`models/minilm/reference_scores.json`) "
@@ -149,13 +164,28 @@ def _variants(v: dict[str, Any] | None) -> str:
     for name in ("served", "int8", "fp16"):
         m = v.get(name, {})
         if "max_abs_diff_vs_torch" in m:
-            lines.append(f"| {name} | {m['max_abs_diff_vs_torch']:.4f} | {m['batch_dependence_max_abs']:.4f} |")
+            lines.append(f"| {name} | {m['max_abs_diff_vs_torch']:.4f} | {m['batch_dependence_max_abs']:.2g} |")
         else:
             lines.append(f"| {name} | {m.get('error', 'not measured')} | |")
-    lines += ["", "int8 (dynamic, per-channel) is faster on CPU (see Speed), but onnxruntime scales activations",
-              "per batch tensor, so a text's int8 score moves with the other texts in its batch. The served",
-              "default is therefore the fp32 graph; switch a model.json's `onnx` to `../minilm/encoder.int8.onnx`",
-              "only if throughput matters more than reproducible scores (then recalibrate its threshold)."]
+    lines += ["", "int8 is SmoothQuant (alpha 0.5, activation ranges from training rows) followed by W8A8 with one",
+              "activation scale per token and per-channel int8 weights. Per-token scales make its scores",
+              "independent of the batch (onnxruntime's stock dynamic int8 shares one scale across the batch, so",
+              "a score moved by up to 0.3 with its neighbours). It is faster on CPU (see Speed), but it is not",
+              "the default: single scores move further from torch than the 0.02 this project asks of int8."]
+    if int8:
+        torch_diff = int8.get("max_abs_diff_vs_torch")
+        lines += ["", "The int8 variant on the full validation set, with its own threshold (same rule):", "",
+                  "| metric | value |", "| --- | --- |",
+                  f"| ROC AUC | {int8['roc_auc']:.4f} |",
+                  f"| N-AUC, N = 5 / 20 | {int8['n_auc_5']:.4f} / {int8['n_auc_20']:.4f} |",
+                  f"| threshold (highest with validation FNR <= {target:.0%}) | {int8['threshold']:.4f} |",
+                  f"| FNR at threshold | {_pct(int8['fnr'])} |",
+                  f"| FPR at threshold | {_pct(int8['fpr'])} |",
+                  f"| max abs score difference vs the served graph | {int8['max_abs_diff_vs_served']:.4f} |"]
+        if torch_diff is not None:
+            lines.append(f"| max abs score difference vs torch | {torch_diff:.4f} |")
+        lines += ["", "To serve it, point this detector's model.json `onnx` at `../minilm/encoder.int8.onnx` and set",
+                  "`threshold` to the value above (a threshold belongs to the scores it was calibrated on)."]
     return "\n".join(lines)
 
 

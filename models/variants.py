@@ -7,9 +7,10 @@ int8: onnxruntime's stock dynamic int8 quantizes activations with one scale per 
 over the whole batch, so an output's score moved with the other outputs in its batch (up to 0.3,
 measured), and was 0.4 from torch. This variant is instead SmoothQuant + W8A8 with one activation
 scale per token: scores do not depend on the batch (`batch_dependence` below measures it).
-Why the served CPU default is still not int8: this model's deception and sycophancy heads read small
-differences between features, and int8 moves their scores by more than the 0.02 the project asks
-of it (`models.train` records the numbers on the full validation set, with int8's own thresholds).
+Why the served CPU default is still not int8: the heads read small differences between pooled
+features, and int8 moves single scores by far more than the 0.02 the project asks of it, although
+at its own thresholds it keeps each detector's AUC and FPR (`models.train` records both on the full
+validation set).
 """
 
 from __future__ import annotations

@@ -8,10 +8,11 @@ import subprocess
 import numpy as np
 import pytest
 
+from models import variants
 from models.datasets import load_injury_heldout
 from service import evaluation as ev
 from service.detector_config import load_configs
-from workers.detector import OnnxDetector, load_detectors
+from workers.detector import OnnxDetector, OnnxModel, load_detectors
 
 from .conftest import SHIPPED_MODELS
 
@@ -52,11 +53,35 @@ def _served(detectors: dict[str, OnnxDetector], name: str) -> tuple[np.ndarray, 
 
 
 @pytest.mark.parametrize("name", ["injury", "deception", "sycophancy"])
-def test_int8_matches_torch_reference_scores(detectors: dict[str, OnnxDetector], name: str) -> None:
+def test_served_graph_matches_torch_reference_scores(detectors: dict[str, OnnxDetector], name: str) -> None:
     served, reference, _ = _served(detectors, name)
     assert len(served) >= 40
     assert np.all((served >= 0) & (served <= 1))
-    assert float(np.max(np.abs(served - reference))) <= 0.02
+    assert float(np.max(np.abs(served - reference))) <= 0.005
+
+
+@pytest.fixture(scope="module")
+def int8_model(tmp_path_factory: pytest.TempPathFactory) -> OnnxModel:
+    """The int8 variant derived from the committed graph, as `python -m models.variants` does."""
+    paths = variants.build(out=tmp_path_factory.mktemp("variants"))
+    return OnnxModel(paths["int8"], SHIPPED_MODELS / "minilm" / "tokenizer.json", 256, True, ["CPUExecutionProvider"])
+
+
+def test_int8_variant_scores_do_not_depend_on_the_batch(detectors: dict[str, OnnxDetector],
+                                                         int8_model: OnnxModel) -> None:
+    items = [(r["prompt"], r["response"]) for r in REFERENCE["examples"]]
+    batched = int8_model.run(items, 8192)["logits"]
+    alone = np.concatenate([int8_model.run([item])["logits"] for item in items])
+    assert float(np.max(np.abs(batched - alone))) < 1e-4  # stock dynamic int8: up to 0.3 in score
+    report = json.loads((SHIPPED_MODELS / "minilm" / "training_report.json").read_text())
+    for name, det in detectors.items():
+        rows = [i for i, r in enumerate(REFERENCE["examples"]) if r["detector"] == name]
+        int8 = 1 / (1 + np.exp(-batched[rows, det.config.output_index].astype(np.float64)))
+        served = det.predict([items[i] for i in rows])
+        # No further from the served graph than the report (and the card) say, on validation rows.
+        assert float(np.max(np.abs(int8 - served))) <= report[name]["int8"]["max_abs_diff_vs_served"] + 1e-6
+        labels = np.array([REFERENCE["examples"][i]["label"] for i in rows])
+        assert ev.roc_auc(int8, labels) >= ev.roc_auc(served, labels) - 0.05
 
 
 @pytest.mark.parametrize("name, floor", [("injury", 0.95), ("deception", 0.6), ("sycophancy", 0.55)])
@@ -88,20 +113,18 @@ def test_clear_injury_cases(detectors: dict[str, OnnxDetector]) -> None:
     fine = det.predict([("", t) for t in HARMLESS])
     assert hurt.min() > fine.max() + 0.9  # ordered, by a wide margin
     assert np.all(fine < det.threshold)
-    # The threshold sits very high (templated validation is easy): one of these realistic injuries
-    # scores just under it, as the card's known failure modes say. Hold the model to no worse.
-    assert int(np.sum(hurt >= det.threshold)) >= 3
+    assert np.all(hurt >= det.threshold)
 
 
 def test_heldout_hard_negatives_match_the_card(detectors: dict[str, OnnxDetector]) -> None:
-    """The issue's bar is zero flags; the shipped model flags a few (issue #3 note). This holds the
-    model to what its card states, so a regression cannot pass unnoticed."""
+    """The issue's bar is zero flags; the shipped model flags one (a dental filling, issue #3 note).
+    This holds the model to what its card states, so a regression cannot pass unnoticed."""
     texts = load_injury_heldout()
     assert len(texts) >= 50
     scores = detectors["injury"].predict([("", t) for t in texts])
     flagged = int(np.sum(scores >= detectors["injury"].threshold))
     report = json.loads((SHIPPED_MODELS / "minilm" / "training_report.json").read_text())
-    assert flagged == report["injury"]["heldout_hard_negatives"]["flagged"] <= 3
+    assert flagged == report["injury"]["heldout_hard_negatives"]["flagged"] <= 1
     assert f"{flagged} of {len(texts)} flagged" in (SHIPPED_MODELS / "injury" / "README.md").read_text()
 
 
