@@ -3,9 +3,9 @@
     .venv/bin/python docs/examples/monitor_walkthrough.py
 
 Starts Redis, the API and a worker (shipped detectors), submits 600 validation texts of the
-injury set (550 templated rows and the 50 hand-written realistic ones), labels up to 200 of them
-through POST /v1/labels as a reviewer would (every flagged output plus the 30% audit sample of the
-rest), then prints GET /v1/monitor for 24h.
+injury set (550 validation rows, generated and hand-written, and the 50 validation-only sentences),
+labels up to 200 of them through POST /v1/labels as a reviewer would (every flagged output plus the
+30% audit sample of the rest), then prints GET /v1/monitor for 24h.
 """
 
 from __future__ import annotations
