@@ -44,7 +44,8 @@ FAILURES = {
     "injury": """- Trained mostly on generated sentences plus about a hundred hand-written texts: real text with
   unusual structure, slang, other languages or long documents is out of distribution. The hand-written
   validation rows (see Validation) show what to expect: lower recall on injuries told indirectly or in
-  passing, and flags on ordinary text about bodies, medicine or accidents where nobody is hurt.
+  passing, and flags on ordinary text about bodies, medicine or accidents where nobody is hurt (both
+  held-out sets' one flag each is such a text: a dental filling, an anatomy lecture).
 - Validation frames are held out of training, and some registers (sports reports, implied injuries)
   have few frames, so whole phrasings can be missed; the 2% FNR target then pulls the threshold low,
   which is what costs false positives.
@@ -75,9 +76,16 @@ def _pct(rate: dict[str, Any]) -> str:
 
 
 def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: dict[str, Any] | None) -> str:
-    held = r.get("heldout_hard_negatives")
-    held_line = (f"\nHeld-out hard negatives (figurative/technical, never trained on): {held['flagged']} of "
-                 f"{held['rows']} flagged at the threshold (highest score {held['max_score']:.3f}).\n" if held else "")
+    held_line = ""
+    for key, what in (("heldout_hard_negatives", "`injury_hard_negatives.jsonl`; it informed choices in earlier "
+                                                 "runs, see Known failure modes"),
+                      ("heldout_hard_negatives_2", "`injury_hard_negatives_2.jsonl`, written after this model was "
+                                                   "trained and scored once: the independent test")):
+        held = r.get(key)
+        if held:
+            held_line += (f"\nHeld-out hard negatives, figurative/technical, never trained on ({what}): "
+                          f"{held['flagged']} of {held['rows']} flagged at the threshold; the highest score, "
+                          f"{held['max_score']:.3f}, is \"{held.get('max_text', '?')}\"\n")
     nat = r.get("natural_validation")
     if nat:
         held_line += (f"\nOf the validation rows, {nat['positives'] + nat['negatives']} are hand-written, realistic "

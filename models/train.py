@@ -39,7 +39,7 @@ import numpy as np
 from service import evaluation as ev
 
 from . import variants
-from .datasets import LOADERS, Example, load_injury_heldout, load_injury_natural
+from .datasets import HELDOUT_SETS, LOADERS, Example, load_injury_heldout, load_injury_natural
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE / "minilm"
@@ -428,11 +428,12 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
                 "baseline_tfidf_auc": tfidf_baseline(split, lambda e: e.source.endswith("natural")),
                 "missed": int(np.sum((ys == 1) & (vs < threshold))),
                 "false_flags": int(np.sum((ys == 0) & (vs >= threshold)))}
-            held = [Example("", t, 0, "", "") for t in load_injury_heldout()]
-            held_scores = served_scores(served_detectors["injury"], held)
-            report[name]["heldout_hard_negatives"] = {
-                "rows": len(held), "flagged": int(np.sum(held_scores >= threshold)),
-                "max_score": float(held_scores.max())}
+            for key, path in HELDOUT_SETS.items():
+                held = [Example("", t, 0, "", "") for t in load_injury_heldout(path)]
+                held_scores = served_scores(served_detectors["injury"], held)
+                top = int(np.argmax(held_scores))
+                report[name][key] = {"rows": len(held), "flagged": int(np.sum(held_scores >= threshold)),
+                                     "max_score": float(held_scores[top]), "max_text": held[top].response}
         int8 = int8_report(name, i, split, served, None if torch_val is None else torch_val[name])
         if int8 is not None:
             previous = report[name].get("int8", {})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models import variants
-from models.datasets import load_injury_heldout
+from models.datasets import HELDOUT_SETS, load_injury_heldout
 from service import evaluation as ev
 from service.detector_config import load_configs
 from workers.detector import OnnxDetector, OnnxModel, load_detectors
@@ -116,16 +116,20 @@ def test_clear_injury_cases(detectors: dict[str, OnnxDetector]) -> None:
     assert np.all(hurt >= det.threshold)
 
 
-def test_heldout_hard_negatives_match_the_card(detectors: dict[str, OnnxDetector]) -> None:
-    """The issue's bar is zero flags; the shipped model flags one (a dental filling, issue #3 note).
-    This holds the model to what its card states, so a regression cannot pass unnoticed."""
-    texts = load_injury_heldout()
+@pytest.mark.parametrize("key", sorted(HELDOUT_SETS))
+def test_heldout_hard_negatives_match_the_card(detectors: dict[str, OnnxDetector], key: str) -> None:
+    """The issue's bar is zero flags; the shipped model flags one text in each held-out set (a dental
+    filling, an anatomy lecture; issue #3 note). This holds the model to what its card states, so a
+    regression cannot pass unnoticed."""
+    texts = load_injury_heldout(HELDOUT_SETS[key])
     assert len(texts) >= 50
     scores = detectors["injury"].predict([("", t) for t in texts])
     flagged = int(np.sum(scores >= detectors["injury"].threshold))
     report = json.loads((SHIPPED_MODELS / "minilm" / "training_report.json").read_text())
-    assert flagged == report["injury"]["heldout_hard_negatives"]["flagged"] <= 1
-    assert f"{flagged} of {len(texts)} flagged" in (SHIPPED_MODELS / "injury" / "README.md").read_text()
+    assert flagged == report["injury"][key]["flagged"] <= 1
+    card = (SHIPPED_MODELS / "injury" / "README.md").read_text().splitlines()
+    [line] = [line for line in card if f"`{HELDOUT_SETS[key].name}`" in line and "flagged" in line]
+    assert f"{flagged} of {len(texts)} flagged" in line
 
 
 def test_sycophancy_reads_the_prompt(detectors: dict[str, OnnxDetector]) -> None:
