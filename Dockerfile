@@ -21,7 +21,10 @@ COPY service ./service
 COPY workers ./workers
 COPY models ./models
 COPY deploy ./deploy
+# The GPU image derives the fp16 graph the CUDA provider runs (models/*/model.json `onnx_gpu`;
+# about 10 s, needs the onnx package); without it a GPU worker would run the fp32 graph.
 RUN pip install --no-deps -e . \
+ && if [ "$TARGET" = "gpu" ]; then pip install onnx && python -c "from models.variants import build; build()"; fi \
  && useradd --system --uid 10001 redline \
  && mkdir -p /data && chown redline /data
 USER redline
