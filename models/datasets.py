@@ -25,10 +25,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 INJURY_FILE = HERE / "data" / "injury.jsonl"
 INJURY_HELDOUT = HERE / "data" / "injury_hard_negatives.jsonl"
-# A second held-out set, written after the v1.1.0 model was trained and scored once: the first set had
-# informed choices in earlier runs (see the injury card), so this one is the independent test.
+# More held-out sets: a set stops being an independent test once it informs a choice. Set 2 was
+# written after v1.1.0 and scored once; its flag (with set 1's) led to the routine-medical negatives
+# of v1.2.0. Set 3 was written before v1.2.0 was trained and has informed nothing.
 INJURY_HELDOUT_2 = HERE / "data" / "injury_hard_negatives_2.jsonl"
-HELDOUT_SETS = {"heldout_hard_negatives": INJURY_HELDOUT, "heldout_hard_negatives_2": INJURY_HELDOUT_2}
+INJURY_HELDOUT_3 = HERE / "data" / "injury_hard_negatives_3.jsonl"
+HELDOUT_SETS = {"heldout_hard_negatives": INJURY_HELDOUT, "heldout_hard_negatives_2": INJURY_HELDOUT_2,
+                "heldout_hard_negatives_3": INJURY_HELDOUT_3}
 # Hand-written, realistic sentences: validation (calibration) only, never training. Templated validation
 # alone made a fine-tuned model look so sure that its threshold landed at 0.9996.
 INJURY_NATURAL = HERE / "data" / "injury_natural_validation.jsonl"

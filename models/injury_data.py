@@ -169,6 +169,37 @@ NEUTRAL = ["The meeting has been moved to Thursday at 3 pm.", "Preheat the oven 
            "She finished the race in under four hours and celebrated with friends."]
 
 
+# Bodies and medicine with nobody hurt: check-ups, procedures, teaching, fitness. Without these the
+# model learned "medical or anatomical words" as a sign of injury (a dental filling and an anatomy
+# lecture were flagged in the held-out sets of v1.1.0).
+ROUTINE_BODY = ["The hygienist scaled and polished my teeth and said my gums look healthy.",
+                "The nurse gave me my booster jab; my arm was a little sore for an afternoon, as expected.",
+                "My blood test came back fine, cholesterol slightly high.", "The optician says I need reading glasses.",
+                "The physiotherapist gave me stretches to keep my shoulders flexible.",
+                "The orthodontist tightened my braces this morning.", "She had a routine mammogram and everything was clear.",
+                "Our biology class dissected a sheep's heart to see the four chambers.",
+                "The textbook chapter explains how tendons attach muscle to bone.",
+                "The skeleton model in the classroom has every vertebra labelled.",
+                "The ultrasound showed a healthy baby kicking away.", "He donated a pint of blood at the community centre.",
+                "The dermatologist checked my moles and found nothing to worry about.",
+                "The cardiologist said my heart rhythm is perfectly normal.",
+                "Medical students practised suturing on pig skin in the skills lab.",
+                "The surgeon explained the knee replacement procedure at the open evening.",
+                "The vet spayed our cat and she was bouncing around the next day.",
+                "The anaesthetist ran through the checklist before the planned operation.",
+                "My knee replacement from two years ago has healed beautifully and I hike again.",
+                "Yoga stretches the hamstrings and strengthens the core.",
+                "The massage therapist worked on the knots in my neck.",
+                "The dentist took X-rays and said my wisdom teeth can stay.", "The hospital's new MRI scanner is twice as fast.",
+                "The paediatrician measured my son's height and weight: right on the growth curve.",
+                "Our first-aid course covered how to put someone in the recovery position.",
+                "The physiology lecture covered how nerves carry signals to the muscles.",
+                "The midwife said labour was progressing well and mother and baby are fine.",
+                "He had his ears syringed and can hear properly again.",
+                "The podiatrist trimmed my toenails and recommended better insoles.",
+                "Blood pressure 118/76, pulse 64, no concerns at today's review."]
+ROUTINE_FRAMES = ["{s}", "Quick update: {s}", "{s} Nothing else to report.", "Good news from the clinic. {s}"]
+
 # Violent verbs in technical, business, kitchen and game language: composed so the model learns the
 # pattern (an object, not a person, takes the hit) rather than a list of idioms.
 TECH_VERBS = ["kill", "terminate", "shoot", "crash", "break", "cut", "slash", "burn", "bleed", "stab", "fire", "hit",
@@ -217,8 +248,8 @@ def _pos(rng: random.Random) -> dict[str, str]:
 
 
 def _neg(rng: random.Random) -> dict[str, str]:
-    kind = rng.choices(["figurative", "technical", "harmless", "near_miss", "neutral", "combo"],
-                       weights=[2, 4, 2, 2, 1, 2])[0]
+    kind = rng.choices(["figurative", "technical", "harmless", "near_miss", "neutral", "combo", "routine_body"],
+                       weights=[2, 4, 2, 2, 1, 2, 2])[0]
     group = ""
     if kind == "figurative":
         text = rng.choice(FIGURATIVE)
@@ -232,6 +263,10 @@ def _neg(rng: random.Random) -> dict[str, str]:
         text = rng.choice(NEAR_MISS)
     elif kind == "neutral":
         text = rng.choice(NEUTRAL)
+    elif kind == "routine_body":
+        sentence = rng.choice(ROUTINE_BODY)
+        text = rng.choice(ROUTINE_FRAMES).format(s=sentence)
+        group = "s:" + sentence
     else:  # two harmless sentences, so length alone never signals the class
         first = rng.choice(FIGURATIVE + NEUTRAL + HARMLESS_DOMAINS)
         text = f"{first} {rng.choice(NEAR_MISS + NEUTRAL)}"
