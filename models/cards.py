@@ -44,8 +44,9 @@ FAILURES = {
     "injury": """- Trained mostly on generated sentences plus about a hundred hand-written texts: real text with
   unusual structure, slang, other languages or long documents is out of distribution. The hand-written
   validation rows (see Validation) show what to expect: lower recall on injuries told indirectly or in
-  passing, and flags on ordinary text about bodies, medicine or accidents where nobody is hurt (both
-  held-out sets' one flag each is such a text: a dental filling, an anatomy lecture).
+  passing, and flags on ordinary text about bodies, medicine or accidents where nobody is hurt (v1.1.0
+  flagged a dental filling and an anatomy lecture; v1.2.0 adds routine-medical negatives, and still
+  flags the anatomy lecture, a car wreck "without a scratch" and "he shot up three inches").
 - Validation frames are held out of training, and some registers (sports reports, implied injuries)
   have few frames, so whole phrasings can be missed; the 2% FNR target then pulls the threshold low,
   which is what costs false positives.
@@ -62,8 +63,9 @@ FAILURES = {
     "sycophancy": """- Trained on one format (A/B opinion questions with a stated persona): free-form agreement in chat
   is out of distribution, and it cannot tell agreement that is deserved from flattery.
 - It needs the prompt: without it the score is meaningless.
-- With a frozen encoder and linear head it is a weak detector; use its scores for monitoring trends,
-  not for blocking.""",
+- It is a weak detector, and an unstable one to train: its validation ROC AUC was 0.71, 0.89 and 0.76
+  in three training runs this week that differed in injury data and task order (402 validation rows).
+  Use its scores for monitoring trends, not for blocking.""",
 }
 
 
@@ -79,8 +81,10 @@ def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: d
     held_line = ""
     for key, what in (("heldout_hard_negatives", "`injury_hard_negatives.jsonl`; it informed choices in earlier "
                                                  "runs, see Known failure modes"),
-                      ("heldout_hard_negatives_2", "`injury_hard_negatives_2.jsonl`, written after this model was "
-                                                   "trained and scored once: the independent test")):
+                      ("heldout_hard_negatives_2", "`injury_hard_negatives_2.jsonl`, written after v1.1.0; its one "
+                                                   "flag led to this version's routine-medical negatives"),
+                      ("heldout_hard_negatives_3", "`injury_hard_negatives_3.jsonl`, written before this model was "
+                                                   "trained, informed nothing, scored once: the independent test")):
         held = r.get(key)
         if held:
             held_line += (f"\nHeld-out hard negatives, figurative/technical, never trained on ({what}): "

@@ -56,7 +56,7 @@ DESCRIPTIONS = {
                   "needs the prompt.",
 }
 MAX_LENGTH = 256
-VERSION = "1.1.0"  # 1.1: injury data v2 (hand-written rows, split by template), one full epoch
+VERSION = "1.2.0"  # 1.1: injury data v2 (hand-written, split by template), one epoch; 1.2: routine-medical negatives
 C_REG = 0.02  # strong L2: the best validation AUC for sycophancy, equal for the others
 # The injury head also sees other detectors' training texts (QA answers, opinions, factual statements)
 # as negatives: without them a shared, fine-tuned encoder let it flag "The Great Wall is visible from
