@@ -82,7 +82,7 @@ def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: d
     for key, what in (("heldout_hard_negatives", "`injury_hard_negatives.jsonl`; it informed choices in earlier "
                                                  "runs, see Known failure modes"),
                       ("heldout_hard_negatives_2", "`injury_hard_negatives_2.jsonl`, written after v1.1.0; its one "
-                                                   "flag led to this version's routine-medical negatives"),
+                                                   "flag under v1.1.0 led to this version's routine-medical negatives"),
                       ("heldout_hard_negatives_3", "`injury_hard_negatives_3.jsonl`, written before this model was "
                                                    "trained, informed nothing, scored once: the independent test")):
         held = r.get(key)
