@@ -328,12 +328,17 @@ def write_model_json(name: str, index: int, threshold: float, calibration: dict[
     (folder / "model.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def load_served() -> dict[str, Any]:
-    """The exported detectors as the service loads them (one session for the shared graph)."""
+def load_served(onnx: Path | None = None) -> dict[str, Any]:
+    """The exported detectors as the service loads them (one session for the shared graph), or the
+    same detectors on another graph of the same heads (`onnx`, e.g. the int8 variant)."""
+    from dataclasses import replace
+
     from service.detector_config import load_configs
     from workers.detector import load_detectors
 
     configs = {n: c for n, c in load_configs([HERE]).items() if n in DETECTORS}
+    if onnx is not None:
+        configs = {n: replace(c, onnx_path=onnx, onnx_gpu_path=None) for n, c in configs.items()}
     return load_detectors(configs, ["CPUExecutionProvider"])
 
 
@@ -343,26 +348,11 @@ def served_scores(detector: Any, examples: list[Example]) -> np.ndarray:
                            for i in range(0, len(examples), 256)])
 
 
-def int8_scores(examples: list[Example], index: int) -> np.ndarray | None:
-    """One head's scores from the int8 variant (derived by models.variants), if it is built."""
-    from workers.detector import OnnxModel
-
-    path = SHARED / "encoder.int8.onnx"
-    if not path.exists():
-        return None
-    model = OnnxModel(path, SHARED / "tokenizer.json", MAX_LENGTH, True, ["CPUExecutionProvider"])
-    logits = np.concatenate([model.run([(e.prompt, e.response) for e in examples[i:i + 256]])["logits"][:, index]
-                             for i in range(0, len(examples), 256)])
-    return 1 / (1 + np.exp(-logits.astype(np.float64)))
-
-
-def int8_report(name: str, index: int, split: Split, served: np.ndarray,
-                torch_scores: np.ndarray | None) -> dict[str, Any] | None:
+def int8_report(name: str, detector: Any, split: Split, served: np.ndarray,
+                torch_scores: np.ndarray | None) -> dict[str, Any]:
     """The int8 variant on the same validation rows: its own threshold (same rule), its metrics,
     and how far its scores are from the served graph's and from torch's."""
-    scores = int8_scores(split.val, index)
-    if scores is None:
-        return None
+    scores = served_scores(detector, split.val)
     labels = np.array([e.label for e in split.val])
     threshold = ev.threshold_for_fnr(scores, labels, TARGET_FNR[name])
     assert threshold is not None
@@ -395,13 +385,17 @@ def write_calibration_texts(splits: dict[str, Split], per_detector: int = 200) -
 
 
 def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[str, np.ndarray] | None) -> None:
-    """Score validation with the exported graph through the service's own code, set each threshold
+    """Derive the variants, score validation with the exported graph (and int8) through the service's
+    own code, set each threshold
     (highest with validation FNR <= target), write model.json and the report. With `torch_val`
     (after training) also record parity and the CI reference scores."""
+    write_calibration_texts(splits)
+    variants.build()  # int8 (CPU) and fp16 (GPU), derived from the export; int8 is measured below
     for i, name in enumerate(DETECTORS):  # placeholder thresholds so the configs load
         if not (HERE / name / "model.json").exists():
             write_model_json(name, i, 0.5, {})
     served_detectors = load_served()  # thresholds do not change scores: load the graph once
+    int8_detectors = load_served(SHARED / "encoder.int8.onnx")
     references: dict[str, Any] = {"version": VERSION, "examples": []}
     for i, name in enumerate(DETECTORS):
         split = splits[name]
@@ -434,12 +428,11 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
                 top = int(np.argmax(held_scores))
                 report[name][key] = {"rows": len(held), "flagged": int(np.sum(held_scores >= threshold)),
                                      "max_score": float(held_scores[top]), "max_text": held[top].response}
-        int8 = int8_report(name, i, split, served, None if torch_val is None else torch_val[name])
-        if int8 is not None:
-            previous = report[name].get("int8", {})
-            if torch_val is None and "max_abs_diff_vs_torch" in previous:  # recalibration keeps the parity record
-                int8["max_abs_diff_vs_torch"] = previous["max_abs_diff_vs_torch"]
-            report[name]["int8"] = int8
+        int8 = int8_report(name, int8_detectors[name], split, served, None if torch_val is None else torch_val[name])
+        previous = report[name].get("int8", {})
+        if torch_val is None and "max_abs_diff_vs_torch" in previous:  # recalibration keeps the parity record
+            int8["max_abs_diff_vs_torch"] = previous["max_abs_diff_vs_torch"]
+        report[name]["int8"] = int8
         if torch_val is None:
             continue
         report[name]["served_max_abs_diff"] = float(np.max(np.abs(served - torch_val[name])))
@@ -471,8 +464,6 @@ def main(argv: list[str] | None = None) -> None:
     splits = load_splits(args.data_dir)
     if args.calibrate_only:
         report = json.loads((SHARED / "training_report.json").read_text())
-        write_calibration_texts(splits)
-        variants.build()
         calibrate(splits, report, None)
         from .cards import write_cards
 
@@ -505,8 +496,6 @@ def main(argv: list[str] | None = None) -> None:
         report[name] = {"procedure": procedure}
     weights, bias = np.stack(heads_w, 1).astype(np.float32), np.array(heads_b, np.float32)
     export(featurizer, weights, bias)
-    write_calibration_texts(splits)
-    variants.build()  # int8 (CPU) and fp16 (GPU), derived from the export; measured in calibrate()
     calibrate(splits, report, torch_val)
     from .cards import write_cards
 
