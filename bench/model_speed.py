@@ -3,7 +3,8 @@ int8 variant when built (`python -m models.variants`).
 
     python -m bench.model_speed [--tokens 128] [--batch 32] [--seconds 10] [--record]
 
-`--record` writes models/minilm/speed.json, which the model cards quote (`python -m models.cards`).
+`--record` writes models/minilm/speed.json (CPU) or, where the CUDA provider runs the graph,
+speed_gpu.json; the model cards quote both (`python -m models.cards`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from service.detector_config import load_configs
 from service.settings import Settings
-from workers.detector import OnnxModel, load_detectors
+from workers.detector import OnnxModel, gpu_name, load_detectors
 
 from .common import machine
 
@@ -31,17 +32,21 @@ def main() -> None:
     args = parser.parse_args()
     detectors = load_detectors(load_configs([ROOT / "models"]), Settings().providers)
     served = next(iter(detectors.values())).model
-    result = {"machine": machine(), "providers": served.providers, "tokens": args.tokens, "batch": args.batch,
-              "detectors": sorted(detectors),
+    on_gpu = served.providers[0] == "CUDAExecutionProvider"
+    result = {"machine": machine(), "providers": served.providers, "graph": served.path.name,
+              "tokens": args.tokens, "batch": args.batch, "detectors": sorted(detectors),
               "command": f"python -m bench.model_speed --tokens {args.tokens} --batch {args.batch}"}
+    if on_gpu:
+        result["gpu"] = gpu_name()
     result["outputs_per_s"] = measure(served, args)
     int8 = ROOT / "models" / "minilm" / "encoder.int8.onnx"
-    if int8.exists():
+    if int8.exists() and not on_gpu:  # int8 (MatMulInteger) is a CPU variant
         result["int8_outputs_per_s"] = measure(OnnxModel(int8, served.path.parent / "tokenizer.json", 256, True,
                                                          list(Settings().providers)), args)
     print(json.dumps(result))
     if args.record:
-        (ROOT / "models" / "minilm" / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
+        name = "speed_gpu.json" if on_gpu else "speed.json"
+        (ROOT / "models" / "minilm" / name).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def measure(model: OnnxModel, args: argparse.Namespace) -> float:

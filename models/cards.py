@@ -12,6 +12,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPORT = HERE / "minilm" / "training_report.json"
 SPEED = HERE / "minilm" / "speed.json"
+GPU_SPEED = HERE / "minilm" / "speed_gpu.json"  # bench.model_speed --record on a GPU machine
 VARIANTS = HERE / "minilm" / "variants.json"
 
 DATA = {
@@ -77,7 +78,8 @@ def _pct(rate: dict[str, Any]) -> str:
             f"Clopper-Pearson [{cp[0]:.3f}, {cp[1]:.3f}])")
 
 
-def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: dict[str, Any] | None) -> str:
+def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: dict[str, Any] | None,
+         gpu_speed: dict[str, Any] | None = None) -> str:
     held_line = ""
     for key, what in (("heldout_hard_negatives", "`injury_hard_negatives.jsonl`; it informed choices in earlier "
                                                  "runs, see Known failure modes"),
@@ -105,6 +107,10 @@ def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: d
                   + (f"; the int8 variant {speed['int8_outputs_per_s']:.0f} outputs/s" if "int8_outputs_per_s" in speed
                      else "") + f" (`{speed['command']}`)."
                   if speed else "Not measured yet: run `python -m bench.model_speed --record`.")
+    if gpu_speed:
+        speed_line += (f"\n\nOn a GPU ({gpu_speed.get('gpu') or 'CUDA device'}; host {gpu_speed['machine']}): "
+                       f"**{gpu_speed['outputs_per_s']:.0f} outputs/s** with `{gpu_speed['graph']}` on the CUDA "
+                       f"provider, same text and batch (`{gpu_speed['command']}` there).")
     return f"""# {name} detector (v{r.get('version', '1.0.0')})
 
 {_describe(name)}
@@ -173,12 +179,16 @@ def _variants(v: dict[str, Any] | None, int8: dict[str, Any] | None, target: flo
     lines = ["Measured on the reference examples (`models/minilm/reference_scores.json`) "
              "by `python -m models.variants`:",
              "", "| variant | max abs diff vs torch | max score change from batching |", "| --- | --- | --- |"]
-    for name in ("served", "int8", "fp16"):
+    for name in ("served", "int8", "fp16", "fp16_cuda"):
         m = v.get(name, {})
+        label = {"fp16": "fp16 (CPU kernels)",
+                 "fp16_cuda": f"fp16 on {m.get('device') or 'a GPU'} (CUDA provider)"}.get(name, name)
         if "max_abs_diff_vs_torch" in m:
-            lines.append(f"| {name} | {m['max_abs_diff_vs_torch']:.4f} | {m['batch_dependence_max_abs']:.2g} |")
+            lines.append(f"| {label} | {m['max_abs_diff_vs_torch']:.4f} | {m['batch_dependence_max_abs']:.2g} |")
+        elif name == "fp16_cuda":
+            lines.append(f"| {label} | not measured: no GPU where `models.variants` last ran | |")
         else:
-            lines.append(f"| {name} | {m.get('error', 'not measured')} | |")
+            lines.append(f"| {label} | {m.get('error', 'not measured')} | |")
     lines += ["", "int8 is SmoothQuant (alpha 0.5, activation ranges from training rows) followed by W8A8 with one",
               "activation scale per token and per-channel int8 weights. Per-token scales make its scores",
               "independent of the batch (onnxruntime's stock dynamic int8 shares one scale across the batch, so",
@@ -214,11 +224,12 @@ def _positive(name: str) -> str:
 def write_cards(report: dict[str, Any]) -> None:
     speed = json.loads(SPEED.read_text()) if SPEED.exists() else None
     variants = json.loads(VARIANTS.read_text()) if VARIANTS.exists() else None
+    gpu_speed = json.loads(GPU_SPEED.read_text()) if GPU_SPEED.exists() else None
     from .train import TARGET_FNR, VERSION
 
     for name, r in report.items():
         (HERE / name / "README.md").write_text(card(name, {**r, "target_fnr": TARGET_FNR[name], "version": VERSION},
-                                                     speed, variants))
+                                                     speed, variants, gpu_speed))
 
 
 if __name__ == "__main__":

@@ -174,6 +174,19 @@ def _gpu_driver_present() -> bool:
     return True
 
 
+def gpu_name(device: int = 0) -> str | None:
+    """The CUDA device's name (e.g. for benchmark records), from the driver; None without one."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        handle, name = ctypes.c_int(), ctypes.create_string_buffer(256)
+        if cuda.cuInit(0) or cuda.cuDeviceGet(ctypes.byref(handle), device) \
+                or cuda.cuDeviceGetName(name, len(name), handle):
+            return None
+        return name.value.decode()
+    except (OSError, AttributeError):
+        return None
+
+
 def load_detectors(configs: dict[str, DetectorConfig], providers: Sequence[str],
                    intra_op_threads: int = 0) -> dict[str, OnnxDetector]:
     """Build detectors, opening each distinct (ONNX file, tokenizer, input) once."""
