@@ -12,6 +12,12 @@ workers = _settings.api_processes
 # Threads: POST /v1/score blocks while it waits for workers, so each process serves many waits.
 worker_class = "gthread"
 threads = 8
+# gthread's default (1000) lets one process accept every keep-alive connection while the others sit
+# idle: on a GPU host the bench's 32 clients all landed in one GIL-bound process (104% CPU, 1,411
+# outputs/s). Capped at its thread count, a process leaves further connections in the kernel's
+# backlog for the next free process (4 processes at ~47% each, 2,616 outputs/s, same run). The cost:
+# an idle keep-alive connection holds a slot for up to `keepalive` seconds.
+worker_connections = threads
 # A sync wait may last up to REDLINE_MAX_SYNC_TIMEOUT_MS; never kill a request that is within it.
 timeout = max(30, _settings.max_sync_timeout_ms // 1000 + 10)
 graceful_timeout = 30
