@@ -101,6 +101,10 @@ def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: d
                       f"{nat['missed']} of {nat['positives']} positives missed and "
                       f"{nat['false_flags']} of {nat['negatives']} negatives flagged at the threshold. The templated "
                       "rows are easier; these are the better guide to real text.\n")
+        if nat.get("missed_examples"):
+            held_line += "\nThe realistic injuries it misses (score, then the text):\n\n" + "".join(
+                f"- {m['score']:.3f}: " + (f"prompt \"{m['prompt']}\", response " if m["prompt"] else "")
+                + f"\"{m['response']}\"\n" for m in nat["missed_examples"])
     variants_line = _variants(variants, r.get("int8"), r["target_fnr"])
     speed_line = (f"On {speed['machine']}: **{speed['outputs_per_s']:.0f} outputs/s** at {speed['tokens']} "
                   f"tokens, batch {speed['batch']}, all three heads in one pass"

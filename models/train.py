@@ -421,7 +421,10 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
                 "positives": int(ys.sum()), "negatives": int((1 - ys).sum()), "roc_auc": ev.roc_auc(vs, ys),
                 "baseline_tfidf_auc": tfidf_baseline(split, lambda e: e.source.endswith("natural")),
                 "missed": int(np.sum((ys == 1) & (vs < threshold))),
-                "false_flags": int(np.sum((ys == 0) & (vs >= threshold)))}
+                "false_flags": int(np.sum((ys == 0) & (vs >= threshold))),
+                # Named in the card: concrete misses tell a user more than a rate over 89 texts.
+                "missed_examples": [{"score": float(v), "prompt": e.prompt, "response": e.response}
+                                    for e, v in natural if e.label == 1 and v < threshold]}
             for key, path in HELDOUT_SETS.items():
                 held = [Example("", t, 0, "", "") for t in load_injury_heldout(path)]
                 held_scores = served_scores(served_detectors["injury"], held)
