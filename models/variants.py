@@ -4,7 +4,7 @@ only (no torch), and measure each against the torch reference scores.
     python -m models.variants            # writes models/minilm/encoder.{int8,fp16}.onnx + variants.json
 
 fp16 is measured on CPU everywhere and, where onnxruntime's CUDA provider loads, on the GPU too
-(`fp16_cuda`, kept in variants.json when a later run has no GPU).
+(`fp16_cuda`, kept in variants.json by a later run without a GPU while the graph is unchanged).
 
 int8: onnxruntime's stock dynamic int8 quantizes activations with one scale per tensor, computed
 over the whole batch, so an output's score moved with the other outputs in its batch (up to 0.3,
@@ -21,6 +21,7 @@ knife's edge. Quantizing any single MatMul of layers 0-3 alone moves some texts'
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -236,12 +237,13 @@ def main() -> None:
     report["int8"] = measure(paths["int8"], ["CPUExecutionProvider"])
     report["fp16"] = measure(paths["fp16"], ["CPUExecutionProvider"])  # fp16 weights, CPU kernels
     cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    graph = hashlib.sha256((SHARED / "encoder.onnx").read_bytes()).hexdigest()[:16]
     if "CUDAExecutionProvider" in usable_providers(cuda):
-        report["fp16_cuda"] = {**measure(paths["fp16"], cuda), "device": gpu_name()}
-    else:  # most machines have no GPU: keep the last measurement taken on one
-        previous = json.loads(VARIANTS.read_text()) if VARIANTS.exists() else {}
-        if "fp16_cuda" in previous:
-            report["fp16_cuda"] = previous["fp16_cuda"]
+        report["fp16_cuda"] = {**measure(paths["fp16"], cuda), "device": gpu_name(), "graph_sha256": graph}
+    else:  # most machines have no GPU: keep the last measurement taken on one, if of this graph
+        previous = json.loads(VARIANTS.read_text()).get("fp16_cuda", {}) if VARIANTS.exists() else {}
+        if previous.get("graph_sha256") == graph:
+            report["fp16_cuda"] = previous
     VARIANTS.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
