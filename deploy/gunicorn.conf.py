@@ -12,16 +12,18 @@ workers = _settings.api_processes
 # Threads: POST /v1/score blocks while it waits for workers, so each process serves many waits.
 worker_class = "gthread"
 threads = 8
-# gthread's default (1000) lets one process accept every keep-alive connection while the others sit
-# idle: on a GPU host the bench's 32 clients all landed in one GIL-bound process (104% CPU, 1,411
-# outputs/s). Capped at its thread count, a process leaves further connections in the kernel's
-# backlog for the next free process (4 processes at ~47% each, 2,616 outputs/s, same run). The cost:
-# an idle keep-alive connection holds a slot for up to `keepalive` seconds.
+# One connection per request, taken only by a process with a free thread. With gthread's defaults
+# (1,000 connections per process, keep-alive) one process took every bench client's kept-alive
+# connection while the others idled: on a GPU host 32 clients landed in one GIL-bound process (104%
+# CPU, 1,411 outputs/s). With worker_connections = threads a busy process stops accepting, and gthread
+# keeps no connection alive (it needs spare connection slots for that), so the next request goes to
+# a process with a free thread: 4 processes at ~47% CPU each, 2,616 outputs/s in the same run. The
+# cost is a TCP handshake per request; a proxy in front (TLS, keep-alive to clients) hides it.
 worker_connections = threads
+keepalive = 0
 # A sync wait may last up to REDLINE_MAX_SYNC_TIMEOUT_MS; never kill a request that is within it.
 timeout = max(30, _settings.max_sync_timeout_ms // 1000 + 10)
 graceful_timeout = 30
-keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = _settings.log_level.lower()
