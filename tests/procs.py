@@ -21,7 +21,10 @@ def redline_env(redis_url: str, models_dirs: Path | list[Path], prefix: str, **e
     dirs = models_dirs if isinstance(models_dirs, list) else [models_dirs]
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDLINE_")}
     env.update({"REDLINE_REDIS_URL": redis_url, "REDLINE_MODELS_DIRS": os.pathsep.join(map(str, dirs)),
-                "REDLINE_QUEUE_PREFIX": prefix, "REDLINE_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+                "REDLINE_QUEUE_PREFIX": prefix, "REDLINE_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
+                # Tests compare a worker's scores with CPU predictions to 1e-5: on a GPU machine the
+                # CUDA kernels differ by ~1e-4, so workers stay on CPU unless a test (test_gpu) says so.
+                "REDLINE_PROVIDERS": "CPUExecutionProvider"})
     env.update({f"REDLINE_{k.upper()}": str(v) for k, v in extra.items()})
     return env
 
