@@ -68,8 +68,7 @@ def test_worker_scores_on_the_gpu(gpu_models: Path, redis_url: str, tmp_path: Pa
     """A real `redline worker` picks the CUDA provider and the fp16 graph by itself, and its stored
     scores agree with the CPU-served fp32 graph."""
     prefix = "gpu" + uuid.uuid4().hex[:8]
-    env = {**redline_env(redis_url, gpu_models, prefix), "REDLINE_LOG_LEVEL": "INFO",
-           "REDLINE_PROVIDERS": ",".join(CUDA)}
+    env = redline_env(redis_url, gpu_models, prefix, log_level="INFO", providers=",".join(CUDA))
     redis = Redis.from_url(redis_url)
     worker = start_worker(env, tmp_path / "worker.log", redis, prefix)
     api, base = start_api(env, tmp_path / "api.log")

@@ -160,10 +160,17 @@ def usable_providers(preferred: Sequence[str]) -> list[str]:
 
 
 @functools.cache
-def _gpu_driver_present() -> bool:
+def _libcuda() -> ctypes.CDLL | None:
+    """The NVIDIA driver's CUDA library, or None where there is no driver."""
     try:
-        ctypes.CDLL("libcuda.so.1")
+        return ctypes.CDLL("libcuda.so.1")
     except OSError:
+        return None
+
+
+@functools.cache
+def _gpu_driver_present() -> bool:
+    if _libcuda() is None:
         return False
     # With `onnxruntime-gpu[cuda,cudnn]` the CUDA libraries come as pip wheels; load them so the
     # CUDA provider finds them without LD_LIBRARY_PATH. A no-op where CUDA is installed system-wide.
@@ -176,15 +183,12 @@ def _gpu_driver_present() -> bool:
 
 def gpu_name(device: int = 0) -> str | None:
     """The CUDA device's name (e.g. for benchmark records), from the driver; None without one."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-        handle, name = ctypes.c_int(), ctypes.create_string_buffer(256)
-        if cuda.cuInit(0) or cuda.cuDeviceGet(ctypes.byref(handle), device) \
-                or cuda.cuDeviceGetName(name, len(name), handle):
-            return None
-        return name.value.decode()
-    except (OSError, AttributeError):
+    cuda = _libcuda()
+    handle, name = ctypes.c_int(), ctypes.create_string_buffer(256)
+    if cuda is None or cuda.cuInit(0) or cuda.cuDeviceGet(ctypes.byref(handle), device) \
+            or cuda.cuDeviceGetName(name, len(name), handle):
         return None
+    return name.value.decode()
 
 
 def load_detectors(configs: dict[str, DetectorConfig], providers: Sequence[str],
