@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+from models.variants import digest
 from service.detector_config import load_configs
 from service.settings import Settings
 from workers.detector import OnnxModel, gpu_name, load_detectors
@@ -34,6 +35,7 @@ def main() -> None:
     served = next(iter(detectors.values())).model
     on_gpu = served.providers[0] == "CUDAExecutionProvider"
     result = {"machine": machine(), "providers": served.providers, "graph": served.path.name,
+              "graph_sha256": digest(served.path),  # the cards quote it only while the graph is unchanged
               "tokens": args.tokens, "batch": args.batch, "detectors": sorted(detectors),
               "command": f"python -m bench.model_speed --tokens {args.tokens} --batch {args.batch}"}
     if on_gpu:

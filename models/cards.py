@@ -111,16 +111,20 @@ def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: d
             held_line += "\nThe realistic injuries it misses (score, then the text):\n\n" + "".join(
                 f"- {m['score']:.3f}: " + (f"prompt \"{m['prompt']}\", response " if m["prompt"] else "")
                 + f"\"{m['response']}\"\n" for m in nat["missed_examples"])
-    variants_line = _variants(variants, r.get("int8"), r["target_fnr"])
+    variants_line = _variants(variants, r.get("int8"), r.get("fp16"), r["target_fnr"])
     speed_line = (f"On {speed['machine']}: **{speed['outputs_per_s']:.0f} outputs/s** at {speed['tokens']} "
                   f"tokens, batch {speed['batch']}, all three heads in one pass"
                   + (f"; the int8 variant {speed['int8_outputs_per_s']:.0f} outputs/s" if "int8_outputs_per_s" in speed
                      else "") + f" (`{speed['command']}`)."
                   if speed else "Not measured yet: run `python -m bench.model_speed --record`.")
     if gpu_speed:
+        fp16_now = (variants or {}).get("fp16", {}).get("graph_sha256")
+        stale = gpu_speed.get("graph_sha256") != fp16_now
         speed_line += (f"\n\nOn a GPU ({gpu_speed.get('gpu') or 'CUDA device'}; host {gpu_speed['machine']}): "
-                       f"**{gpu_speed['outputs_per_s']:.0f} outputs/s** with `{gpu_speed['graph']}` on the CUDA "
-                       f"provider, same text and batch (`{gpu_speed['command']}` there).")
+                       f"**{gpu_speed['outputs_per_s']:.0f} outputs/s** with "
+                       + ("an earlier `encoder.fp16.onnx` (LayerNorm and Softmax in fp16; not yet measured with "
+                          "the current fp16 graph)" if stale else f"`{gpu_speed['graph']}`")
+                       + f" on the CUDA provider, same text and batch (`{gpu_speed['command']}` there).")
     return f"""# {name} detector (v{r.get('version', '1.0.0')})
 
 {_describe(name)}
@@ -183,7 +187,8 @@ def _procedure(p: dict[str, Any]) -> str:
             "its size), then heads refit on the tuned features.")
 
 
-def _variants(v: dict[str, Any] | None, int8: dict[str, Any] | None, target: float) -> str:
+def _variants(v: dict[str, Any] | None, int8: dict[str, Any] | None, fp16: dict[str, Any] | None,
+              target: float) -> str:
     if not v:
         return "Not built yet: run `python -m models.variants`."
     lines = ["Measured on the reference examples (`models/minilm/reference_scores.json`) "
@@ -199,11 +204,20 @@ def _variants(v: dict[str, Any] | None, int8: dict[str, Any] | None, target: flo
             lines.append(f"| {label} | not measured: no GPU where `models.variants` last ran | |")
         else:
             lines.append(f"| {label} | {m.get('error', 'not measured')} | |")
+    if fp16:
+        lines += ["", f"On the full validation set ({fp16['rows']} rows), the fp16 graph on CPU kernels is at most "
+                  f"{fp16['max_abs_diff_vs_served']:.4f} from the served graph"
+                  + (f" and {fp16['max_abs_diff_vs_torch']:.4f} from torch." if "max_abs_diff_vs_torch" in fp16
+                     else " (torch parity on every row is measured when `models.train` trains).")
+                  + " It keeps LayerNorm and Softmax in fp32, which halved this (`models/variants.py`)."]
     lines += ["", "int8 is SmoothQuant (alpha 0.5, activation ranges from training rows) followed by W8A8 with one",
               "activation scale per token and per-channel int8 weights. Per-token scales make its scores",
               "independent of the batch (onnxruntime's stock dynamic int8 shares one scale across the batch, so",
               "a score moved by up to 0.3 with its neighbours). It is faster on CPU (see Speed), but it is not",
-              "the default: single scores move further from torch than the 0.02 this project asks of int8."]
+              "the default: single scores move further from torch than the 0.02 this project asks of int8.",
+              "Its scores also depend on the CPU: the same graph was 0.13 from torch on these examples on an",
+              "earlier machine and 0.22 on an AMD EPYC with AVX2 but no VNNI, where onnxruntime's u8s8 kernels",
+              "can saturate. Calibrate int8's threshold on the CPU type that will serve it."]
     if int8:
         torch_diff = int8.get("max_abs_diff_vs_torch")
         lines += ["", "The int8 variant on the full validation set, with its own threshold (same rule):", "",

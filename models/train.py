@@ -356,8 +356,13 @@ def int8_report(name: str, detector: Any, split: Split, served: np.ndarray,
     labels = np.array([e.label for e in split.val])
     threshold = ev.threshold_for_fnr(scores, labels, TARGET_FNR[name])
     assert threshold is not None
-    out = {"threshold": threshold, **metrics(scores, labels, threshold),
-           "max_abs_diff_vs_served": float(np.max(np.abs(scores - served)))}
+    return {"threshold": threshold, **metrics(scores, labels, threshold),
+            **parity(scores, served, torch_scores)}
+
+
+def parity(scores: np.ndarray, served: np.ndarray, torch_scores: np.ndarray | None) -> dict[str, Any]:
+    """A variant's max abs score difference on the validation rows, from the served graph and torch."""
+    out = {"max_abs_diff_vs_served": float(np.max(np.abs(scores - served)))}
     if torch_scores is not None:
         out["max_abs_diff_vs_torch"] = float(np.max(np.abs(scores - torch_scores)))
     return out
@@ -396,6 +401,8 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
             write_model_json(name, i, 0.5, {})
     served_detectors = load_served()  # thresholds do not change scores: load the graph once
     int8_detectors = load_served(SHARED / "encoder.int8.onnx")
+    # fp16 is for GPUs; on CPU kernels it still shows what fp16 rounding costs on every validation row.
+    fp16_detectors = load_served(SHARED / "encoder.fp16.onnx")
     references: dict[str, Any] = {"version": VERSION, "examples": []}
     for i, name in enumerate(DETECTORS):
         split = splits[name]
@@ -432,10 +439,16 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
                 report[name][key] = {"rows": len(held), "flagged": int(np.sum(held_scores >= threshold)),
                                      "max_score": float(held_scores[top]), "max_text": held[top].response}
         int8 = int8_report(name, int8_detectors[name], split, served, None if torch_val is None else torch_val[name])
-        previous = report[name].get("int8", {})
-        if torch_val is None and "max_abs_diff_vs_torch" in previous:  # recalibration keeps the parity record
-            int8["max_abs_diff_vs_torch"] = previous["max_abs_diff_vs_torch"]
-        report[name]["int8"] = int8
+        fp16 = parity(served_scores(fp16_detectors[name], split.val), served,
+                      None if torch_val is None else torch_val[name])
+        for key, record in (("int8", int8), ("fp16", fp16)):
+            record.update(rows=len(split.val), graph_sha256=variants.digest(SHARED / f"encoder.{key}.onnx"))
+            previous = report[name].get(key, {})
+            # Recalibration has no torch: keep the torch parity measured on this very variant graph.
+            if torch_val is None and previous.get("graph_sha256") == record["graph_sha256"] \
+                    and "max_abs_diff_vs_torch" in previous:
+                record["max_abs_diff_vs_torch"] = previous["max_abs_diff_vs_torch"]
+            report[name][key] = record
         if torch_val is None:
             continue
         report[name]["served_max_abs_diff"] = float(np.max(np.abs(served - torch_val[name])))
@@ -476,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     featurizer = Featurizer()
     heads_w, heads_b, torch_val = [], [], {}
-    report: dict[str, Any] = {}
+    report = {}  # typed by the --calibrate-only branch above (json: Any)
     procedure = {"encoder": "frozen"}
     if args.reuse_finetuned:
         procedure = {"encoder": "fine-tuned", **reuse_finetuned(featurizer)}

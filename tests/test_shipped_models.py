@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,10 +62,36 @@ def test_served_graph_matches_torch_reference_scores(detectors: dict[str, OnnxDe
 
 
 @pytest.fixture(scope="module")
-def int8_model(tmp_path_factory: pytest.TempPathFactory) -> OnnxModel:
-    """The int8 variant derived from the committed graph, as `python -m models.variants` does."""
-    paths = variants.build(out=tmp_path_factory.mktemp("variants"))
-    return OnnxModel(paths["int8"], SHIPPED_MODELS / "minilm" / "tokenizer.json", 256, True, ["CPUExecutionProvider"])
+def variant_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The int8 and fp16 variants derived from the committed graph, as `python -m models.variants` does."""
+    return variants.build(out=tmp_path_factory.mktemp("variants"))
+
+
+@pytest.fixture(scope="module")
+def int8_model(variant_paths: dict[str, Path]) -> OnnxModel:
+    return OnnxModel(variant_paths["int8"], SHIPPED_MODELS / "minilm" / "tokenizer.json", 256, True,
+                     ["CPUExecutionProvider"])
+
+
+def test_fp16_variant_is_the_graph_the_report_measured_and_matches_torch(
+        detectors: dict[str, OnnxDetector], variant_paths: dict[str, Path]) -> None:
+    """The report's full-validation fp16 parity is for this exact derived graph, and on the reference
+    rows (CPU kernels) fp16 is within the issue's 0.005 of torch and no further from the served graph
+    than the report says."""
+    report = json.loads((SHIPPED_MODELS / "minilm" / "training_report.json").read_text())
+    fp16 = OnnxModel(variant_paths["fp16"], SHIPPED_MODELS / "minilm" / "tokenizer.json", 256, True,
+                     ["CPUExecutionProvider"])
+    items = [(r["prompt"], r["response"]) for r in REFERENCE["examples"]]
+    logits = fp16.run(items)["logits"].astype(np.float64)
+    for name, det in detectors.items():
+        assert report[name]["fp16"]["graph_sha256"] == variants.digest(variant_paths["fp16"])
+        assert report[name]["fp16"]["max_abs_diff_vs_served"] <= 0.005
+        rows = [i for i, r in enumerate(REFERENCE["examples"]) if r["detector"] == name]
+        scores = 1 / (1 + np.exp(-logits[rows, det.config.output_index]))
+        torch_scores = np.array([REFERENCE["examples"][i]["torch_score"] for i in rows])
+        assert float(np.max(np.abs(scores - torch_scores))) <= 0.005
+        served = det.predict([items[i] for i in rows])
+        assert float(np.max(np.abs(scores - served))) <= report[name]["fp16"]["max_abs_diff_vs_served"] + 1e-6
 
 
 def test_int8_variant_scores_do_not_depend_on_the_batch(detectors: dict[str, OnnxDetector],
