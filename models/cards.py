@@ -122,8 +122,8 @@ def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: d
         stale = gpu_speed.get("graph_sha256") != fp16_now
         speed_line += (f"\n\nOn a GPU ({gpu_speed.get('gpu') or 'CUDA device'}; host {gpu_speed['machine']}): "
                        f"**{gpu_speed['outputs_per_s']:.0f} outputs/s** with "
-                       + ("an earlier `encoder.fp16.onnx` (LayerNorm and Softmax in fp16; not yet measured with "
-                          "the current fp16 graph)" if stale else f"`{gpu_speed['graph']}`")
+                       + ("an earlier `encoder.fp16.onnx` (not yet measured with the current fp16 graph)"
+                          if stale else f"`{gpu_speed['graph']}`")
                        + f" on the CUDA provider, same text and batch (`{gpu_speed['command']}` there).")
     return f"""# {name} detector (v{r.get('version', '1.0.0')})
 

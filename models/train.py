@@ -395,14 +395,15 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
     (highest with validation FNR <= target), write model.json and the report. With `torch_val`
     (after training) also record parity and the CI reference scores."""
     write_calibration_texts(splits)
-    variants.build()  # int8 (CPU) and fp16 (GPU), derived from the export; int8 is measured below
+    built = variants.build()  # int8 (CPU) and fp16 (GPU), derived from the export; measured below
+    graphs = {key: variants.digest(path) for key, path in built.items()}  # which graphs the records are of
     for i, name in enumerate(DETECTORS):  # placeholder thresholds so the configs load
         if not (HERE / name / "model.json").exists():
             write_model_json(name, i, 0.5, {})
     served_detectors = load_served()  # thresholds do not change scores: load the graph once
-    int8_detectors = load_served(SHARED / "encoder.int8.onnx")
+    int8_detectors = load_served(built["int8"])
     # fp16 is for GPUs; on CPU kernels it still shows what fp16 rounding costs on every validation row.
-    fp16_detectors = load_served(SHARED / "encoder.fp16.onnx")
+    fp16_detectors = load_served(built["fp16"])
     references: dict[str, Any] = {"version": VERSION, "examples": []}
     for i, name in enumerate(DETECTORS):
         split = splits[name]
@@ -438,11 +439,11 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
                 top = int(np.argmax(held_scores))
                 report[name][key] = {"rows": len(held), "flagged": int(np.sum(held_scores >= threshold)),
                                      "max_score": float(held_scores[top]), "max_text": held[top].response}
-        int8 = int8_report(name, int8_detectors[name], split, served, None if torch_val is None else torch_val[name])
-        fp16 = parity(served_scores(fp16_detectors[name], split.val), served,
-                      None if torch_val is None else torch_val[name])
+        torch_scores = None if torch_val is None else torch_val[name]
+        int8 = int8_report(name, int8_detectors[name], split, served, torch_scores)
+        fp16 = parity(served_scores(fp16_detectors[name], split.val), served, torch_scores)
         for key, record in (("int8", int8), ("fp16", fp16)):
-            record.update(rows=len(split.val), graph_sha256=variants.digest(SHARED / f"encoder.{key}.onnx"))
+            record.update(rows=len(split.val), graph_sha256=graphs[key])
             previous = report[name].get(key, {})
             # Recalibration has no torch: keep the torch parity measured on this very variant graph.
             if torch_val is None and previous.get("graph_sha256") == record["graph_sha256"] \
@@ -478,6 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = time.time()
     splits = load_splits(args.data_dir)
+    report: dict[str, Any]
     if args.calibrate_only:
         report = json.loads((SHARED / "training_report.json").read_text())
         calibrate(splits, report, None)
@@ -489,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     featurizer = Featurizer()
     heads_w, heads_b, torch_val = [], [], {}
-    report = {}  # typed by the --calibrate-only branch above (json: Any)
+    report = {}
     procedure = {"encoder": "frozen"}
     if args.reuse_finetuned:
         procedure = {"encoder": "fine-tuned", **reuse_finetuned(featurizer)}

@@ -18,6 +18,12 @@ from workers.detector import OnnxDetector, OnnxModel, load_detectors
 from .conftest import SHIPPED_MODELS
 
 REFERENCE = json.loads((SHIPPED_MODELS / "minilm" / "reference_scores.json").read_text())
+REPORT = json.loads((SHIPPED_MODELS / "minilm" / "training_report.json").read_text())
+
+
+def _on_cpu(graph: Path) -> OnnxModel:
+    """A derived variant of the shared graph, with the shipped tokenizer, on CPU kernels."""
+    return OnnxModel(graph, SHIPPED_MODELS / "minilm" / "tokenizer.json", 256, True, ["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +75,7 @@ def variant_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def int8_model(variant_paths: dict[str, Path]) -> OnnxModel:
-    return OnnxModel(variant_paths["int8"], SHIPPED_MODELS / "minilm" / "tokenizer.json", 256, True,
-                     ["CPUExecutionProvider"])
+    return _on_cpu(variant_paths["int8"])
 
 
 def test_fp16_variant_is_the_graph_the_report_measured_and_matches_torch(
@@ -78,20 +83,19 @@ def test_fp16_variant_is_the_graph_the_report_measured_and_matches_torch(
     """The report's full-validation fp16 parity is for this exact derived graph, and on the reference
     rows (CPU kernels) fp16 is within the issue's 0.005 of torch and no further from the served graph
     than the report says."""
-    report = json.loads((SHIPPED_MODELS / "minilm" / "training_report.json").read_text())
-    fp16 = OnnxModel(variant_paths["fp16"], SHIPPED_MODELS / "minilm" / "tokenizer.json", 256, True,
-                     ["CPUExecutionProvider"])
+    fp16 = _on_cpu(variant_paths["fp16"])
     items = [(r["prompt"], r["response"]) for r in REFERENCE["examples"]]
     logits = fp16.run(items)["logits"].astype(np.float64)
+    graph = variants.digest(variant_paths["fp16"])
     for name, det in detectors.items():
-        assert report[name]["fp16"]["graph_sha256"] == variants.digest(variant_paths["fp16"])
-        assert report[name]["fp16"]["max_abs_diff_vs_served"] <= 0.005
+        assert REPORT[name]["fp16"]["graph_sha256"] == graph
+        assert REPORT[name]["fp16"]["max_abs_diff_vs_served"] <= 0.005
         rows = [i for i, r in enumerate(REFERENCE["examples"]) if r["detector"] == name]
         scores = 1 / (1 + np.exp(-logits[rows, det.config.output_index]))
         torch_scores = np.array([REFERENCE["examples"][i]["torch_score"] for i in rows])
         assert float(np.max(np.abs(scores - torch_scores))) <= 0.005
         served = det.predict([items[i] for i in rows])
-        assert float(np.max(np.abs(scores - served))) <= report[name]["fp16"]["max_abs_diff_vs_served"] + 1e-6
+        assert float(np.max(np.abs(scores - served))) <= REPORT[name]["fp16"]["max_abs_diff_vs_served"] + 1e-6
 
 
 def test_int8_variant_scores_do_not_depend_on_the_batch(detectors: dict[str, OnnxDetector],
@@ -100,13 +104,12 @@ def test_int8_variant_scores_do_not_depend_on_the_batch(detectors: dict[str, Onn
     batched = int8_model.run(items, 8192)["logits"]
     alone = np.concatenate([int8_model.run([item])["logits"] for item in items])
     assert float(np.max(np.abs(batched - alone))) < 1e-4  # stock dynamic int8: up to 0.3 in score
-    report = json.loads((SHIPPED_MODELS / "minilm" / "training_report.json").read_text())
     for name, det in detectors.items():
         rows = [i for i, r in enumerate(REFERENCE["examples"]) if r["detector"] == name]
         int8 = 1 / (1 + np.exp(-batched[rows, det.config.output_index].astype(np.float64)))
         served = det.predict([items[i] for i in rows])
         # No further from the served graph than the report (and the card) say, on validation rows.
-        assert float(np.max(np.abs(int8 - served))) <= report[name]["int8"]["max_abs_diff_vs_served"] + 1e-6
+        assert float(np.max(np.abs(int8 - served))) <= REPORT[name]["int8"]["max_abs_diff_vs_served"] + 1e-6
         labels = np.array([REFERENCE["examples"][i]["label"] for i in rows])
         assert ev.roc_auc(int8, labels) >= ev.roc_auc(served, labels) - 0.05
 
@@ -155,8 +158,7 @@ def test_heldout_hard_negatives_match_the_card(detectors: dict[str, OnnxDetector
     assert len(texts) >= 50
     scores = detectors["injury"].predict([("", t) for t in texts])
     flagged = int(np.sum(scores >= detectors["injury"].threshold))
-    report = json.loads((SHIPPED_MODELS / "minilm" / "training_report.json").read_text())
-    assert flagged == report["injury"][key]["flagged"] <= MOST_FLAGS[key]
+    assert flagged == REPORT["injury"][key]["flagged"] <= MOST_FLAGS[key]
     card = (SHIPPED_MODELS / "injury" / "README.md").read_text().splitlines()
     [line] = [line for line in card if f"`{HELDOUT_SETS[key].name}`" in line and "flagged" in line]
     assert f"{flagged} of {len(texts)} flagged" in line
