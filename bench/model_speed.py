@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+from models import assemble
 from models.variants import digest
 from service.detector_config import load_configs
 from service.settings import Settings
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
+    assemble.ensure()  # the shipped graph is built from committed files, not committed itself
     detectors = load_detectors(load_configs([ROOT / "models"]), Settings().providers)
     served = next(iter(detectors.values())).model
     on_gpu = served.providers[0] == "CUDAExecutionProvider"

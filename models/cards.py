@@ -179,6 +179,12 @@ N-AUC is the probability that N random positives all score above one random nega
 
 
 def _procedure(p: dict[str, Any]) -> str:
+    if p.get("encoder") == "LoRA fine-tuned":
+        return (f"fine-tuned with LoRA for all three detectors at once (rank {p['rank']}, alpha {p['alpha']:g}, on "
+                f"every Linear of the six layers, with LayerNorm and biases; embeddings and weight matrices "
+                f"frozen; {p['steps']} of {p['planned_steps']} planned steps of {p['batch']} examples, {p['minutes']} "
+                f"minutes, AdamW lr {p['lr']}), then heads refit on the tuned features. The served graph is "
+                "assembled from the committed factors and the pretrained weights (`python -m models.assemble`).")
     if p.get("encoder") != "fine-tuned":
         return "frozen."
     return (f"fine-tuned for all three detectors at once ({p['steps']} of {p['planned_steps']} planned steps of "

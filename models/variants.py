@@ -38,12 +38,14 @@ from typing import Any
 
 import numpy as np
 
+from . import assemble
+
 HERE = Path(__file__).resolve().parent
 SHARED = HERE / "minilm"
 
 
 def materialize_fp32(model: Any) -> Any:
-    """Undo `train.store_weights_fp16`: fp16 initializer + Cast -> one fp32 initializer."""
+    """Undo `assemble.store_weights_fp16`: fp16 initializer + Cast -> one fp32 initializer."""
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -209,11 +211,13 @@ def quantize_int8(fp32: Path, out: Path) -> None:
     onnx.save(model, str(out))
 
 
-def build(source: Path = SHARED / "encoder.onnx", out: Path = SHARED) -> dict[str, Path]:
-    """Derive both variants from the committed graph (deterministic; a few seconds, no torch)."""
+def build(source: Path = assemble.ENCODER, out: Path = SHARED) -> dict[str, Path]:
+    """Derive both variants from the served graph (deterministic; a few seconds, no torch)."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    if source == assemble.ENCODER:
+        assemble.ensure()
     paths = {"int8": out / "encoder.int8.onnx", "fp16": out / "encoder.fp16.onnx"}
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "encoder.fp32.onnx"
@@ -251,7 +255,7 @@ def main() -> None:
     from workers.detector import gpu_name, usable_providers
 
     paths = build()
-    report = {"served": measure(SHARED / "encoder.onnx", ["CPUExecutionProvider"])}
+    report = {"served": measure(assemble.ENCODER, ["CPUExecutionProvider"])}
     report["int8"] = measure(paths["int8"], ["CPUExecutionProvider"])
     graph = digest(paths["fp16"])  # derivation is deterministic: same source and recipe, same bytes
     report["fp16"] = {**measure(paths["fp16"], ["CPUExecutionProvider"]), "graph_sha256": graph}  # CPU kernels

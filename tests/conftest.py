@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from models import synthetic
+from models import assemble, synthetic
 from service.embedded_redis import EmbeddedRedis
 from service.settings import Settings
 
@@ -50,6 +50,14 @@ def synthetic_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 USER_HEADS = {"profanity": ["damn", "heck", "crap", "bloody"]}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shipped_encoder() -> Path:
+    """After a LoRA retrain the shipped graph is assembled from committed files (`models.assemble`), as
+    `redline serve` does before it starts anything; tests that load models/ in process need it first.
+    A committed graph is used as it is."""
+    return assemble.ensure()
 
 
 @pytest.fixture(scope="session")
