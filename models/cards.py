@@ -42,8 +42,9 @@ HELDOUT_HISTORY = {
     "heldout_hard_negatives": "; it informed choices in earlier runs, see Known failure modes",
     "heldout_hard_negatives_2": ", written after v1.1.0; its one flag under v1.1.0 led to this version's "
                                 "routine-medical negatives",
-    "heldout_hard_negatives_3": ", written before this model was trained, informed nothing, scored once: "
-                                "the independent test",
+    "heldout_hard_negatives_3": ", written before this model was trained and informing none of its "
+                                "settings; it was also scored for a LoRA-trained candidate (6 flagged), which "
+                                "is one reason that candidate was not shipped",
 }
 SPLITS = {
     "injury": "split by sentence template for generated rows (a validation frame never appears in training, "

@@ -28,7 +28,8 @@ Why full fine-tuning is still the default (measured 2026-11-22, one epoch each):
 LayerNorm and biases) scored higher validation AUC on sycophancy (0.810 vs 0.763) and injury
 (0.9962 vs 0.9955; 0.979 vs 0.965 on the realistic hand-written texts), lower on deception (0.807
 vs 0.813), and flagged 1, 3 and 6 of the three held-out sets of 60 injury hard negatives where the
-fully fine-tuned encoder flags 0, 3 and 0. Switching trades that for a lean repository."""
+fully fine-tuned encoder flags 0, 3 and 0 (6 on set 3, the one that had informed no choice).
+Switching trades that for a lean repository, and should wait for a new held-out set."""
 
 from __future__ import annotations
 
