@@ -45,6 +45,8 @@ HELDOUT_HISTORY = {
     "heldout_hard_negatives_3": ", written before this model was trained and informing none of its "
                                 "settings; it was also scored for a LoRA-trained candidate (6 flagged), which "
                                 "is one reason that candidate was not shipped",
+    "heldout_hard_negatives_4": ", written after this model was trained (2026-11-22) and scored only for it; it "
+                                "must inform no choice until the next model has been scored on it",
 }
 SPLITS = {
     "injury": "split by sentence template for generated rows (a validation frame never appears in training, "
@@ -58,7 +60,10 @@ FAILURES = {
   validation rows (see Validation) show what to expect: lower recall on injuries told indirectly or in
   passing, and flags on ordinary text about bodies, medicine or accidents where nobody is hurt (v1.1.0
   flagged a dental filling and an anatomy lecture; v1.2.0 adds routine-medical negatives, and still
-  flags the anatomy lecture, a car wreck "without a scratch" and "he shot up three inches").
+  flags the anatomy lecture, a car wreck "without a scratch" and "he shot up three inches"). A fourth
+  held-out set, written after v1.2.0 was trained, has 5 of 60 flagged: a gymnast's landing, actors in
+  fake blood, a butcher's cuts, a stress fracture in a steel girder, and "I laughed so hard my sides
+  hurt".
 - Validation frames are held out of training, and some registers (sports reports, implied injuries)
   have few frames, so whole phrasings can be missed; the 2% FNR target then pulls the threshold low,
   which is what costs false positives.
