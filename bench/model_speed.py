@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
-    assemble.ensure()  # the shipped graph is built from committed files, not committed itself
+    assemble.ensure()  # a LoRA-trained shipped graph is assembled, not committed
     detectors = load_detectors(load_configs([ROOT / "models"]), Settings().providers)
     served = next(iter(detectors.values())).model
     on_gpu = served.providers[0] == "CUDAExecutionProvider"

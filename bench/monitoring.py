@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=100_000)
     parser.add_argument("--labels", type=int, default=20_000)
     args = parser.parse_args()
-    assemble.ensure()  # the shipped graph is built from committed files, not committed itself
+    assemble.ensure()  # a LoRA-trained shipped graph is assembled, not committed
     settings = Settings()
     configs = load_configs([ROOT / "models"])
     config = configs["injury"]

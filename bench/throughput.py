@@ -111,7 +111,7 @@ def main() -> None:
         models_dir = args.models_dir
         if models_dir is None:
             shipped = Settings().models_dirs[0]
-            assemble.ensure()  # the shipped graph is built from committed files, not committed itself
+            assemble.ensure()  # a LoRA-trained shipped graph is assembled, not committed
             if load_configs([shipped]):
                 models_dir = shipped
             else:

