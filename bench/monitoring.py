@@ -22,7 +22,7 @@ import numpy as np
 import requests
 from redis import Redis
 
-from models import assemble
+from models import variants
 from service.detector_config import load_configs
 from service.keys import Keys
 from service.monitoring import Entries, Monitor, Window, quality
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=100_000)
     parser.add_argument("--labels", type=int, default=20_000)
     args = parser.parse_args()
-    assemble.ensure()  # a LoRA-trained shipped graph is assembled, not committed
+    variants.ensure()  # the shipped graphs are built from committed files, not committed
     settings = Settings()
     configs = load_configs([ROOT / "models"])
     config = configs["injury"]

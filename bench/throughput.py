@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from models import assemble, synthetic
+from models import synthetic, variants
 from service.detector_config import load_configs
 from service.settings import Settings
 from workers.detector import load_detectors
@@ -111,7 +111,7 @@ def main() -> None:
         models_dir = args.models_dir
         if models_dir is None:
             shipped = Settings().models_dirs[0]
-            assemble.ensure()  # a LoRA-trained shipped graph is assembled, not committed
+            variants.ensure()  # the shipped graphs are built from committed files, not committed
             if load_configs([shipped]):
                 models_dir = shipped
             else:

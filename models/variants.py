@@ -1,7 +1,7 @@
 """Derive the int8 (CPU) and fp16 (GPU) variants from the committed graph, with onnx + onnxruntime
 only (no torch), and measure each against the torch reference scores.
 
-    python -m models.variants            # writes models/minilm/encoder.{int8,fp16}.onnx + variants.json
+    python -m models.variants    # derive encoder.{int8,fp16}.onnx if stale (`ensure`), write variants.json
 
 fp16 keeps LayerNormalization and Softmax in fp32 (FP16_KEEPS_FP32). The heads read small
 differences between pooled features, so fp16 rounding that is harmless for a sentence embedding
@@ -15,23 +15,30 @@ int8: onnxruntime's stock dynamic int8 quantizes activations with one scale per 
 over the whole batch, so an output's score moved with the other outputs in its batch (up to 0.3,
 measured), and was 0.4 from torch. This variant is instead SmoothQuant + W8A8 with one activation
 scale per token: scores do not depend on the batch (`batch_dependence` below measures it).
-Why the served CPU default is still not int8: the heads read small differences between pooled
-features, and int8 moves single scores by far more than the 0.02 the project asks of it, although
-at its own thresholds it keeps each detector's AUC and FPR (`models.train` records both on the full
-validation set). Measured 2026-11-22 on 225 validation texts: fine-tuning left a few inputs on a
+CPU workers serve it only once it is within 0.02 of torch on every validation row
+(`models.train.cpu_graph`). For v1.2.0 it is not: the heads read small differences between pooled
+features, and int8 moves single scores by far more, although at its own thresholds it keeps each
+detector's AUC and FPR (`models.train` records both on the full validation set). Measured
+2026-11-22 on 225 validation texts: fine-tuning left a few inputs on a
 knife's edge. Quantizing any single MatMul of layers 0-3 alone moves some texts' pooled features by
 0.04 to 0.32 (L2; the median text by under 0.014), so keeping a few layers in fp32 cannot reach
 0.02. The pretrained encoder's int8 error is larger on average but even (max 1.5x the median).
 int8 scores depend on the CPU too: 0.13 from torch on the reference examples on one machine, 0.22
 on an AMD EPYC without VNNI (u8s8 kernels can saturate there; 7-bit weights did not fix it). Weight-
 only int8 (MatMulNBits, blocks of 32) was still 0.36 from the served graph on validation: the
-heads amplify any encoder error.
+heads amplify any encoder error. On 2026-12-01 the same held for every part alone: weights-only
+per-channel int8 moved scores by up to 0.13, quantizing only the query projections by 0.04, and the
+texts moved most were those whose pooled mean is short, which L2 normalization magnifies
+(`models.quant_aware` is the attempt to train the sensitivity away).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -65,6 +72,9 @@ def materialize_fp32(model: Any) -> Any:
 CALIBRATION_TEXTS = SHARED / "calibration_texts.json"  # training rows (written by models.train)
 VARIANTS = SHARED / "variants.json"  # what `main` measured; the model cards quote it
 SMOOTHING_ALPHA = 0.5
+# Part of every derived graph's stamp: bump it when the derivation changes, so installed variants are
+# rebuilt (and the model must be recalibrated: a threshold belongs to the graph it was calibrated on).
+RECIPE_VERSION = "int8-u8s8-pow2-smooth/fp16-keep-ln-softmax"
 # Ops that stay fp32 inside the fp16 graph (with Casts around them): normalization and attention
 # weights are where fp16 loses the most, and they are a small share of the GPU's work.
 FP16_KEEPS_FP32 = ("LayerNormalization", "Softmax")
@@ -104,6 +114,14 @@ def activation_ranges(fp32: Path, texts: list[tuple[str, str]]) -> dict[str, np.
     return ranges
 
 
+def power_of_two(s: np.ndarray) -> np.ndarray:
+    """Round smoothing factors to powers of two. Scaling by one is exact in floating point, and the
+    activation ranges behind s come from this CPU's fp32 kernels, whose last bits differ between CPUs:
+    on the grid those differences vanish, so every machine derives the same int8 graph, the one
+    that was calibrated (before, two CPUs derived different bytes from the same source graph)."""
+    return np.exp2(np.round(np.log2(s))).astype(np.float32)
+
+
 def smooth(model: Any, ranges: dict[str, np.ndarray], alpha: float = SMOOTHING_ALPHA) -> Any:
     """SmoothQuant (Xiao et al., 2023): divide each input channel by s and multiply the weight's row by
     s, with s = max|x|^alpha / max|w|^(1 - alpha). The product is unchanged in exact arithmetic, but
@@ -118,7 +136,7 @@ def smooth(model: Any, ranges: dict[str, np.ndarray], alpha: float = SMOOTHING_A
     for x, nodes in by_input.items():
         weights = [numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in nodes]
         w_range = np.max([np.abs(w).max(1) for w in weights], axis=0)
-        s = np.clip(ranges[x] ** alpha / np.maximum(w_range, 1e-5) ** (1 - alpha), 1e-3, 1e3).astype(np.float32)
+        s = power_of_two(np.clip(ranges[x] ** alpha / np.maximum(w_range, 1e-5) ** (1 - alpha), 1e-3, 1e3))
         for node, w in zip(nodes, weights, strict=True):
             inits[node.input[1]].CopyFrom(numpy_helper.from_array(w * s[:, None], node.input[1]))
             node.input[0] = f"{x}.smoothed"
@@ -135,10 +153,17 @@ def smooth(model: Any, ranges: dict[str, np.ndarray], alpha: float = SMOOTHING_A
 
 def quantize_per_token(model: Any) -> Any:
     """W8A8 with one activation scale per token (row), not per tensor: x -> round(x / s_row) as
-    uint8 around 128, MatMulInteger with per-column int8 weights, rescale by s_row * s_col.
+    uint8 around 128, MatMulInteger with per-column 8-bit weights, rescale by s_row * s_col.
     onnxruntime's dynamic int8 computes one scale over the whole batch tensor, so a text's score
     moved with its batch neighbours (up to 0.3); with per-token scales each row is quantized on its
-    own and a score does not depend on the batch."""
+    own and a score does not depend on the batch.
+
+    On x86 CPUs without VNNI, onnxruntime's u8s8 kernel sums pairs of products in 16 bits
+    (VPMADDUBSW), which can saturate, so there scores differ (0.23 from the fp32 graph on a VNNI CPU,
+    0.51 on an AVX2-only one, measured 2026-11-22 on a model trained without quant_aware). Weights as
+    uint8 (u8u8) would be exact everywhere, but ran slower than fp32 here (99 against 107 outputs/s,
+    123 for u8s8; AMD EPYC with VNNI, 2026-12-01), so the worker warns on a CPU without VNNI instead
+    (`workers.detector`)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -211,22 +236,50 @@ def quantize_int8(fp32: Path, out: Path) -> None:
     onnx.save(model, str(out))
 
 
+def paths(out: Path = SHARED) -> dict[str, Path]:
+    return {"int8": out / "encoder.int8.onnx", "fp16": out / "encoder.fp16.onnx"}
+
+
 def build(source: Path = assemble.ENCODER, out: Path = SHARED) -> dict[str, Path]:
-    """Derive both variants from the served graph (deterministic; a few seconds, no torch)."""
+    """Derive both variants from the fp32 graph (deterministic; about 15 s, no torch). Each file is
+    written whole and then renamed, so a worker starting meanwhile never loads half a graph."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     if source == assemble.ENCODER:
         assemble.ensure()
-    paths = {"int8": out / "encoder.int8.onnx", "fp16": out / "encoder.fp16.onnx"}
+    built = paths(out)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "encoder.fp32.onnx"
         onnx.save(materialize_fp32(onnx.load(str(source))), str(fp32))
-        quantize_int8(fp32, paths["int8"])
+        quantize_int8(fp32, Path(tmp) / "int8.onnx")
         half = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True,
                                         op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_KEEPS_FP32])
-        onnx.save(half, str(paths["fp16"]))
-    return paths
+        onnx.save(half, str(Path(tmp) / "fp16.onnx"))
+        for key, path in built.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(tmp) / f"{key}.onnx"), str(path.with_name(f"{path.name}.{os.getpid()}.tmp")))
+            path.with_name(f"{path.name}.{os.getpid()}.tmp").replace(path)
+    return built
+
+
+def ensure(source: Path = assemble.ENCODER, out: Path = SHARED) -> dict[str, Path]:
+    """Everything the shipped model.json files may name that git does not hold: the fp32 graph
+    (assembled after a LoRA retrain, `models.assemble`), then the int8 and fp16 graphs, derived unless
+    the ones there were derived, by this recipe, from the fp32 graph there now. `redline serve`,
+    `api` and `worker`, the tests, the benchmarks and the Docker build call it."""
+    if source == assemble.ENCODER:
+        assemble.ensure()
+    built, expected = paths(out), f"{digest(source)} {RECIPE_VERSION}"
+    if all(p.exists() and assemble.stamp(p).exists() and assemble.stamp(p).read_text().strip() == expected
+           for p in built.values()):
+        return built
+    print(f"Deriving the int8 (CPU) and fp16 (GPU) graphs from {source.name}, once (about 15 s)", file=sys.stderr,
+          flush=True)
+    build(source, out)
+    for path in built.values():
+        assemble.stamp(path).write_text(expected + "\n")
+    return built
 
 
 def measure(path: Path, providers: list[str]) -> dict[str, Any]:
@@ -251,23 +304,40 @@ def measure(path: Path, providers: list[str]) -> dict[str, Any]:
             "examples": len(reference)}
 
 
-def main() -> None:
+def cpu_name() -> str:
+    """The CPU model and whether it has VNNI (int8 kernels differ with it; see quantize_per_token)."""
+    import platform
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    return f"{model}, {'with' if 'vnni' in info else 'without'} VNNI"
+
+
+def record() -> dict[str, Any]:
+    """Measure every graph on the reference examples (and on the GPU where there is one) and write
+    variants.json, which the model cards quote."""
     from workers.detector import gpu_name, usable_providers
 
-    paths = build()
-    report = {"served": measure(assemble.ENCODER, ["CPUExecutionProvider"])}
-    report["int8"] = measure(paths["int8"], ["CPUExecutionProvider"])
-    graph = digest(paths["fp16"])  # derivation is deterministic: same source and recipe, same bytes
-    report["fp16"] = {**measure(paths["fp16"], ["CPUExecutionProvider"]), "graph_sha256": graph}  # CPU kernels
+    built = ensure()
+    report = {"fp32": measure(assemble.ENCODER, ["CPUExecutionProvider"])}
+    report["int8"] = {**measure(built["int8"], ["CPUExecutionProvider"]), "graph_sha256": digest(built["int8"]),
+                      "cpu": cpu_name()}
+    graph = digest(built["fp16"])  # derivation is deterministic: same source and recipe, same bytes
+    report["fp16"] = {**measure(built["fp16"], ["CPUExecutionProvider"]), "graph_sha256": graph}  # CPU kernels
     cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if "CUDAExecutionProvider" in usable_providers(cuda):
-        report["fp16_cuda"] = {**measure(paths["fp16"], cuda), "device": gpu_name(), "graph_sha256": graph}
+        report["fp16_cuda"] = {**measure(built["fp16"], cuda), "device": gpu_name(), "graph_sha256": graph}
     else:  # most machines have no GPU: keep the last measurement taken on one, if of this fp16 graph
         previous = json.loads(VARIANTS.read_text()).get("fp16_cuda", {}) if VARIANTS.exists() else {}
         if previous.get("graph_sha256") == graph:
             report["fp16_cuda"] = previous
     VARIANTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    return report
+
+
+def main() -> None:
+    print(json.dumps(record(), indent=2))
 
 
 if __name__ == "__main__":

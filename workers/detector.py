@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,12 @@ class OnnxModel:
         self.path = onnx_path
         self.calls: list[int] = []  # batch size of each session call, drained by the scorer for metrics
         log.info("loaded %s on %s", onnx_path.name, ",".join(self.providers))
+        if self.providers[0] == "CPUExecutionProvider" and _int8_kernels_may_saturate() \
+                and _uses_matmul_integer(onnx_path):
+            log.warning("%s is int8, and this x86 CPU has no VNNI: onnxruntime's u8s8 kernels can saturate here, "
+                        "so scores may differ from the ones its threshold was calibrated on. Serve the fp32 graph "
+                        "instead (model.json \"onnx\": \"../minilm/encoder.onnx\"), or run on a CPU with VNNI.",
+                        onnx_path.name)
 
     def tokenize(self, items: Sequence[TextPair]) -> list[Encoding]:
         """Unpadded encodings, truncated to the model's max length."""
@@ -147,6 +154,25 @@ class OnnxDetector:
 
 
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+@functools.cache
+def _int8_kernels_may_saturate() -> bool:
+    """x86 without VNNI: onnxruntime's u8s8 MatMulInteger sums pairs of products in 16 bits there
+    (VPMADDUBSW) and can saturate; with VNNI (or on ARM) the integer products are exact."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False  # not Linux: cannot tell, and warning every start would be noise
+    return "vnni" not in flags
+
+
+def _uses_matmul_integer(path: Path) -> bool:
+    import onnx
+
+    return any(node.op_type == "MatMulInteger" for node in onnx.load(str(path), load_external_data=False).graph.node)
 
 
 def usable_providers(preferred: Sequence[str]) -> list[str]:
