@@ -17,7 +17,6 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "data" / "injury.jsonl"
 SEED = 20261122
-SAME_WORLD_SHARE = 0.06  # of generated positives (v1.3.0)
 
 PEOPLE = ["my brother", "my sister", "a 34-year-old woman", "a 67-year-old man", "the goalkeeper", "the driver",
           "a cyclist", "a teenage hiker", "the child", "an elderly pedestrian", "a construction worker", "the nurse",
@@ -229,126 +228,7 @@ HARMLESS_DOMAINS = ["The quarterly numbers bled red for the third month.", "The 
                     "The glass broke but I swept it up before anyone stepped on it.", "Pipes burst in the empty office over the weekend."]
 
 
-# v1.3.0: where v1.2.0 still flagged harmless text (held-out set 4: actors in fake blood, a butcher's
-# cuts, a fracture in a steel girder, a gymnast's landing, "my sides hurt"), taught as patterns, not
-# as those sentences: harm that is staged, simulated or played; injury words for objects and
-# structures; meat and trade work; sport where everyone is fine; body idioms. Each comes with
-# contrastive positives from the same worlds, so the model learns to read whether a person was hurt,
-# not to clear a topic.
-STAGED = ["The makeup artist spent an hour painting realistic bruises and a split lip onto the actor.",
-          "Between takes the actor wiped the fake blood off his face and went for coffee.",
-          "The stunt driver rolled the car three times for the chase scene and climbed out waving.",
-          "The stage fight looked brutal, but every punch was choreographed to miss by inches.",
-          "The re-enactors fell 'dead' across the field, then got up and queued for lunch.",
-          "The props team made a severed hand out of silicone for the horror film.",
-          "The crash-test dummies were thrown into the airbags at sixty kilometres an hour.",
-          "The nursing students practised on a mannequin with a simulated chest wound.",
-          "The paintball game left us covered in orange splats and grinning.",
-          "My little brother's toy soldiers lost their heads in the great sofa battle.",
-          "The knife thrower's assistant stood perfectly still as the blades thudded into the board around her.",
-          "Halloween costume idea: a zombie nurse with a rubber axe through the head.",
-          "In the disaster drill, volunteers in moulage makeup played casualties for the paramedics.",
-          "The action figure's arm snapped off, so we glued it back on.",
-          "My squad got wiped out by a sniper in the game, so we restarted the mission.",
-          "The fire-eater swallowed the flame and bowed to the crowd.",
-          "In laser tag you're 'shot' when your vest beeps, and you sit out for ten seconds.",
-          "The wrestling storyline has the champion 'injured' so he can make a comeback in the spring.",
-          "The stunt team set the stuntman alight in a protective gel suit and put him out on cue.",
-          "Ketchup and corn syrup make the best fake blood for a school play.",
-          "The dummy in the self-defence class took kicks and punches all evening.",
-          "At the escape room, the 'murder victim' was a mannequin with a chalk outline.",
-          "The horror film's gore was all practical effects, and the cast went home fine.",
-          "The sword swallower finished his act to a standing ovation.",
-          "The special-effects crew rigged squibs so the bullet hits would burst on cue."]
-# One set of frames for these negatives and their injured counterparts: frames used by one class only
-# were a label cue (TF-IDF learned "Sad news:"), not something about injury.
-WORLD_FRAMES = ["{s}", "Today at work: {s}", "{s} Anyway, how are you doing?", "Quick update: {s}",
-                "So, this happened: {s}"]
-OBJECT_WORKERS = ["The surveyor", "The engineer", "Our mechanic", "The inspector", "The plumber", "The technician",
-                  "The boat builder", "The arborist"]
-OBJECT_DAMAGE = ["a hairline fracture", "a deep gash", "a crack", "a puncture", "a rupture", "a tear",
-                 "a fractured weld", "a broken joint", "a nasty dent", "a split"]
-OBJECT_PARTS = ["the steel beam", "the boiler casing", "the front tyre", "the hull", "the chimney stack", "the water main",
-                "the pipe joint", "the wing spar", "the dam wall", "the rear bumper", "the old oak's trunk",
-                "the bridge bearing", "the radiator", "the drive shaft"]
-OBJECT_FRAMES = ["{w} found {d} in {p}.", "There's {d} in {p}, so it has to be replaced.",
-                 "{w} says {d} in {p} caused the leak.", "Photos show {d} in {p} after the storm.",
-                 "{w} patched {d} in {p} this morning."]
-TRADE = ["The butcher broke the side of beef down into steaks and joints.",
-         "Crack the lamb bones with the back of the cleaver before you make the stock.",
-         "The chef bled the fish, pulled the gills and scaled it in under a minute.",
-         "Skin the chicken and cut through the joint to separate the drumstick.",
-         "We butchered the pig in the barn and salted the hams for winter.",
-         "The hunter gutted the deer and hung it in the cold store.",
-         "Hack the ribs apart, rub them with spices and roast them low and slow.",
-         "Tenderise the steak by beating it with a mallet for a minute on each side.",
-         "The fishmonger beheaded the salmon and sliced it into thick fillets.",
-         "Carve the turkey at the table and save the carcass for soup.",
-         "The sushi chef sliced the octopus into translucent pieces.",
-         "The tree surgeon amputated the rotten limb and sealed the wound in the bark.",
-         "The farrier trimmed the horse's hooves and nailed on new shoes.",
-         "The tattoo artist cleaned the needle and set up for the next appointment.",
-         "The piercer sterilised the studs and laid out fresh gloves.",
-         "The glazier scored the glass and snapped it cleanly along the line.",
-         "The sheep shearers worked through the flock before lunch.",
-         "The sawmill cut the logs into planks all afternoon."]
-SPORT_OK_ATHLETES = ["The gymnast", "The diver", "The goalkeeper", "The fullback", "The boxer", "The hurdler",
-                     "The climber", "The ski jumper", "The judoka", "The centre-back", "The figure skater",
-                     "The jockey", "The prop", "The snowboarder"]
-SPORT_OK = ["landed the triple twist perfectly", "stuck the landing and saluted the judges",
-            "took a heavy hit in the tackle but jogged straight back into position",
-            "went down from a jab, got up at the count of four and won on points",
-            "crashed into the advertising boards and played on", "smothered the ball at the striker's feet",
-            "threw her opponent to the mat for full points", "clipped the last hurdle and still won the heat",
-            "slid into the crash mat and bounced up smiling", "was checked by the physio after a hard foul and carried on",
-            "came off the horse at the water jump and remounted unhurt", "fell in the final and walked off laughing",
-            "wiped out on the halfpipe and was back on the board for the next run"]
-SPORT_OK_FRAMES = ["{a} {e}.", "Great moment today: {a} {e}.", "{a} {e}, to huge cheers.",
-                   "Match report: {a} {e}."]
-BODY_IDIOMS = ["My feet are killing me after dancing all night at the wedding.", "That joke had the whole room in stitches.",
-               "I laughed so hard my stomach ached.", "The new roof cost us an arm and a leg.",
-               "She broke his heart when she moved to Lisbon.", "I'd give my right arm for tickets to that final.",
-               "My legs turned to jelly when I stood up to speak.", "The letting agent is bleeding us dry with fees.",
-               "I sweated blood over that report all weekend.", "Go on, twist my arm, I'll have another slice.",
-               "My brain hurts after an hour of tax forms.", "I'm dead on my feet after the night shift.",
-               "That curry set my mouth on fire in the best way.", "I nearly jumped out of my skin when the door slammed.",
-               "Getting that shot past their keeper was like pulling teeth.", "He got a slap on the wrist for parking there.",
-               "Her speech was a kick in the teeth for the protesters.", "My heart skipped a beat when they called my name.",
-               "I'm itching to get back on the bike.", "The final episode gutted me; I cried for an hour."]
-# Contrastive positives: the same worlds, with a person hurt.
-SAME_WORLD_INJURED = [
-    "The stuntman's airbag deflated early and he fractured his pelvis in the fall.",
-    "During filming, an actor was burned on the arms when a pyrotechnic charge went off too close.",
-    "The stage combat went wrong and the actor needed six stitches above his eye.",
-    "A re-enactor was hospitalised after a musket misfired and burned his hand.",
-    "The butcher slipped with the cleaver and sliced deep into his palm.",
-    "The chef took the tip of her finger off with the mandoline and was rushed to A&E.",
-    "A falling girder crushed a worker's foot on the bridge site.",
-    "The boiler exploded and scalded the engineer's face and chest.",
-    "The tyre burst while he was inflating it and the rim broke his jaw.",
-    "The gymnast landed short on the vault and her ankle snapped.",
-    "The diver clipped the board on the way down and split his scalp open.",
-    "The boxer was knocked out cold and taken to hospital with a bleed on the brain.",
-    "The goalkeeper collided with the post and was stretchered off with a fractured skull.",
-    "The snowboarder landed on her head in the halfpipe and was airlifted with a neck injury.",
-    "The knife thrower missed and the blade went into his assistant's thigh.",
-    "The fire-eater's breath caught alight and he suffered burns to his lips and throat.",
-    "I laughed so hard I fell off the bar stool and cracked two ribs.",
-    "He danced on the table, fell off and dislocated his knee.",
-    "The farrier was kicked by the horse and broke three fingers.",
-    "The tree surgeon's chainsaw kicked back and cut deep into his leg.",
-    "The paintball hit her in the eye when her mask slipped, and she lost some sight in it.",
-    "The glazier's sheet of glass shattered and cut his forearm to the bone.",
-    "A spectator was hit by a flying puck and needed surgery on her cheekbone.",
-    "The jockey was thrown at the last fence and broke his collarbone.",
-    "The mechanic's hand was crushed when the jack gave way."]
-
-
 def _pos(rng: random.Random) -> dict[str, str]:
-    if rng.random() < SAME_WORLD_SHARE:
-        sentence = rng.choice(SAME_WORLD_INJURED)
-        text = rng.choice(WORLD_FRAMES).format(s=sentence)
-        return {"text": text, "label": 1, "category": "same_world", "group": "s:" + sentence}
     severity = rng.choice(["mild", "moderate", "severe"])
     events = {"mild": MILD, "moderate": MODERATE, "severe": SEVERE}[severity]
     event = rng.choice(events)
@@ -368,24 +248,10 @@ def _pos(rng: random.Random) -> dict[str, str]:
 
 
 def _neg(rng: random.Random) -> dict[str, str]:
-    kind = rng.choices(["figurative", "technical", "harmless", "near_miss", "neutral", "combo", "routine_body",
-                        "staged", "object", "trade", "sport_ok", "body_idiom"],
-                       weights=[2, 4, 2, 2, 1, 2, 2, 1, 1, 1, 1, 1])[0]
+    kind = rng.choices(["figurative", "technical", "harmless", "near_miss", "neutral", "combo", "routine_body"],
+                       weights=[2, 4, 2, 2, 1, 2, 2])[0]
     group = ""
-    if kind in ("staged", "trade", "body_idiom"):
-        sentence = rng.choice({"staged": STAGED, "trade": TRADE, "body_idiom": BODY_IDIOMS}[kind])
-        text = rng.choice(WORLD_FRAMES).format(s=sentence)
-        group = "s:" + sentence
-    elif kind == "object":
-        frame = rng.randrange(len(OBJECT_FRAMES))
-        text = OBJECT_FRAMES[frame].format(w=rng.choice(OBJECT_WORKERS), d=rng.choice(OBJECT_DAMAGE),
-                                           p=rng.choice(OBJECT_PARTS))
-        group = f"object:{frame}"
-    elif kind == "sport_ok":
-        event = rng.choice(SPORT_OK)
-        text = rng.choice(SPORT_OK_FRAMES).format(a=rng.choice(SPORT_OK_ATHLETES), e=event)
-        group = "sport_ok:" + event
-    elif kind == "figurative":
+    if kind == "figurative":
         text = rng.choice(FIGURATIVE)
     elif kind == "technical":
         frame = rng.randrange(len(TECH_FRAMES))
@@ -408,7 +274,7 @@ def _neg(rng: random.Random) -> dict[str, str]:
     return {"text": text, "label": 0, "category": kind, "group": group or "s:" + text}
 
 
-def generate(n_pos: int = 1900, n_neg: int = 2900) -> list[dict[str, str]]:
+def generate(n_pos: int = 1800, n_neg: int = 2400) -> list[dict[str, str]]:
     rng = random.Random(SEED)
     rows: dict[str, dict[str, str]] = {}
     for maker, target in ((_pos, n_pos), (_neg, n_neg)):
