@@ -436,25 +436,25 @@ def consistency_weight(step: int, steps: int) -> float:
     return CONSISTENCY_WEIGHT * min(1.0, (step - start + 1) / ramp)
 
 
+def cross_task_pick(name: str, pool_size: int) -> np.ndarray:
+    """Which of the other detectors' training rows (in DETECTORS order) become this detector's
+    cross-task negatives: a deterministic sample, the same for a refit head and for training."""
+    count = min(CROSS_TASK_NEGATIVES.get(name, 0), pool_size)
+    return np.random.default_rng(0).choice(pool_size, size=count, replace=False) if count else np.zeros(0, int)
+
+
 def training_rows(name: str, splits: dict[str, Split]) -> list[Example]:
-    """A detector's training rows plus its cross-task negatives (the same deterministic sample of the
-    other detectors' training rows that `with_cross_task_negatives` adds to a refit head)."""
-    count = CROSS_TASK_NEGATIVES.get(name, 0)
-    if not count:
-        return splits[name].train
+    """A detector's training rows plus its cross-task negatives (quant-aware training, whose heads
+    are exported without a refit)."""
     pool = [e for other in DETECTORS if other != name for e in splits[other].train]
-    pick = np.random.default_rng(0).choice(len(pool), size=min(count, len(pool)), replace=False)
-    return splits[name].train + [replace(pool[int(i)], label=0) for i in pick]
+    return splits[name].train + [replace(pool[int(i)], label=0) for i in cross_task_pick(name, len(pool))]
 
 
 def with_cross_task_negatives(name: str, x: np.ndarray, y: np.ndarray,
                               others: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Add a deterministic sample of the other detectors' training features as negatives."""
-    count = CROSS_TASK_NEGATIVES.get(name, 0)
-    if not count:
-        return x, y
+    """Add the cross-task negatives' training features to a head's refit."""
     pool = np.concatenate(list(others.values()))
-    pick = np.random.default_rng(0).choice(len(pool), size=min(count, len(pool)), replace=False)
+    pick = cross_task_pick(name, len(pool))
     return np.concatenate([x, pool[pick]]), np.concatenate([y, np.zeros(len(pick), dtype=y.dtype)])
 
 

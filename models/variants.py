@@ -257,9 +257,10 @@ def build(source: Path = assemble.ENCODER, out: Path = SHARED) -> dict[str, Path
                                         op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_KEEPS_FP32])
         onnx.save(half, str(Path(tmp) / "fp16.onnx"))
         for key, path in built.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(Path(tmp) / f"{key}.onnx"), str(path.with_name(f"{path.name}.{os.getpid()}.tmp")))
-            path.with_name(f"{path.name}.{os.getpid()}.tmp").replace(path)
+            staged = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # beside the target: rename is atomic
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(tmp) / f"{key}.onnx"), str(staged))
+            staged.replace(path)
     return built
 
 
