@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from models import variants
+from models import assemble, variants
 from models.variants import digest
 from service.detector_config import load_configs
 from service.settings import Settings
@@ -44,7 +44,7 @@ def main() -> None:
         result["gpu"] = gpu_name()
     result["outputs_per_s"] = measure(served, args)
     if not on_gpu:  # both CPU graphs, so the card can say what int8 gains over the graph it comes from
-        for key, path in (("fp32", variants.assemble.ENCODER), ("int8", variants.paths()["int8"])):
+        for key, path in (("fp32", assemble.ENCODER), ("int8", variants.paths()["int8"])):
             result[f"{key}_outputs_per_s"] = result["outputs_per_s"] if path == served.path else measure(
                 OnnxModel(path, served.path.parent / "tokenizer.json", 256, True, list(Settings().providers)), args)
     print(json.dumps(result))

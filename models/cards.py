@@ -215,9 +215,10 @@ def _procedure(p: dict[str, Any]) -> str:
     quant = (f" For the last {p.get('quant_aware_share', 0):.0%} of the steps the training is quantization-aware "
              "(`models/quant_aware.py`): every Linear of the encoder also runs the int8 variant's arithmetic "
              "(SmoothQuant, one activation scale per token, one weight scale per output channel, rounding passed "
-             f"straight through), and the loss adds {p.get('consistency_weight', 0):g} x the mean squared difference "
-             "between the int8 and the float scores on all three heads, so the int8 graph scores what the float "
-             "model scores. The heads are trained with the encoder and exported as they are."
+             f"straight through, on {p.get('quant_aware_levels', 127)} levels), and the loss adds "
+             f"{p.get('consistency_weight', 0):g} x their difference on all three heads "
+             "(`quant_aware.Consistency`), so the int8 graph scores what the float model scores. The heads are "
+             "trained with the encoder and exported as they are."
              if p.get("quant_aware") else " Heads refit afterwards on the tuned features (logistic regression).")
     if p.get("encoder") == "LoRA fine-tuned":
         return (f"fine-tuned with LoRA for all three detectors at once (rank {p['rank']}, alpha {p['alpha']:g}, on "

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-SMOOTHING_ALPHA = 0.5  # the same migration strength as models.variants.SMOOTHING_ALPHA
+from .variants import SMOOTHING_ALPHA
+
 RANGE_DECAY = 0.9  # running per-channel max |x|: follows the encoder as it trains
 
 
@@ -34,7 +35,6 @@ class FakeInt8:
 
         self.on = False
         self.levels = levels  # 127: the variant's int8; fewer: a coarser grid, to train for a margin
-        self.linears = []
         for name, module in encoder.encoder.named_modules():
             if isinstance(module, torch.nn.Linear):
                 delta = deltas.get(f"encoder.{name}")
@@ -42,7 +42,6 @@ class FakeInt8:
                 module.forward = self._forward(module, delta, lora_scale)
                 if delta is not None:
                     delta.skip = lambda: self.on  # merged into the weight while fake-quantized
-                self.linears.append(module)
 
     @contextmanager
     def active(self) -> Iterator[None]:

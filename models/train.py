@@ -129,13 +129,12 @@ class Featurizer:
         self.model_dir = Path(MODEL_DIR)
         self.encoder = AutoModel.from_pretrained(str(self.model_dir)).eval()
         self.tokenizer, self.pad_id = load_tokenizer(self.model_dir / "tokenizer.json", MAX_LENGTH)
-        self.module = PooledHeads(self.encoder, np.zeros((3 * 384, len(DETECTORS)), np.float32),
-                                  np.zeros(len(DETECTORS), np.float32))
+        self.use_norm_floor(1e-12)  # F.normalize's own; FEATURE_NORM_FLOOR when quant-aware
         self.deltas: dict[str, Any] = {}  # LoRA modules once fine-tuned (LoRA.attach)
         self.heads: tuple[np.ndarray, np.ndarray] | None = None  # set when trained with the encoder
-        self.norm_floor = 1e-12  # F.normalize's own; FEATURE_NORM_FLOOR when quant-aware
 
     def use_norm_floor(self, floor: float) -> None:
+        """Features (and so the exported graph) divide each pooled mean by max(|mean|, floor)."""
         self.norm_floor = floor
         self.module = PooledHeads(self.encoder, np.zeros((3 * 384, len(DETECTORS)), np.float32),
                                   np.zeros(len(DETECTORS), np.float32), floor)
