@@ -89,6 +89,11 @@ SMALL_TASK_SHARE = 0.5
 # score-space term (weight 1000) int8 was 0.157 / 0.035 / 0.001 from torch on every validation row,
 # but the weakest head had gone nearly flat and injury's held-out texts near its boundary moved most;
 # hence the relative logit-space term (quant_aware.Consistency).
+# Also tried on 2026-12-01 (LoRA, v1.3 injury data, one epoch), not kept: rounding with fresh random
+# dither at every step, so the model cannot cancel one fixed rounding pattern on its training texts,
+# under the score-space term at weight 1000: the term outweighed the task loss about 3 to 1 at the
+# end of the ramp and every head went flat (AUC 0.966 / 0.618 / 0.504, all below TF-IDF; int8
+# trivially within 0.0002).
 QUANT_AWARE_SHARE = 0.5
 QUANT_AWARE_RAMP = 0.25
 CONSISTENCY_WEIGHT = 100.0

@@ -29,7 +29,13 @@ only int8 (MatMulNBits, blocks of 32) was still 0.36 from the served graph on va
 heads amplify any encoder error. On 2026-12-01 the same held for every part alone: weights-only
 per-channel int8 moved scores by up to 0.13, quantizing only the query projections by 0.04, and the
 texts moved most were those whose pooled mean is short, which L2 normalization magnifies
-(`models.quant_aware` is the attempt to train the sensitivity away).
+(`models.quant_aware` is the attempt to train the sensitivity away). Measured again later that day
+on every validation row of each detector (from the fp32 graph; injury / deception / sycophancy): int8 weights alone
+0.11 / 0.17 / 0.15, per-token int8 activations alone 0.39 / 0.19 / 0.13, so neither half alone is
+near 0.02. Heads refit on the v1.2.0 encoder do not help either: a norm floor of 3, 6 or 1000 (no
+normalization) left int8 0.19 to 0.28 from fp32 on deception, and a penalty on the int8 logit error
+of the training rows cut that error on training rows to 0.006 while validation rows moved by up to
+0.49 on injury: the error is specific to each text, so it is not a direction a head can avoid.
 """
 
 from __future__ import annotations
