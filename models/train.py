@@ -33,7 +33,7 @@ fully fine-tuned encoder flags 0, 3 and 0 (6 on set 3, the one that had informed
 Switching trades that for a lean repository, and should wait for a new held-out set.
 
 --quant-aware (models.quant_aware) trains so that the int8 variant scores what the float model does,
-which would let CPU workers serve int8 (`cpu_graph`). Two one-epoch LoRA runs on 2026-12-01 did not
+which would let CPU workers serve int8 (`cpu_graph`). Three one-epoch LoRA runs on 2026-12-01 did not
 get there without costing accuracy (README, Detectors), so the shipped model is still v1.2.0."""
 
 from __future__ import annotations
