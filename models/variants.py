@@ -36,6 +36,11 @@ near 0.02. Heads refit on the v1.2.0 encoder do not help either: a norm floor of
 normalization) left int8 0.19 to 0.28 from fp32 on deception, and a penalty on the int8 logit error
 of the training rows cut that error on training rows to 0.006 while validation rows moved by up to
 0.49 on injury: the error is specific to each text, so it is not a direction a head can avoid.
+In logits (every validation row, injury / deception / sycophancy) int8 moves the median row by
+0.03 / 0.06 / 0.04 and the worst by 1.7 / 1.2 / 1.7, and 1% / 21% / 11% of rows by more than 0.02 in
+score: deception fails broadly, not in a tail. Temperature scaling fitted to the validation labels
+(T = 1.5 / 1.6 / 1.9; it lowers log loss) leaves int8 0.09 / 0.19 / 0.09 from fp32, so the score's
+scale is not what breaks the bar (measured 2026-12-01).
 """
 
 from __future__ import annotations
