@@ -513,7 +513,8 @@ def export(featurizer: Featurizer, weights: np.ndarray, bias: np.ndarray) -> Pat
     return assemble.assemble()
 
 
-GRAPH_FILES = {"fp32": "encoder.onnx", "int8": "encoder.int8.onnx"}
+# File names of the graphs, from their owners (assemble: the fp32 graph; variants: what it derives).
+GRAPH_FILES = {"fp32": assemble.ENCODER.name, **{key: path.name for key, path in variants.paths().items()}}
 
 
 def write_model_json(name: str, index: int, threshold: float, calibration: dict[str, Any], cpu: str) -> None:
@@ -523,7 +524,7 @@ def write_model_json(name: str, index: int, threshold: float, calibration: dict[
         "name": name, "version": VERSION, "description": DESCRIPTIONS[name],
         # On CPU the graph the threshold was calibrated on (`cpu_graph`); on a GPU the fp16 graph. The
         # variants are built at install from the committed files (`models.variants.ensure`).
-        "onnx": f"../minilm/{GRAPH_FILES[cpu]}", "onnx_gpu": "../minilm/encoder.fp16.onnx",
+        "onnx": f"../minilm/{GRAPH_FILES[cpu]}", "onnx_gpu": f"../minilm/{GRAPH_FILES['fp16']}",
         "tokenizer": "../minilm/tokenizer.json",
         "input": "prompt_response", "max_length": MAX_LENGTH, "output": "logits", "output_index": index,
         "activation": "sigmoid", "threshold": round(threshold, 6), "target_fnr": TARGET_FNR[name],
