@@ -51,7 +51,7 @@ def test_smoothing_factors_are_powers_of_two_and_absorb_last_bit_noise() -> None
 @pytest.mark.parametrize("saturates", [True, False])
 def test_worker_warns_when_int8_kernels_can_saturate(monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture, saturates: bool) -> None:
-    monkeypatch.setattr(detector, "_int8_kernels_may_saturate", lambda: saturates)
+    monkeypatch.setattr(detector, "int8_kernels_may_saturate", lambda: saturates)
     tokenizer = SHIPPED_MODELS / "minilm" / "tokenizer.json"
     with caplog.at_level(logging.WARNING, logger="workers.detector"):
         OnnxModel(variants.paths()["int8"], tokenizer, 256, True, ["CPUExecutionProvider"])

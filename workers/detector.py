@@ -56,7 +56,7 @@ class OnnxModel:
         self.path = onnx_path
         self.calls: list[int] = []  # batch size of each session call, drained by the scorer for metrics
         log.info("loaded %s on %s", onnx_path.name, ",".join(self.providers))
-        if self.providers[0] == "CPUExecutionProvider" and _int8_kernels_may_saturate() \
+        if self.providers[0] == "CPUExecutionProvider" and int8_kernels_may_saturate() \
                 and _uses_matmul_integer(onnx_path):
             log.warning("%s is int8, and this x86 CPU has no VNNI: onnxruntime's u8s8 kernels can saturate here, "
                         "so scores may differ from the ones its threshold was calibrated on. Serve the fp32 graph "
@@ -157,7 +157,7 @@ _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 @functools.cache
-def _int8_kernels_may_saturate() -> bool:
+def int8_kernels_may_saturate() -> bool:
     """x86 without VNNI: onnxruntime's u8s8 MatMulInteger sums pairs of products in 16 bits there
     (VPMADDUBSW) and can saturate; with VNNI (or on ARM) the integer products are exact."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
