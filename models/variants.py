@@ -317,18 +317,17 @@ def measure(path: Path, providers: list[str]) -> dict[str, Any]:
 
 
 def cpu_name() -> str:
-    """The CPU model and whether its int8 kernels are exact (they differ without VNNI; see
-    quantize_per_token). The worker's own check decides that, so the label and its warning agree."""
+    """The CPU model and, on x86, whether it has VNNI (int8 kernels differ without it; see
+    quantize_per_token), from the check behind the worker's warning, so the two agree."""
     import platform
 
-    from workers.detector import int8_kernels_may_saturate
+    from workers.detector import x86_vnni
 
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                  platform.processor() or platform.machine())
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return model  # ARM and others: no VNNI question, the integer products are exact
-    return f"{model}, {'without' if int8_kernels_may_saturate() else 'with'} VNNI"
+    vnni = x86_vnni()
+    return model if vnni is None else f"{model}, {'with' if vnni else 'without'} VNNI"
 
 
 def record() -> dict[str, Any]:

@@ -53,11 +53,11 @@ USER_HEADS = {"profanity": ["damn", "heck", "crap", "bloody"]}
 
 
 @pytest.fixture(scope="session", autouse=True)
-def shipped_encoder() -> Path:
+def shipped_graphs() -> dict[str, Path]:
     """The shipped graphs are built from committed files (`models.variants.ensure`: the fp32 graph
     assembled, the int8 and fp16 graphs derived), as `redline serve` does before it starts anything;
     tests that load models/ in process need them first."""
-    return variants.ensure()["int8"]
+    return variants.ensure()
 
 
 @pytest.fixture(scope="session")

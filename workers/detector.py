@@ -157,16 +157,22 @@ _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 @functools.cache
+def x86_vnni() -> bool | None:
+    """Whether this x86 CPU has VNNI; None where the question does not arise (not x86) or cannot be
+    answered (no /proc/cpuinfo: not Linux)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        return "vnni" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
 def int8_kernels_may_saturate() -> bool:
     """x86 without VNNI: onnxruntime's u8s8 MatMulInteger sums pairs of products in 16 bits there
-    (VPMADDUBSW) and can saturate; with VNNI (or on ARM) the integer products are exact."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False  # not Linux: cannot tell, and warning every start would be noise
-    return "vnni" not in flags
+    (VPMADDUBSW) and can saturate; with VNNI (or on ARM) the integer products are exact. Where it
+    cannot tell it says no: a warning at every start that may be false would be noise."""
+    return x86_vnni() is False
 
 
 def _uses_matmul_integer(path: Path) -> bool:
