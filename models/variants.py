@@ -252,13 +252,12 @@ def paths(out: Path = SHARED) -> dict[str, Path]:
 
 
 def build(source: Path = assemble.ENCODER, out: Path = SHARED) -> dict[str, Path]:
-    """Derive both variants from the fp32 graph (deterministic; about 15 s, no torch). Each file is
-    written whole and then renamed, so a worker starting meanwhile never loads half a graph."""
+    """Derive both variants from the fp32 graph at `source`, which must exist (`ensure` assembles the
+    shipped one first; deterministic, about 15 s, no torch). Each file is written whole and then
+    renamed, so a worker starting meanwhile never loads half a graph."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    if source == assemble.ENCODER:
-        assemble.ensure()
     built = paths(out)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "encoder.fp32.onnx"
