@@ -94,6 +94,16 @@ SMALL_TASK_SHARE = 0.5
 # under the score-space term at weight 1000: the term outweighed the task loss about 3 to 1 at the
 # end of the ramp and every head went flat (AUC 0.966 / 0.618 / 0.504, all below TF-IDF; int8
 # trivially within 0.0002).
+# Also tried on 2026-12-01, not kept: self-distillation from v1.2.0's fp32 graph (its injury and
+# sycophancy training rows plus 6k of deception's, 11.5k in all, batch 16). The float path was pulled
+# to the teacher's scores and the int8 path (torch arithmetic matched to the variant's: shared power-of-two
+# smoothing, per-token x, per-column w) to the float path, so no head could go flat, and AUC held
+# (0.997-0.9995 / 0.854-0.862 / 0.757-0.765 on 1,602 validation rows, from 0.9995 / 0.854 / 0.763).
+# But int8's largest validation score difference (0.02 / 0.19 / 0.18 at the start) did not fall; it
+# wandered: after 300 / 600 / 900 steps injury 0.26 / 0.07 / 0.12, deception 0.21 / 0.13 / 0.19,
+# sycophancy 0.28 / 0.11 / 0.24; with dither, lr 1e-5 and frozen heads, after 600 steps 0.44 / 0.19 /
+# 0.16. Deception's share of rows moved by more than 0.02 only went from 18% to 12-14%: the training
+# texts' rounding errors shrink, other texts' do not.
 QUANT_AWARE_SHARE = 0.5
 QUANT_AWARE_RAMP = 0.25
 CONSISTENCY_WEIGHT = 100.0
