@@ -6,13 +6,14 @@ layer moved some validation scores by 0.1 (weights-only int8: 0.13; all of it: 0
 2026-12-01), while the bar is 0.02: fine-tuning leaves the model steep where a few texts lie near
 a head's boundary, and no post-training recipe removes that. So training sees the int8 arithmetic
 too: `FakeInt8` makes every Linear of the encoder's layers compute nearly what the exported int8
-graph computes (rounding passed straight through for the gradient; not exactly: it smooths each
-Linear with its own factor from a running range, where the variant gives query, key and value one
-shared factor from the calibration texts' maxima, and on v1.2.0 that alone left it 0.38 from the
-int8 graph on deception's validation rows, against 0.07 for a copy of the variant's own smoothing,
-measured 2026-12-01), and the loss asks the int8 path to
-agree with the float path (`Consistency`), on every head, not only the task's own, because in
+graph computes (rounding passed straight through for the gradient), and the loss asks the int8 path
+to agree with the float path (`Consistency`), on every head, not only the task's own, because in
 production every detector scores every text.
+
+Nearly, not exactly: `FakeInt8` smooths each Linear with its own factor from a running range, where
+the variant gives query, key and value one shared factor from the calibration texts' maxima. On
+v1.2.0 that left it 0.38 from the int8 graph on deception's validation rows, against 0.07 for a copy
+of the variant's own smoothing (measured 2026-12-01). Match the variant before the next run.
 
 The float model stays the one that is exported, served on GPU (fp16) and compared with torch; the
 int8 graph is derived from it afterwards, as before, and measured on every validation row.
