@@ -5,15 +5,20 @@ one weight scale per output column. On an encoder fine-tuned the plain way, quan
 layer moved some validation scores by 0.1 (weights-only int8: 0.13; all of it: 0.24, measured
 2026-12-01), while the bar is 0.02: fine-tuning leaves the model steep where a few texts lie near
 a head's boundary, and no post-training recipe removes that. So training sees the int8 arithmetic
-too: `FakeInt8` makes every Linear of the encoder's layers compute nearly what the exported int8
-graph computes (rounding passed straight through for the gradient), and the loss asks the int8 path
-to agree with the float path (`Consistency`), on every head, not only the task's own, because in
+too: `FakeInt8` makes every Linear of the encoder's layers compute what the exported int8 graph
+computes (rounding passed straight through for the gradient), and the loss asks the int8 path to
+agree with the float path (`Consistency`), on every head, not only the task's own, because in
 production every detector scores every text.
 
-Nearly, not exactly: `FakeInt8` smooths each Linear with its own factor from a running range, where
-the variant gives query, key and value one shared factor from the calibration texts' maxima. On
-v1.2.0 that left it 0.38 from the int8 graph on deception's validation rows, against 0.07 for a copy
-of the variant's own smoothing (measured 2026-12-01). Match the variant before the next run.
+`FakeInt8` smooths as the variant does: Linears that read one input (query, key and value) share one
+power-of-two factor, from the largest |x| over the calibration texts' real tokens (`calibrate`) and
+the largest |w| of the group. From the same input, each Linear then gives the int8 graph's MatMul
+output to float precision (tests/test_quant_aware.py). Until 2026-12-01 each Linear had its own
+factor from a running range over training batches: on the pretrained encoder with random heads its
+logits were as far from the int8 graph's as the float model's are (median |difference| 0.027 against
+0.024; now 0.007), and on v1.2.0's deception rows its scores were 0.38 away. Whole-model agreement
+is not exact: where torch's and onnxruntime's float kernels differ in a last bit, a rounding flips,
+and the difference grows layer by layer (v1.2.0: up to 0.07 in score).
 
 The float model stays the one that is exported, served on GPU (fp16) and compared with torch; the
 int8 graph is derived from it afterwards, as before, and measured on every validation row.
@@ -21,42 +26,96 @@ int8 graph is derived from it afterwards, as before, and measured on every valid
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from .variants import SMOOTHING_ALPHA
 
-RANGE_DECAY = 0.9  # running per-channel max |x|: follows the encoder as it trains
+# The Linears of one BERT self-attention that read the same hidden states (models.variants.smooth
+# groups MatMuls by their input, which gives the same groups).
+SHARED_INPUT = (".query", ".key", ".value")
+# Training steps between two measurements of the activation ranges: they move as the encoder trains,
+# and the variant takes them from the final encoder. About 15 s each on 2 cores, against ~2 s a step.
+RECALIBRATE_EVERY = 200
 
 
 class FakeInt8:
     """Per-token W8A8 fake quantization of each Linear in `encoder.encoder` (the 36 MatMuls the int8
-    variant quantizes), switched on only inside `active()`. LoRA deltas, if any, are merged into the
-    weight first, exactly as `models.assemble` merges them before the variant is derived."""
+    variant quantizes), switched on only inside `active()`, after `calibrate` has measured the
+    activation ranges. LoRA deltas, if any, are merged into the weight first, exactly as
+    `models.assemble` merges them before the variant is derived."""
 
     def __init__(self, encoder: Any, deltas: dict[str, Any], lora_scale: float, levels: int = 127) -> None:
         import torch
 
         self.on = False
+        self.encoder = encoder
         self.levels = levels  # 127: the variant's int8; fewer: a coarser grid, to train for a margin
+        self.lora_scale = lora_scale
+        self.mask: Any = None  # the attention mask of the batch `calibrate` is running
+        self.calibrated_at: int | None = None  # the training step of the last `calibrate`
+        groups: dict[str, list[tuple[Any, Any]]] = {}
         for name, module in encoder.encoder.named_modules():
             if isinstance(module, torch.nn.Linear):
                 delta = deltas.get(f"encoder.{name}")
-                module.register_buffer("x_range", torch.zeros(module.in_features), persistent=False)
-                module.forward = self._forward(module, delta, lora_scale)
+                groups.setdefault(name.rsplit(".", 1)[0] if name.endswith(SHARED_INPUT) else name, []
+                                  ).append((module, delta))
                 if delta is not None:
                     delta.skip = lambda: self.on  # merged into the weight while fake-quantized
+        self.groups = list(groups.values())
+        self.x_range: list[Any] = [None] * len(self.groups)
+        for g, members in enumerate(self.groups):
+            for module, delta in members:
+                module.forward = self._forward(g, module, delta)
 
     @contextmanager
     def active(self) -> Iterator[None]:
+        if any(r is None for r in self.x_range):
+            raise RuntimeError("FakeInt8.calibrate() must measure the activation ranges first")
         self.on = True
         try:
             yield
         finally:
             self.on = False
 
-    def _forward(self, module: Any, delta: Any, lora_scale: float) -> Any:
+    def due(self, step: int) -> bool:
+        """Whether the ranges should be measured (again) before training step `step`."""
+        return self.calibrated_at is None or step - self.calibrated_at >= RECALIBRATE_EVERY
+
+    def calibrate(self, batches: Iterable[dict[str, Any]], step: int = 0) -> None:
+        """The variant's activation ranges (`models.variants.activation_ranges`): per input channel,
+        the largest |x| over the real (unpadded) tokens of `batches`, float path, dropout off. They
+        move as the encoder trains, so training calls this again every few hundred steps."""
+        import torch
+
+        seen: list[Any] = [None] * len(self.groups)
+
+        def hook(g: int) -> Any:
+            def record(_module: Any, args: tuple[Any, ...]) -> None:
+                x = args[0][self.mask].abs().amax(0)
+                seen[g] = x if seen[g] is None else torch.maximum(seen[g], x)
+            return record
+
+        handles = [members[0][0].register_forward_pre_hook(hook(g)) for g, members in enumerate(self.groups)]
+        training = self.encoder.training
+        self.encoder.eval()
+        try:
+            with torch.no_grad():
+                for feeds in batches:
+                    self.mask = feeds["attention_mask"].bool()
+                    self.encoder(**feeds)
+        finally:
+            self.mask = None
+            self.encoder.train(training)
+            for handle in handles:
+                handle.remove()
+        self.x_range, self.calibrated_at = seen, step
+
+    def _weight(self, module: Any, delta: Any) -> Any:
+        return module.weight if delta is None else module.weight + self.lora_scale * (delta.B @ delta.A)
+
+    def _forward(self, g: int, module: Any, delta: Any) -> Any:
         import torch
         from torch.nn import functional as F  # noqa: N812
 
@@ -65,13 +124,11 @@ class FakeInt8:
         def forward(x: torch.Tensor) -> torch.Tensor:
             if not self.on:
                 return plain(x)
-            weight = module.weight if delta is None else module.weight + lora_scale * (delta.B @ delta.A)
+            weight = self._weight(module, delta)
             with torch.no_grad():
-                seen = x.abs().amax(dim=tuple(range(x.dim() - 1)))
-                module.x_range.copy_(torch.where(module.x_range > 0,
-                                                 torch.maximum(RANGE_DECAY * module.x_range, seen), seen))
-                w_range = weight.abs().amax(0).clamp(min=1e-5)
-                s = (module.x_range ** SMOOTHING_ALPHA / w_range ** (1 - SMOOTHING_ALPHA)).clamp(1e-3, 1e3)
+                w_range = torch.stack([self._weight(m, d).abs().amax(0) for m, d in self.groups[g]]).amax(0)
+                s = (self.x_range[g] ** SMOOTHING_ALPHA / w_range.clamp(min=1e-5) ** (1 - SMOOTHING_ALPHA)
+                     ).clamp(1e-3, 1e3)
                 s = torch.exp2(torch.round(torch.log2(s)))  # as models.variants.power_of_two
             return F.linear(per_token_int8(x / s, self.levels), per_channel_int8(weight * s, self.levels), module.bias)
 

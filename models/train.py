@@ -44,7 +44,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -160,6 +160,11 @@ class Featurizer:
         encodings = self.tokenizer.encode_batch([(e.prompt, e.response) if e.prompt else e.response
                                                  for e in examples])
         return pad_batch(encodings, self.pad_id)
+
+    def batches(self, examples: list[Example], batch: int = 32) -> Iterator[dict[str, Any]]:
+        """`examples` as the encoder's torch inputs, `batch` at a time."""
+        for i in range(0, len(examples), batch):
+            yield {k: self.torch.from_numpy(v) for k, v in self.encode(examples[i:i + batch]).items()}
 
     tag = "frozen"  # part of the feature cache key: fine-tuning changes the encoder
 
@@ -330,6 +335,7 @@ def finetune(featurizer: Featurizer, splits: dict[str, Split], epochs: float, mi
     if quant_aware:
         featurizer.use_norm_floor(FEATURE_NORM_FLOOR)
     train_rows = {n: training_rows(n, splits) if quant_aware else splits[n].train for n in DETECTORS}
+    calibration = [e for _, e in calibration_rows(splits)]
     consistency = Consistency()
     encoder = featurizer.encoder.train()
     heads = nn.Linear(3 * 384, len(DETECTORS))
@@ -359,6 +365,8 @@ def finetune(featurizer: Featurizer, splits: dict[str, Split], epochs: float, mi
         if not weight:
             logits = heads(featurizer.module.features(**feeds))[:, task]
         else:
+            if fake.due(done):  # type: ignore[union-attr]
+                fake.calibrate(featurizer.batches(calibration), done)  # type: ignore[union-attr]
             # Both passes under one dropout mask, so the consistency term measures int8 arithmetic only.
             seed = int(torch.randint(0, 2 ** 31, (1,)))
             with torch.random.fork_rng():
@@ -574,15 +582,21 @@ def metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[st
     }
 
 
-def write_calibration_texts(splits: dict[str, Split], per_detector: int = 200) -> None:
-    """A fixed sample of training rows: the int8 variant's activation ranges come from these
-    (`models.variants`), so deriving it needs no dataset and never sees validation rows."""
+def calibration_rows(splits: dict[str, Split], per_detector: int = 200) -> list[tuple[str, Example]]:
+    """A fixed sample of training rows, as (detector, row): the int8 variant's activation ranges come
+    from these (`models.variants`), and so do quant-aware training's (`quant_aware.FakeInt8`)."""
     rng = np.random.default_rng(0)
     rows = []
     for name in DETECTORS:
         train = splits[name].train
-        rows += [{"detector": name, "prompt": train[int(i)].prompt, "response": train[int(i)].response}
+        rows += [(name, train[int(i)])
                  for i in sorted(rng.choice(len(train), size=min(per_detector, len(train)), replace=False))]
+    return rows
+
+
+def write_calibration_texts(splits: dict[str, Split]) -> None:
+    """Committed, so that deriving the int8 variant needs no dataset and never sees validation rows."""
+    rows = [{"detector": name, "prompt": e.prompt, "response": e.response} for name, e in calibration_rows(splits)]
     variants.CALIBRATION_TEXTS.write_text(json.dumps(rows, indent=0, ensure_ascii=False) + "\n")
 
 
