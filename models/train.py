@@ -33,8 +33,9 @@ fully fine-tuned encoder flags 0, 3 and 0 (6 on set 3, the one that had informed
 Switching trades that for a lean repository, and should wait for a new held-out set.
 
 --quant-aware (models.quant_aware) trains so that the int8 variant scores what the float model does,
-which would let CPU workers serve int8 (`cpu_graph`). Three one-epoch LoRA runs on 2026-12-01 did not
-get there without costing accuracy (README, Detectors), so the shipped model is still v1.2.0."""
+which would let CPU workers serve int8 (`cpu_graph`). Four one-epoch LoRA runs and a self-distillation
+pilot on 2026-12-01 did not get there without costing accuracy (README, Detectors), so the shipped
+model is still v1.2.0."""
 
 from __future__ import annotations
 
@@ -104,6 +105,11 @@ SMALL_TASK_SHARE = 0.5
 # sycophancy 0.28 / 0.11 / 0.24; with dither, lr 1e-5 and frozen heads, after 600 steps 0.44 / 0.19 /
 # 0.16. Deception's share of rows moved by more than 0.02 only went from 18% to 12-14%: the training
 # texts' rounding errors shrink, other texts' do not.
+# The three label-loss runs above trained on FakeInt8's old smoothing (a factor per Linear from
+# running ranges), as far from the int8 graph as the float model is. Rerun on 2026-12-01 with it
+# matched to the variant and the code's defaults (LoRA, one epoch, 2,224 steps, 64 minutes): int8
+# 0.046 / 0.006 / 0.0001 from torch, but AUC 0.984 / 0.717 / 0.572, each below TF-IDF (0.990 /
+# 0.742 / 0.599). As before, the consistency term is met by flattening heads, whatever the arithmetic.
 QUANT_AWARE_SHARE = 0.5
 QUANT_AWARE_RAMP = 0.25
 CONSISTENCY_WEIGHT = 100.0
