@@ -167,10 +167,14 @@ class Featurizer:
                                                  for e in examples])
         return pad_batch(encodings, self.pad_id)
 
+    def feeds(self, examples: list[Example]) -> dict[str, Any]:
+        """`examples` as the encoder's torch inputs (one padded batch)."""
+        return {k: self.torch.from_numpy(v) for k, v in self.encode(examples).items()}
+
     def batches(self, examples: list[Example], batch: int = 32) -> Iterator[dict[str, Any]]:
         """`examples` as the encoder's torch inputs, `batch` at a time."""
         for i in range(0, len(examples), batch):
-            yield {k: self.torch.from_numpy(v) for k, v in self.encode(examples[i:i + batch]).items()}
+            yield self.feeds(examples[i:i + batch])
 
     tag = "frozen"  # part of the feature cache key: fine-tuning changes the encoder
 
@@ -186,8 +190,7 @@ class Featurizer:
         with self.torch.inference_mode():
             for i in range(0, len(order), batch):
                 idx = order[i:i + batch]
-                feeds = {k: self.torch.from_numpy(v) for k, v in self.encode([examples[j] for j in idx]).items()}
-                out[idx] = self.module.features(**feeds).numpy()
+                out[idx] = self.module.features(**self.feeds([examples[j] for j in idx])).numpy()
                 if i % (batch * 50) == 0:
                     print(f"  features {i}/{len(order)} ({time.time() - start:.0f}s)", flush=True)
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -365,7 +368,7 @@ def finetune(featurizer: Featurizer, splits: dict[str, Split], epochs: float, mi
         if time.time() - started > minutes * 60:
             break
         rows = [train_rows[DETECTORS[task]][i] for i in idx]
-        feeds = {k: torch.from_numpy(v) for k, v in featurizer.encode(rows).items()}
+        feeds = featurizer.feeds(rows)
         extra = torch.zeros(())
         weight = 0.0 if fake is None else consistency_weight(done, len(schedule))
         if not weight:
