@@ -19,6 +19,8 @@ def free_port() -> int:
 
 def die_with_parent() -> None:
     """`preexec_fn` for children that must not outlive their parent, even when the parent is
-    SIGKILLed (Linux only; elsewhere a no-op). The child gets SIGTERM and shuts down cleanly."""
+    SIGKILLed (Linux only; elsewhere a no-op). The child gets SIGTERM and shuts down cleanly.
+    Linux sends it when the *thread* that started the child exits, so start such children from a
+    thread that lives as long as they should (the main thread does)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -144,8 +144,9 @@ def test_redis_restart_with_aof_loses_no_accepted_output(shipped_models: Path, t
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDLINE_")}
     env.update({"REDLINE_REDIS_URL": server.url, "REDLINE_PORT": str(port), "REDLINE_MODELS_DIRS": str(shipped_models),
                 "REDLINE_DATA_DIR": str(tmp_path / "var"), "REDLINE_LOG_LEVEL": "WARNING",
-                # The batch in flight when Redis went away is abandoned; recover it in seconds rather
-                # than after the default 30 s, which is what this test used to spend most of its time on.
+                # A worker holding a batch when Redis goes away waits and scores it once Redis is back
+                # (tests/test_worker.py); a job popped just as Redis went down is the reaper's to
+                # recover: in seconds here, not after the default 30 s.
                 "REDLINE_REQUEUE_AFTER_S": "3", "REDLINE_WORKER_TTL_S": "2"})
     # `redline serve` with an external Redis: it restarts a worker that dies while Redis is away.
     serve = Proc([sys.executable, "-m", "service.cli", "serve"], env, tmp_path / "serve.log")

@@ -1,18 +1,25 @@
 """ScoringWorker in-process (burst mode) against a real Redis: batching, JSON jobs, recovery."""
 
 import json
+import logging
+import threading
 import time
 import zlib
+from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
 
 from models.synthetic import DEFAULT_HEADS, keyword_score
 from service.core import Redline
+from service.embedded_redis import EmbeddedRedis
 from service.settings import Settings
 from service.store import NewOutput
 from workers.reaper import requeue_abandoned
 from workers.worker import build_worker
+
+from .procs import free_port
 
 TEXTS = ["bleeding and a broken arm", "a calm day in the park", "that claim is a lie", "hello world"]
 
@@ -101,3 +108,53 @@ def test_reaper_requeues_outputs_whose_job_was_lost(redis: Redis, settings: Sett
     assert [core.store.get(f"lost{i}")["status"] for i in range(3)] == ["scored"] * 3  # type: ignore[index]
     assert core.store.get("held")["status"] == "queued"  # type: ignore[index]
     assert core.store.counters()["scored|injury|m"] == 3
+
+
+def test_a_worker_that_loses_redis_mid_batch_waits_and_scores_the_batch_once(
+        synthetic_models: Path, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Its own Redis (with AOF, as in production), because this test stops it.
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), persist=True).start()
+    try:
+        settings = Settings(redis_url=server.url, models_dirs=(synthetic_models,), queue_prefix=prefix)
+        redis = Redis.from_url(server.url)
+        core = Redline(settings, redis)
+        ids = _submit(core, n_requests=3, per_request=2)
+        worker = build_worker(redis, settings)
+        write = worker.scorer.store.finish_scored
+        writes: list[int | str] = []  # what each write call did: outputs written, or "lost"
+        done = threading.Event()
+
+        def restart_redis_later() -> None:
+            time.sleep(1.5)
+            server.start()
+            done.wait(60)  # Redis dies with the thread that started it (die_with_parent)
+
+        def redis_goes_away_before_the_first_write(*args: Any, **kwargs: Any) -> int:
+            if not writes:  # inference is done; Redis stops now and is back 1.5 s later
+                server.stop()
+                threading.Thread(target=restart_redis_later, daemon=True).start()
+            try:
+                written = write(*args, **kwargs)
+            except Exception:
+                writes.append("lost")
+                raise
+            writes.append(written)
+            return written
+
+        worker.scorer.store.finish_scored = redis_goes_away_before_the_first_write  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="workers.worker"):
+            worker.work(burst=True)  # before the fix this raised: per-job scoring cannot reach Redis either
+
+        records = core.store.get_many(ids)
+        assert [r["status"] if r else None for r in records] == ["scored"] * len(ids)
+        assert len({r["batch"]["id"] for r in records if r}) == 1  # the same batch, scored on its second try
+        # The batch's write met no Redis, its second try wrote all six; the jobs' own runs then found
+        # nothing left to score.
+        assert writes[:2] == ["lost", len(ids)] and set(writes[2:]) <= {0}
+        assert core.store.counters()["scored|injury|m"] == len(ids)  # once each
+        assert redis.zcard(core.keys.pending) == 0
+        assert "waiting for it to come back" in caplog.text and "Redis is back" in caplog.text
+        assert "per-job" not in caplog.text
+    finally:
+        server.stop()
+        done.set()

@@ -11,9 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -30,6 +34,9 @@ from .scorer import BatchReport, Scorer
 log = logging.getLogger(__name__)
 
 REAPER_INTERVAL_S = 5.0
+REDIS_LOST = (RedisConnectionError, RedisTimeoutError)
+T = TypeVar("T")
+REDIS_POLL_S = 1.0  # how often a worker that lost Redis mid-batch checks whether it is back
 
 
 class Heart(threading.Thread):
@@ -50,13 +57,19 @@ class Heart(threading.Thread):
     def hold(self, job_ids: list[str]) -> None:
         with self._lock:
             self.held.update(job_ids)
-        self._refresh_leases(job_ids)
+        try:
+            self._refresh_leases(job_ids)
+        except REDIS_LOST:  # taken when Redis is back, by the next beat
+            log.warning("could not lease %d jobs: Redis is unreachable", len(job_ids))
 
     def release(self, job_ids: list[str]) -> None:
         with self._lock:
             self.held.difference_update(job_ids)
         if job_ids:
-            self.redis.delete(*[self.keys.lease(j) for j in job_ids])
+            try:
+                self.redis.delete(*[self.keys.lease(j) for j in job_ids])
+            except REDIS_LOST:  # the leases expire by themselves (worker_ttl_s)
+                log.warning("could not release the leases of %d jobs: Redis is unreachable", len(job_ids))
 
     def beat(self) -> None:
         """Publish liveness now (also called once before the first job)."""
@@ -75,7 +88,9 @@ class Heart(threading.Thread):
             try:
                 self.beat()
                 self._maybe_reap()
-            except Exception:  # Redis restarting: keep beating once it is back
+            except REDIS_LOST as exc:  # Redis restarting: keep beating once it is back
+                log.warning("heartbeat failed: %s", exc)
+            except Exception:
                 log.exception("heartbeat failed")
 
     def stop(self) -> None:
@@ -111,33 +126,73 @@ class ScoringWorker(SimpleWorker):
     last_report: BatchReport | None = None
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        self.set_state(WorkerStatus.BUSY)  # a SIGTERM from here on finishes the batch, then stops
+        # A SIGTERM from here on finishes the batch, then stops.
+        self._riding_out_redis_loss(lambda: self.set_state(WorkerStatus.BUSY), "marking the worker busy")
         batch, ids = self._gather(job, queue)  # leases are taken as each job is popped
         job_ids = [j.id for j, _ in batch]
         try:
             try:
-                self.last_report = self.scorer.score(ids)
-                log.info("batch %s: %d outputs from %d jobs, session calls %s", self.last_report.batch_id,
-                         len(ids), len(batch), self.last_report.calls)
+                report = self._riding_out_redis_loss(lambda: self.scorer.score(ids),
+                                                     f"scoring a batch of {len(ids)} outputs")
+                self.last_report = report
+                log.info("batch %s: %d outputs from %d jobs, session calls %s", report.batch_id,
+                         len(ids), len(batch), report.calls)
+            except REDIS_LOST:
+                raise  # stopped while Redis was away: the leases lapse and the reaper requeues the batch
             except Exception:
                 # Each job then scores its own outputs and fails or retries through RQ as usual.
                 log.exception("batched scoring failed; falling back to per-job scoring")
             for each, origin in batch:
-                self.perform_job(each, origin, self.prepare_execution(each))
+                # Run again after an outage, the job finds its outputs scored and completes.
+                self._riding_out_redis_loss(partial(self._complete, each, origin), f"completing job {each.id}")
         finally:
             self.heart.release(job_ids)
-            self.set_state(WorkerStatus.IDLE)
+            self._riding_out_redis_loss(lambda: self.set_state(WorkerStatus.IDLE), "marking the worker idle")
+
+    def _complete(self, job: Job, queue: Queue) -> None:
+        self.perform_job(job, queue, self.prepare_execution(job))
+
+    def _riding_out_redis_loss(self, step: Callable[[], T], what: str) -> T:
+        """Run `step`; if Redis goes away meanwhile, wait for it and run `step` again.
+
+        Without Redis nothing can be done for the batch: per-job scoring cannot write either, and
+        exiting would reload every model and leave the batch to the reaper's grace period. Running
+        a step again is safe: scoring skips outputs whose scores were already written (one atomic
+        script per batch), and the heart renews the batch's leases once Redis is back. A stop
+        request (SIGTERM) while waiting gives up; the reaper then recovers the batch.
+        """
+        while True:
+            try:
+                return step()
+            except REDIS_LOST as exc:
+                log.warning("lost Redis while %s (%s); waiting for it to come back", what, exc)
+                self._wait_for_redis()
+                log.warning("Redis is back; %s again", what)
+
+    def _wait_for_redis(self) -> None:
+        while True:
+            if self._stop_requested:
+                raise RedisConnectionError("stop requested while waiting for Redis")
+            try:
+                self.connection.ping()
+                return
+            except REDIS_LOST:
+                time.sleep(REDIS_POLL_S)
 
     def _gather(self, job: Job, queue: Queue) -> tuple[list[tuple[Job, Queue]], list[str]]:
         """Take more queued jobs until the batch is full or the wait is over (dynamic batching).
-        Returns the jobs and all their output ids."""
+        Returns the jobs and all their output ids. Losing Redis ends the gathering: the batch
+        taken so far is scored once Redis is back."""
         batch = [(job, queue)]
         self.heart.hold([job.id])
         ids = _output_ids(job)
         deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000
         while len(ids) < self.settings.max_batch:
-            found = self.queue_class.dequeue_any(self._ordered_queues, None, connection=self.connection,
-                                                 job_class=self.job_class, serializer=self.serializer)
+            try:
+                found = self.queue_class.dequeue_any(self._ordered_queues, None, connection=self.connection,
+                                                     job_class=self.job_class, serializer=self.serializer)
+            except REDIS_LOST:
+                break  # a job popped as Redis went away is never seen here: the reaper requeues it
             if found is None:
                 if time.monotonic() >= deadline:
                     break
