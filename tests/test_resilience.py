@@ -138,6 +138,29 @@ def test_sigterm_finishes_the_current_batch_then_exits(redis_url: str, shipped_m
     worker.stop()
 
 
+def test_a_worker_started_before_its_redis_waits_for_it(synthetic_models: Path, tmp_path: Path) -> None:
+    prefix = "early" + uuid.uuid4().hex[:6]
+    port = free_port()  # nothing listens here yet
+    url = f"redis://127.0.0.1:{port}/0"
+    worker = Proc([sys.executable, "-m", "service.cli", "worker"], redline_env(url, synthetic_models, prefix),
+                  tmp_path / "worker.log")
+    server = EmbeddedRedis(tmp_path / "redis", port=port, persist=False)
+    try:
+        wait_for(lambda: "waiting for Redis" in worker.log() or not worker.alive(), timeout=60)
+        time.sleep(1)  # a few more failed pings
+        assert worker.alive(), worker.log()  # before, it exited with a traceback from RQ's constructor
+        server.start()
+        redis = Redis.from_url(url)
+        core = Redline(Settings(redis_url=url, models_dirs=(synthetic_models,), queue_prefix=prefix), redis)
+        core.submit([NewOutput(id="e1", model="m", response="bleeding and a broken arm", detectors=["injury"])])
+        wait_for(lambda: _all_scored(redis, prefix, ["e1"]), timeout=60)
+        assert worker.alive() and worker.log().count("waiting for Redis") == 1, worker.log()
+        assert "Traceback" not in worker.log(), worker.log()
+    finally:
+        worker.stop()
+        server.stop()
+
+
 def test_redis_restart_with_aof_loses_no_accepted_output(shipped_models: Path, tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "redis", port=free_port(), persist=True).start()
     port = free_port()
