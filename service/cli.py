@@ -192,6 +192,8 @@ def serve(settings: Settings) -> int:
             if api.poll() is not None:
                 log.error("API exited with code %s; stopping", api.returncode)
                 break
+            if redis_server and not restart_crashed_redis(redis_server):
+                break
             for slot in slots:
                 slot.tick(time.monotonic())
     finally:
@@ -201,6 +203,25 @@ def serve(settings: Settings) -> int:
         if redis_server:
             redis_server.stop()
     return 0 if stopping else 1
+
+
+def restart_crashed_redis(server: Any) -> bool:
+    """Restart the embedded Redis if it died (OOM killer, a crash): from its append-only file it
+    comes back with every output it had accepted (up to its last second of writes after a hard
+    kill, `appendfsync everysec`). Meanwhile the API answers 503 and workers wait for it. Returns
+    False when it will not start again (a corrupt AOF, a full disk): that needs a person, so
+    `redline serve` stops rather than restart it in a loop."""
+    code = server.exited()
+    if code is None:
+        return True
+    log.error("embedded Redis exited with code %s; restarting it. Its log ends:\n%s", code, server.log_tail())
+    try:
+        server.start()
+    except ConfigError as exc:
+        log.error("embedded Redis did not restart (%s); stopping", exc.message)
+        return False
+    log.warning("embedded Redis is back at %s", server.url)
+    return True
 
 
 class WorkerSlot:

@@ -73,6 +73,16 @@ class EmbeddedRedis:
                     raise ConfigError(f"redis-server did not answer within {timeout_s}s") from None
                 time.sleep(0.05)
 
+    def exited(self) -> int | None:
+        """The exit status of a server that has stopped (crashed, OOM-killed) without `stop()`."""
+        return None if self.process is None else self.process.poll()
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            return "\n".join((self.data_dir / "redis.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,23 @@ def test_serve_starts_everything_scores_restarts_workers_and_stops_cleanly(tmp_p
         baking = "Preheat the oven to 180 degrees and bake for twenty minutes."
         r = requests.post(base + "/v1/score", json={"outputs": [{"model": "m", "response": baking}]}, timeout=10)
         assert r.status_code == 200 and r.json()["outputs"][0]["scores"]["injury"]["flagged"] is False
+
+        # The embedded Redis dies (OOM killer, say): serve restarts it from its append-only file.
+        r = requests.post(base + "/v1/outputs", json={"outputs": [{"model": "m", "response": injured}]}, timeout=10)
+        assert r.status_code == 202, r.text
+        kept = r.json()["outputs"][0]["id"]
+        wait_for(lambda: requests.get(f"{base}/v1/outputs/{kept}", timeout=5).json()["status"] == "scored")
+        time.sleep(1.5)  # appendfsync everysec: a hard kill may lose the last second, not this
+        old_pid = int(redis.info("server")["process_id"])
+        os.kill(old_pid, signal.SIGKILL)
+        wait_for(lambda: "embedded Redis is back" in serve.log(), timeout=60)
+        wait_for(ready, timeout=60)
+        assert int(redis.info("server")["process_id"]) != old_pid
+        after = requests.get(f"{base}/v1/outputs/{kept}", timeout=5).json()
+        assert after["status"] == "scored" and after["scores"]["injury"]["flagged"] is True
+        r = requests.post(base + "/v1/score", json={"outputs": [{"model": "m", "response": injured}]}, timeout=30)
+        assert r.status_code == 200 and r.json()["outputs"][0]["scores"]["injury"]["flagged"] is True, r.text
+        assert serve.alive()
     finally:
         serve.popen.send_signal(signal.SIGINT)  # what Ctrl-C sends
         code = serve.popen.wait(timeout=60)
