@@ -117,36 +117,14 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
         raise ConfigError("REDLINE_REDIS_URL is not set")
     from redis import Redis
 
-    from workers.worker import build_worker
+    from workers.worker import build_worker, wait_for_redis
 
     build_shipped_graphs(settings)
     redis = Redis.from_url(settings.redis_url)
-    wait_for_redis(redis)
+    wait_for_redis(redis)  # RQ's Worker talks to Redis as it is built
     worker = build_worker(redis, settings)
     worker.work(burst=burst, logging_level=settings.log_level)
     return 0
-
-
-def wait_for_redis(redis: Any, remind_every_s: float = 30.0) -> None:
-    """Block until Redis answers. A worker started before its Redis (a deploy where Redis comes
-    up later, a restart while Redis is away) waits instead of exiting with a traceback, so
-    neither `redline serve` nor an orchestrator has to restart it in a loop, reloading models."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    said = None
-    while True:
-        try:
-            redis.ping()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            if said is None or time.monotonic() - said >= remind_every_s:
-                log.warning("waiting for Redis: %s", exc)
-                said = time.monotonic()
-            time.sleep(0.5)
-            continue
-        if said is not None:
-            log.warning("Redis answers; starting the worker")
-        return
 
 
 def serve(settings: Settings) -> int:

@@ -153,7 +153,8 @@ def test_a_worker_that_loses_redis_mid_batch_waits_and_scores_the_batch_once(
         assert writes[:2] == ["lost", len(ids)] and set(writes[2:]) <= {0}
         assert core.store.counters()["scored|injury|m"] == len(ids)  # once each
         assert redis.zcard(core.keys.pending) == 0
-        assert "waiting for it to come back" in caplog.text and "Redis is back" in caplog.text
+        assert "lost Redis while scoring a batch of 6 outputs" in caplog.text
+        assert "Redis answers" in caplog.text and "Scoring a batch of 6 outputs again" in caplog.text
         assert "per-job" not in caplog.text
     finally:
         server.stop()

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 REAPER_INTERVAL_S = 5.0
 REDIS_LOST = (RedisConnectionError, RedisTimeoutError)
 T = TypeVar("T")
-REDIS_POLL_S = 1.0  # how often a worker that lost Redis mid-batch checks whether it is back
+REDIS_POLL_S = 0.5  # how often a worker waiting for Redis checks whether it answers
 
 
 class Heart(threading.Thread):
@@ -164,20 +164,10 @@ class ScoringWorker(SimpleWorker):
         while True:
             try:
                 return step()
-            except REDIS_LOST as exc:
-                log.warning("lost Redis while %s (%s); waiting for it to come back", what, exc)
-                self._wait_for_redis()
-                log.warning("Redis is back; %s again", what)
-
-    def _wait_for_redis(self) -> None:
-        while True:
-            if self._stop_requested:
-                raise RedisConnectionError("stop requested while waiting for Redis")
-            try:
-                self.connection.ping()
-                return
             except REDIS_LOST:
-                time.sleep(REDIS_POLL_S)
+                log.warning("lost Redis while %s", what)
+                wait_for_redis(self.connection, stop=lambda: self._stop_requested)
+                log.warning("%s again", what[0].upper() + what[1:])
 
     def _gather(self, job: Job, queue: Queue) -> tuple[list[tuple[Job, Queue]], list[str]]:
         """Take more queued jobs until the batch is full or the wait is over (dynamic batching).
@@ -206,6 +196,27 @@ class ScoringWorker(SimpleWorker):
     def teardown(self) -> None:
         self.heart.stop()
         super().teardown()
+
+
+def wait_for_redis(redis: Redis, stop: Callable[[], bool] = lambda: False, remind_every_s: float = 30.0) -> None:
+    """Block until Redis answers, saying so now and every `remind_every_s`; raise a
+    ConnectionError if `stop()` turns true first. Used by a worker started before its Redis and
+    by one that lost Redis mid-batch: waiting keeps the models loaded, where exiting would have
+    `redline serve` or an orchestrator restart it in a loop, reloading them each time."""
+    said: float | None = None
+    while not stop():
+        try:
+            redis.ping()
+        except REDIS_LOST as exc:
+            if said is None or time.monotonic() - said >= remind_every_s:
+                log.warning("waiting for Redis: %s", exc)
+                said = time.monotonic()
+            time.sleep(REDIS_POLL_S)
+            continue
+        if said is not None:
+            log.warning("Redis answers")
+        return
+    raise RedisConnectionError("stopped while waiting for Redis")
 
 
 def _output_ids(job: Job) -> list[str]:
