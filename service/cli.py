@@ -11,11 +11,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .processes import die_with_parent
 from .settings import Settings, unknown_variables
+
+if TYPE_CHECKING:
+    from .embedded_redis import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
@@ -183,7 +186,7 @@ def serve(settings: Settings) -> int:
     return 0 if stopping else 1
 
 
-def restart_crashed_redis(server: Any) -> bool:
+def restart_crashed_redis(server: EmbeddedRedis) -> bool:
     """Restart the embedded Redis if it died (OOM killer, a crash): from its append-only file it
     comes back with every output it had accepted (up to its last second of writes after a hard
     kill, `appendfsync everysec`). Meanwhile the API answers 503 and workers wait for it. Returns
