@@ -240,8 +240,30 @@ def test_dead_letters_list_failed_jobs_and_given_up_outputs(redis: Redis, settin
     record = core.store.get("doomed")
     assert record is not None and record["status"] == "failed"
     assert record["error"].startswith("gave up after 2 scoring attempts; last error: its job is gone")
+    # Two jobs that raised while carrying outputs. One raises after the batch it rode in scored its
+    # output (as when Redis blips during the job's own run): nothing is missing, so it is no dead
+    # letter. The other raises with its output unscored (scoring itself failed).
+    for i in ("saved", "stuck"):
+        core.store.create([NewOutput(id=i, model="m", response="fine", detectors=["injury"])], job_id=f"raises-{i}")
+    core.queues.by_priority["default"].enqueue_call("workers.jobs.score_outputs", args=(["saved"],),
+                                                    kwargs={"unexpected": 1}, job_id="raises-saved")
+    build_worker(redis, settings).work(burst=True)
+    core.queues.enqueue(["stuck"], "raises-stuck")
+    broken = build_worker(redis, settings)
+
+    def scoring_fails(output_ids: list[str]) -> None:
+        raise RuntimeError("inference session lost")
+
+    broken.scorer.score = scoring_fails  # type: ignore[method-assign,assignment]
+    broken.work(burst=True)
+    assert [r["status"] for r in core.store.get_many(["saved", "stuck"]) if r] == ["scored", "queued"]
     body = create_app(settings, redis).test_client().get("/v1/dead-letters").get_json()
     assert [o["id"] for o in body["outputs"]] == ["doomed"] and body["outputs"][0]["error"] == record["error"]
-    [job] = body["jobs"]
-    assert "TypeError" in job["error"] and job["queue"] == "default"
+    jobs = {job["id"]: job for job in body["jobs"]}
+    assert len(jobs) == 2 and "raises-stuck" in jobs and "raises-saved" not in jobs
+    assert jobs["raises-stuck"]["output_ids"] == ["stuck"]
+    assert jobs["raises-stuck"]["error"] == "RuntimeError: inference session lost"
+    [malformed] = [job for job in body["jobs"] if job["output_ids"] == []]
+    assert "TypeError" in malformed["error"] and malformed["queue"] == "default"
+    redis.zrem(core.keys.pending, "stuck")  # left unscored on purpose
     assert redis.zcard(core.keys.pending) == 0

@@ -13,6 +13,7 @@ from ..app import caller, core
 from ..core import iso
 from ..errors import ValidationFailed
 from ..keys import text
+from ..store import SCORED
 
 bp = Blueprint("dead_letters", __name__)
 
@@ -20,7 +21,8 @@ bp = Blueprint("dead_letters", __name__)
 @bp.get("/v1/dead-letters")
 def dead_letters() -> dict[str, Any]:
     """Outputs given up on (status failed, with the reason) and scoring jobs that raised (RQ's failed
-    job registry, with the exception). Newest first; `limit` (default 100, at most 1000)."""
+    job registry, with the exception) while some of their outputs are still unscored. Newest first;
+    `limit` (default 100, at most 1000)."""
     redline, who = core(), caller()
     raw = request.args.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
@@ -31,20 +33,30 @@ def dead_letters() -> dict[str, Any]:
     records = redline.store.get_many([i for i, _ in dead], ["id", "status", "error", "model"])
     outputs = [{"id": who.public_id(r["id"]), "model": who.public_model(r.get("model", "")), "status": r.get("status"),
                 "error": r.get("error"), "failed_at": iso(t)} for r, (_, t) in zip(records, dead, strict=True) if r]
-    jobs = []
+    failed: list[tuple[str, Job, list[str]]] = []  # (queue, job, the caller's output ids in it)
     for priority, queue in redline.queues.by_priority.items():
-        registry = FailedJobRegistry(queue=queue)
-        ids = registry.get_job_ids(0, limit - 1)
-        for job in Job.fetch_many(ids, connection=redline.redis, serializer=JSONSerializer):
+        job_ids = FailedJobRegistry(queue=queue).get_job_ids(0, limit - 1)
+        for job in Job.fetch_many(job_ids, connection=redline.redis, serializer=JSONSerializer):
             if job is None:  # expired between listing and fetching
                 continue
-            result = job.latest_result()
-            error = (result.exc_string or "") if result is not None else ""
-            lines = [line for line in error.strip().splitlines() if line.strip()]
             ids = job.args[0] if job.args and isinstance(job.args[0], list) else []
-            mine = [who.public_id(i) for i in ids if isinstance(i, str) and who.owns(i)]
-            if ids and not mine:
+            owned = [i for i in ids if isinstance(i, str) and who.owns(i)]
+            if ids and not owned:
                 continue  # another tenant's job
-            jobs.append({"id": job.id, "queue": priority, "error": lines[-1] if lines else None,
-                         "output_ids": mine, "failed_at": iso(job.ended_at.timestamp()) if job.ended_at else None})
+            failed.append((priority, job, owned))
+    in_jobs = sorted({i for _, _, owned in failed for i in owned})
+    status = {i: (r or {}).get("status") for i, r in zip(in_jobs, redline.store.get_many(in_jobs, ["status"]),
+                                                           strict=True)}
+    jobs = []
+    for priority, job, owned in failed:
+        if owned and all(status[i] == SCORED for i in owned):
+            # Nothing is missing: a retry, or the batch these outputs rode in, scored them all (e.g.
+            # Redis blipped while the job's own run was reading, and RQ recorded that error).
+            continue
+        result = job.latest_result()
+        error = (result.exc_string or "") if result is not None else ""
+        lines = [line for line in error.strip().splitlines() if line.strip()]
+        jobs.append({"id": job.id, "queue": priority, "error": lines[-1] if lines else None,
+                     "output_ids": [who.public_id(i) for i in owned],
+                     "failed_at": iso(job.ended_at.timestamp()) if job.ended_at else None})
     return {"outputs": outputs, "jobs": jobs[:limit]}
