@@ -159,3 +159,48 @@ def test_a_worker_that_loses_redis_mid_batch_waits_and_scores_the_batch_once(
     finally:
         server.stop()
         done.set()
+
+
+def test_a_job_whose_own_run_loses_redis_waits_and_completes(
+        synthetic_models: Path, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The narrow window a batch cannot cover: Redis goes away during a job's own run and is back
+    # before RQ records the outcome. Before, RQ recorded the ConnectionError as the job's failure
+    # (a dead letter, and its outputs left to the reaper); now the run waits for Redis and goes on.
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), persist=True).start()
+    try:
+        settings = Settings(redis_url=server.url, models_dirs=(synthetic_models,), queue_prefix=prefix)
+        redis = Redis.from_url(server.url)
+        core = Redline(settings, redis)
+        ids = _submit(core, n_requests=1, per_request=2)
+        worker = build_worker(redis, settings)
+        score = worker.scorer.score  # the same scorer runs the batch and each job's own run
+        calls: list[str] = []
+
+        def batch_fails_then_redis_blips_in_the_jobs_run(output_ids: list[str]) -> Any:
+            calls.append("batch" if not calls else "job")
+            if len(calls) == 1:  # not a Redis error: the worker falls back to each job's own run
+                raise RuntimeError("batch path broken")
+            if len(calls) == 2:
+                server.stop()
+                try:
+                    return score(output_ids)
+                finally:
+                    server.start()  # back before the exception reaches RQ
+            return score(output_ids)
+
+        worker.scorer.score = batch_fails_then_redis_blips_in_the_jobs_run  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="workers"):
+            worker.work(burst=True)
+
+        records = core.store.get_many(ids)
+        assert [r["status"] if r else None for r in records] == ["scored"] * len(ids)
+        assert calls == ["batch", "job", "job"]
+        assert core.store.counters()["scored|injury|m"] == len(ids)
+        [job_id] = {r["job"] for r in records if r}
+        queue = core.queues.by_priority["default"]
+        assert queue.failed_job_registry.get_job_ids() == []
+        assert job_id in queue.finished_job_registry.get_job_ids()
+        assert redis.zcard(core.keys.pending) == 0
+        assert f"lost Redis while running job {job_id}" in caplog.text
+    finally:
+        server.stop()

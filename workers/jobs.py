@@ -7,6 +7,7 @@ from typing import Any
 from rq import get_current_job
 
 from . import runtime
+from .worker import riding_out_redis_loss
 
 
 def score_outputs(output_ids: list[str]) -> dict[str, Any]:
@@ -14,5 +15,8 @@ def score_outputs(output_ids: list[str]) -> dict[str, Any]:
     when the job's outputs rode along in an earlier batch, and safe to run twice."""
     job = get_current_job()
     assert job is not None, "score_outputs runs inside an RQ worker"
-    report = runtime.current(job.connection).score(output_ids)
+    scorer = runtime.current(job.connection)
+    # Wait out a Redis restart here too: raising would have RQ record the ConnectionError as this
+    # job's failure (a dead letter) once Redis is back, and leave its outputs to the reaper.
+    report = riding_out_redis_loss(job.connection, lambda: scorer.score(output_ids), f"running job {job.id}")
     return {"batch": report.batch_id, "scored": report.scored, "failed": report.failed}

@@ -153,21 +153,11 @@ class ScoringWorker(SimpleWorker):
         self.perform_job(job, queue, self.prepare_execution(job))
 
     def _riding_out_redis_loss(self, step: Callable[[], T], what: str) -> T:
-        """Run `step`; if Redis goes away meanwhile, wait for it and run `step` again.
-
-        Without Redis nothing can be done for the batch: per-job scoring cannot write either, and
-        exiting would reload every model and leave the batch to the reaper's grace period. Running
-        a step again is safe: scoring skips outputs whose scores were already written (one atomic
-        script per batch), and the heart renews the batch's leases once Redis is back. A stop
-        request (SIGTERM) while waiting gives up; the reaper then recovers the batch.
-        """
-        while True:
-            try:
-                return step()
-            except REDIS_LOST:
-                log.warning("lost Redis while %s", what)
-                wait_for_redis(self.connection, stop=lambda: self._stop_requested)
-                log.warning("%s again", what[0].upper() + what[1:])
+        # Without Redis nothing can be done for the batch: per-job scoring cannot write either, and
+        # exiting would reload every model and leave the batch to the reaper's grace period. The
+        # heart renews the batch's leases once Redis is back. A stop request (SIGTERM) while
+        # waiting gives up; the reaper then recovers the batch.
+        return riding_out_redis_loss(self.connection, step, what, stop=lambda: self._stop_requested)
 
     def _gather(self, job: Job, queue: Queue) -> tuple[list[tuple[Job, Queue]], list[str]]:
         """Take more queued jobs until the batch is full or the wait is over (dynamic batching).
@@ -196,6 +186,20 @@ class ScoringWorker(SimpleWorker):
     def teardown(self) -> None:
         self.heart.stop()
         super().teardown()
+
+
+def riding_out_redis_loss(redis: Redis, step: Callable[[], T], what: str,
+                          stop: Callable[[], bool] = lambda: False) -> T:
+    """Run `step`; if Redis goes away meanwhile, wait for it (see `wait_for_redis`) and run `step`
+    again. Only for steps that are safe to run twice: scoring skips outputs whose scores were
+    already written (one atomic script per batch), and RQ's bookkeeping is keyed by job id."""
+    while True:
+        try:
+            return step()
+        except REDIS_LOST:
+            log.warning("lost Redis while %s", what)
+            wait_for_redis(redis, stop=stop)
+            log.warning("%s again", what[0].upper() + what[1:])
 
 
 def wait_for_redis(redis: Redis, stop: Callable[[], bool] = lambda: False, remind_every_s: float = 30.0) -> None:
