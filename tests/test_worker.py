@@ -5,6 +5,7 @@ import logging
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,17 @@ def _submit(core: Redline, n_requests: int, per_request: int) -> list[str]:
         core.submit(outs)
         ids += [o.id for o in outs]
     return ids
+
+
+@pytest.fixture()
+def stoppable(synthetic_models: Path, prefix: str, tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, Redline]]:
+    """A Redis of the test's own (with AOF, as in production) for tests that stop it, and a core on it."""
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), persist=True).start()
+    try:
+        settings = Settings(redis_url=server.url, models_dirs=(synthetic_models,), queue_prefix=prefix)
+        yield server, Redline(settings, Redis.from_url(server.url))
+    finally:
+        server.stop()
 
 
 def _run_burst(redis: Redis, settings: Settings) -> None:
@@ -111,18 +123,15 @@ def test_reaper_requeues_outputs_whose_job_was_lost(redis: Redis, settings: Sett
 
 
 def test_a_worker_that_loses_redis_mid_batch_waits_and_scores_the_batch_once(
-        synthetic_models: Path, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    # Its own Redis (with AOF, as in production), because this test stops it.
-    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), persist=True).start()
+        stoppable: tuple[EmbeddedRedis, Redline], caplog: pytest.LogCaptureFixture) -> None:
+    server, core = stoppable
+    redis = core.redis
+    ids = _submit(core, n_requests=3, per_request=2)
+    worker = build_worker(redis, core.settings)
+    done = threading.Event()
     try:
-        settings = Settings(redis_url=server.url, models_dirs=(synthetic_models,), queue_prefix=prefix)
-        redis = Redis.from_url(server.url)
-        core = Redline(settings, redis)
-        ids = _submit(core, n_requests=3, per_request=2)
-        worker = build_worker(redis, settings)
         write = worker.scorer.store.finish_scored
         writes: list[int | str] = []  # what each write call did: outputs written, or "lost"
-        done = threading.Event()
 
         def restart_redis_later() -> None:
             time.sleep(1.5)
@@ -157,50 +166,45 @@ def test_a_worker_that_loses_redis_mid_batch_waits_and_scores_the_batch_once(
         assert "Redis answers" in caplog.text and "Scoring a batch of 6 outputs again" in caplog.text
         assert "per-job" not in caplog.text
     finally:
-        server.stop()
+        server.stop()  # before its starting thread ends, which would SIGKILL it (die_with_parent)
         done.set()
 
 
 def test_a_job_whose_own_run_loses_redis_waits_and_completes(
-        synthetic_models: Path, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        stoppable: tuple[EmbeddedRedis, Redline], caplog: pytest.LogCaptureFixture) -> None:
     # The narrow window a batch cannot cover: Redis goes away during a job's own run and is back
     # before RQ records the outcome. Before, RQ recorded the ConnectionError as the job's failure
     # (a dead letter, and its outputs left to the reaper); now the run waits for Redis and goes on.
-    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), persist=True).start()
-    try:
-        settings = Settings(redis_url=server.url, models_dirs=(synthetic_models,), queue_prefix=prefix)
-        redis = Redis.from_url(server.url)
-        core = Redline(settings, redis)
-        ids = _submit(core, n_requests=1, per_request=2)
-        worker = build_worker(redis, settings)
-        score = worker.scorer.score  # the same scorer runs the batch and each job's own run
-        calls: list[str] = []
+    server, core = stoppable
+    redis = core.redis
+    ids = _submit(core, n_requests=1, per_request=2)
+    worker = build_worker(redis, core.settings)
+    score = worker.scorer.score  # the same scorer runs the batch and each job's own run
+    calls: list[str] = []
 
-        def batch_fails_then_redis_blips_in_the_jobs_run(output_ids: list[str]) -> Any:
-            calls.append("batch" if not calls else "job")
-            if len(calls) == 1:  # not a Redis error: the worker falls back to each job's own run
-                raise RuntimeError("batch path broken")
-            if len(calls) == 2:
-                server.stop()
-                try:
-                    return score(output_ids)
-                finally:
-                    server.start()  # back before the exception reaches RQ
-            return score(output_ids)
+    def batch_fails_then_redis_blips_in_the_jobs_run(output_ids: list[str]) -> Any:
+        calls.append("batch" if not calls else "job")
+        if len(calls) == 1:  # not a Redis error: the worker falls back to each job's own run
+            raise RuntimeError("batch path broken")
+        if len(calls) == 2:
+            server.stop()
+            try:
+                return score(output_ids)
+            finally:
+                server.start()  # back before the exception reaches RQ
+        return score(output_ids)
 
-        worker.scorer.score = batch_fails_then_redis_blips_in_the_jobs_run  # type: ignore[method-assign]
-        with caplog.at_level(logging.WARNING, logger="workers"):
-            worker.work(burst=True)
+    worker.scorer.score = batch_fails_then_redis_blips_in_the_jobs_run  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="workers"):
+        worker.work(burst=True)
 
-        records = core.store.get_many(ids)
-        assert [r["status"] if r else None for r in records] == ["scored"] * len(ids)
-        assert calls == ["batch", "job", "job"]
-        assert core.store.counters()["scored|injury|m"] == len(ids)
-        [job_id] = {r["job"] for r in records if r}
-        queue = core.queues.by_priority["default"]
-        assert queue.failed_job_registry.get_job_ids() == []
-        assert job_id in queue.finished_job_registry.get_job_ids()
-        assert redis.zcard(core.keys.pending) == 0
-        assert f"lost Redis while running job {job_id}" in caplog.text
-    finally:
-        server.stop()
+    records = core.store.get_many(ids)
+    assert [r["status"] if r else None for r in records] == ["scored"] * len(ids)
+    assert calls == ["batch", "job", "job"]
+    assert core.store.counters()["scored|injury|m"] == len(ids)
+    [job_id] = {r["job"] for r in records if r}
+    queue = core.queues.by_priority["default"]
+    assert queue.failed_job_registry.get_job_ids() == []
+    assert job_id in queue.finished_job_registry.get_job_ids()
+    assert redis.zcard(core.keys.pending) == 0
+    assert f"lost Redis while running job {job_id}" in caplog.text
