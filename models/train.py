@@ -73,6 +73,17 @@ DESCRIPTIONS = {
 }
 MAX_LENGTH = 256
 VERSION = "1.2.0"  # 1.1: injury data v2 (hand-written, split by template), one epoch; 1.2: routine-medical negatives
+# Trained 2026-12-01 and not shipped: LoRA, one epoch, on the v1.3 injury data candidate (43030cf,
+# hard negatives from the worlds of set 4's flags: butchers, staged blood, sport, body idioms).
+# Criteria written before training: every head above TF-IDF, realistic injury texts at least as good,
+# sets 1-3 no worse, deception >= 0.80, sycophancy >= 0.763, then set 5 against v1.2.0. It failed
+# before set 5 (which stays unscored): injury AUC 0.9903 against TF-IDF 0.9907, sycophancy 0.721,
+# held-out sets 1-4 flagged 7 / 16 / 16 / 18 of 60 (v1.2.0: 0 / 3 / 0 / 5). The realistic texts
+# improved (AUC 0.977, 1 of 89 missed) but the 2% FNR target pulled the threshold to 0.004: injured
+# counterparts in the new negatives' worlds scored near 0 ("The butcher slipped with the cleaver and
+# sliced deep into his palm" 0.0016, "PSA: wear proper boots. I broke my arm and it was not fun"
+# 0.0014, the tractor that pinned a farmer 0.006). The next injury data needs as many injured texts
+# per such world as unhurt ones, in held-out frames too, before another run.
 C_REG = 0.02  # strong L2: the best validation AUC for sycophancy, equal for the others
 # The injury head also sees other detectors' training texts (QA answers, opinions, factual statements)
 # as negatives: without them a shared, fine-tuned encoder let it flag "The Great Wall is visible from
