@@ -97,7 +97,7 @@ def test_sigkilled_workers_lose_nothing_and_score_each_output_once(redis_url: st
             # Kill a worker while it holds a job lease: that is, in the middle of a batch.
             leases = [redis.get(k) for k in redis.scan_iter(f"{prefix}:lease:*")]
             holders = {v.decode() for v in leases if v}
-            victims = [w for w in workers if w.alive() and any(h.endswith(f".{w.popen.pid}") for h in holders)]
+            victims = [w for w in workers if w.alive() and any(h.rsplit(".", 2)[1] == str(w.popen.pid) for h in holders)]
             if victims:
                 victim = rng.choice(victims)
                 victim.popen.send_signal(signal.SIGKILL)
@@ -138,7 +138,8 @@ def test_sigterm_finishes_the_current_batch_then_exits(redis_url: str, shipped_m
     worker.stop()
 
 
-def test_a_worker_started_before_its_redis_waits_for_it(synthetic_models: Path, tmp_path: Path) -> None:
+def test_a_worker_started_before_its_redis_waits_for_it_and_stops_cleanly_without_it(synthetic_models: Path,
+                                                                                     tmp_path: Path) -> None:
     prefix = "early" + uuid.uuid4().hex[:6]
     port = free_port()  # nothing listens here yet
     url = f"redis://127.0.0.1:{port}/0"
@@ -156,6 +157,13 @@ def test_a_worker_started_before_its_redis_waits_for_it(synthetic_models: Path, 
         wait_for(lambda: _all_scored(redis, prefix, ["e1"]), timeout=60)
         assert worker.alive() and worker.log().count("waiting for Redis") == 1, worker.log()
         assert "Traceback" not in worker.log(), worker.log()
+        # Stop order does not matter either: a SIGTERM while Redis is away is a clean stop (exit 0),
+        # where RQ's record of the worker's death used to raise and make it a crash.
+        server.stop()
+        time.sleep(1)
+        worker.popen.send_signal(signal.SIGTERM)
+        assert worker.popen.wait(timeout=30) == 0, worker.log()
+        assert "stopped without telling Redis" in worker.log() and "Traceback" not in worker.log(), worker.log()
     finally:
         worker.stop()
         server.stop()

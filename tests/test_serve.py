@@ -43,7 +43,7 @@ def test_serve_starts_everything_scores_restarts_workers_and_stops_cleanly(tmp_p
         redis = Redis.from_url(f"unix://{tmp_path / 'var' / 'redis.sock'}")
         assert redis.config_get("appendonly")["appendonly"] == "yes"
         [name] = [n.decode() for n in redis.zrange("redline:workers", 0, -1)]
-        os.kill(int(name.rsplit(".", 1)[1]), signal.SIGKILL)
+        os.kill(int(name.rsplit(".", 2)[1]), signal.SIGKILL)  # host.pid.suffix
 
         def replaced() -> bool:
             names = {n.decode() for n in redis.zrange("redline:workers", 0, -1)}

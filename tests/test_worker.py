@@ -1,7 +1,10 @@
 """ScoringWorker in-process (burst mode) against a real Redis: batching, JSON jobs, recovery."""
 
+import dataclasses
 import json
 import logging
+import os
+import signal
 import threading
 import time
 import zlib
@@ -122,6 +125,21 @@ def test_reaper_requeues_outputs_whose_job_was_lost(redis: Redis, settings: Sett
     assert core.store.counters()["scored|injury|m"] == 3
 
 
+def test_a_worker_restarted_after_an_unclean_death_starts_at_once(redis: Redis, settings: Settings) -> None:
+    # A container's restarted worker has the same hostname and PID (1) as the one that was killed
+    # (OOM, SIGKILL) before RQ recorded its death; two workers built in one process are the same case.
+    killed = build_worker(redis, settings)
+    killed.register_birth()
+    restarted = build_worker(redis, settings)
+    try:
+        restarted.register_birth()  # before: ValueError "There exists an active worker named ..."
+        assert restarted.name != killed.name
+    finally:
+        for worker in (restarted, killed):
+            worker.heart.stop()
+            worker.register_death()
+
+
 def test_a_worker_that_loses_redis_mid_batch_waits_and_scores_the_batch_once(
         stoppable: tuple[EmbeddedRedis, Redline], caplog: pytest.LogCaptureFixture) -> None:
     server, core = stoppable
@@ -208,3 +226,35 @@ def test_a_job_whose_own_run_loses_redis_waits_and_completes(
     assert job_id in queue.finished_job_registry.get_job_ids()
     assert redis.zcard(core.keys.pending) == 0
     assert f"lost Redis while running job {job_id}" in caplog.text
+
+
+def test_a_sigterm_while_waiting_for_redis_mid_batch_stops_cleanly_and_the_batch_is_recovered(
+        stoppable: tuple[EmbeddedRedis, Redline], caplog: pytest.LogCaptureFixture) -> None:
+    server, core = stoppable
+    redis = core.redis
+    settings = dataclasses.replace(core.settings, worker_ttl_s=1)  # leases lapse fast once it is gone
+    ids = _submit(core, n_requests=2, per_request=2)
+    worker = build_worker(redis, settings)
+    write = worker.scorer.store.finish_scored
+    writes: list[str] = []
+
+    def redis_goes_away_then_sigterm(*args: Any, **kwargs: Any) -> int:
+        writes.append("tried")
+        server.stop()
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()  # RQ's handler gets it
+        return write(*args, **kwargs)
+
+    worker.scorer.store.finish_scored = redis_goes_away_then_sigterm  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="workers.worker"):
+        worker.work(burst=True)  # returns: before, the stop escaped RQ's loop as a ConnectionError
+    assert writes == ["tried"] and worker._stop_requested
+    assert "stopping while Redis is away" in caplog.text and "stopped without telling Redis" in caplog.text
+    assert "unhandled exception" not in caplog.text
+
+    server.start()
+    assert [r["status"] for r in core.store.get_many(ids) if r] == ["queued"] * len(ids)  # nothing half-written
+    time.sleep(settings.worker_ttl_s + 0.5)  # the stopped worker's leases lapse
+    assert requeue_abandoned(redis, core.store, core.queues, 0, settings.max_batch) == len(ids)
+    build_worker(redis, settings).work(burst=True)
+    assert [r["status"] for r in core.store.get_many(ids) if r] == ["scored"] * len(ids)
+    assert core.store.counters()["scored|injury|m"] == len(ids)  # once each

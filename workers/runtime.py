@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 
 from redis import Redis
@@ -21,7 +22,10 @@ def build_scorer(redis: Redis, settings: Settings, worker_name: str | None = Non
     """Load every configured detector (the slow part: done once per process)."""
     detectors = load_detectors(load_configs(settings.models_dirs), settings.providers, settings.intra_op_threads)
     store = OutputStore.from_settings(redis, settings)
-    name = worker_name or f"{socket.gethostname()}.{os.getpid()}"
+    # Host and PID say where a worker runs; the suffix keeps names unique where both repeat. A
+    # container restarted after an unclean death (OOM kill) has the same hostname and PID 1, and RQ
+    # refuses a name whose old record has not expired (its TTL, minutes), so the restart would fail.
+    name = worker_name or f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
     return Scorer(store, detectors, name, settings.max_batch_tokens, settings.audit_rate)
 
 

@@ -19,6 +19,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
@@ -137,7 +138,7 @@ class ScoringWorker(SimpleWorker):
                 self.last_report = report
                 log.info("batch %s: %d outputs from %d jobs, session calls %s", report.batch_id,
                          len(ids), len(batch), report.calls)
-            except REDIS_LOST:
+            except (StopRequested, *REDIS_LOST):
                 raise  # stopped while Redis was away: the leases lapse and the reaper requeues the batch
             except Exception:
                 # Each job then scores its own outputs and fails or retries through RQ as usual.
@@ -157,7 +158,20 @@ class ScoringWorker(SimpleWorker):
         # exiting would reload every model and leave the batch to the reaper's grace period. The
         # heart renews the batch's leases once Redis is back. A stop request (SIGTERM) while
         # waiting gives up; the reaper then recovers the batch.
-        return riding_out_redis_loss(self.connection, step, what, stop=lambda: self._stop_requested)
+        try:
+            return riding_out_redis_loss(self.connection, step, what, stop=lambda: self._stop_requested)
+        except REDIS_LOST:
+            if self._stop_requested:
+                raise StopRequested from None  # RQ's own way out of its loop: a clean stop, exit 0
+            raise
+
+    def set_shutdown_requested_date(self) -> None:
+        # Called from RQ's SIGTERM handler, so an error here would be raised into whatever the
+        # worker was doing. With Redis away the date cannot be recorded; the stop must still happen.
+        try:
+            super().set_shutdown_requested_date()
+        except REDIS_LOST:
+            log.warning("stopping while Redis is away")
 
     def _gather(self, job: Job, queue: Queue) -> tuple[list[tuple[Job, Queue]], list[str]]:
         """Take more queued jobs until the batch is full or the wait is over (dynamic batching).
@@ -185,7 +199,12 @@ class ScoringWorker(SimpleWorker):
 
     def teardown(self) -> None:
         self.heart.stop()
-        super().teardown()
+        try:
+            super().teardown()  # RQ records the worker's death in Redis
+        except REDIS_LOST:
+            # Stopped while Redis is away: the stop itself succeeded (exit 0, not a crash), and RQ's
+            # record of this worker expires by itself (its TTL), as does the liveness it judges by.
+            log.warning("stopped without telling Redis, which is away")
 
 
 def riding_out_redis_loss(redis: Redis, step: Callable[[], T], what: str,
