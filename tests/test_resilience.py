@@ -97,7 +97,8 @@ def test_sigkilled_workers_lose_nothing_and_score_each_output_once(redis_url: st
             # Kill a worker while it holds a job lease: that is, in the middle of a batch.
             leases = [redis.get(k) for k in redis.scan_iter(f"{prefix}:lease:*")]
             holders = {v.decode() for v in leases if v}
-            victims = [w for w in workers if w.alive() and any(h.rsplit(".", 2)[1] == str(w.popen.pid) for h in holders)]
+            pids = {h.rsplit(".", 2)[1] for h in holders}  # worker names are host.pid.suffix
+            victims = [w for w in workers if w.alive() and str(w.popen.pid) in pids]
             if victims:
                 victim = rng.choice(victims)
                 victim.popen.send_signal(signal.SIGKILL)
