@@ -1,6 +1,7 @@
 """The README is the front door: keep its configuration table and commands true."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 from service.settings import Settings
@@ -22,3 +23,26 @@ def test_ci_runs_the_readme_test_command() -> None:
     script = (ROOT / "tests" / "run").read_text()
     assert "apt-get install" in script and "requirements-dev.txt" in script
     assert "exec .venv/bin/python -m pytest" in script
+
+
+def _as_documented(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(_as_documented(v) for v in value)
+    if isinstance(value, Path):  # defaults are folders of the checkout, documented relative to it
+        return str(value.relative_to(ROOT))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def test_documented_defaults_are_the_real_ones() -> None:
+    # Rows like "| `REDLINE_A` / `REDLINE_B` | `1` / `2` | ..." or "(empty)" for an empty default.
+    rows = re.findall(r"^\| ((?:`REDLINE_\w+`(?: / )?)+) \| (.+?) \|", README, re.MULTILINE)
+    documented: dict[str, str] = {}
+    for names, defaults in rows:
+        for name, default in zip(re.findall(r"`REDLINE_(\w+)`", names), defaults.split(" / "), strict=True):
+            quoted = re.search(r"`([^`]*)`", default)
+            documented[name.lower()] = quoted.group(1) if quoted else ("" if default == "(empty)" else default)
+    real = {f.name: _as_documented(getattr(Settings(), f.name)) for f in dataclasses.fields(Settings)}
+    assert set(documented) == set(real)
+    assert {k: v for k, v in documented.items() if v != real[k]} == {}
