@@ -75,8 +75,11 @@ class Settings:
     """How long output records are kept in Redis."""
     job_timeout_s: int = 120
     """RQ job timeout for one scoring job."""
-    requeue_after_s: int = 30
-    """Outputs queued this long with no live worker holding them are queued again."""
+    requeue_after_s: int = 10
+    """Outputs queued this long with no live worker holding them are queued again. It only has to
+    cover the moments when a job is in neither a queue nor a lease (stored but not yet queued,
+    popped but not yet leased), as the lease says whether its worker lives; a requeue that was not
+    needed costs one more scoring pass, never a double count."""
     max_attempts: int = 5
     """Scoring attempts per output (first + requeues after a worker died or its job failed) before it is
     marked failed and listed in GET /v1/dead-letters."""

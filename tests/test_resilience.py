@@ -178,7 +178,7 @@ def test_redis_restart_with_aof_loses_no_accepted_output(shipped_models: Path, t
                 "REDLINE_DATA_DIR": str(tmp_path / "var"), "REDLINE_LOG_LEVEL": "WARNING",
                 # A worker holding a batch when Redis goes away waits and scores it once Redis is back
                 # (tests/test_worker.py); a job popped just as Redis went down is the reaper's to
-                # recover: in seconds here, not after the default 30 s.
+                # recover: in seconds here, not after the default 10 s.
                 "REDLINE_REQUEUE_AFTER_S": "3", "REDLINE_WORKER_TTL_S": "2"})
     # `redline serve` with an external Redis: it restarts a worker that dies while Redis is away.
     serve = Proc([sys.executable, "-m", "service.cli", "serve"], env, tmp_path / "serve.log")
