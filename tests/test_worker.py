@@ -20,6 +20,7 @@ from service.core import Redline
 from service.embedded_redis import EmbeddedRedis
 from service.settings import Settings
 from service.store import NewOutput
+from workers import jobs
 from workers.reaper import requeue_abandoned
 from workers.worker import build_worker
 
@@ -228,13 +229,40 @@ def test_a_job_whose_own_run_loses_redis_waits_and_completes(
     assert f"lost Redis while running job {job_id}" in caplog.text
 
 
+@pytest.mark.parametrize("waiting_in", ["batch", "job's own run"])
 def test_a_sigterm_while_waiting_for_redis_mid_batch_stops_cleanly_and_the_batch_is_recovered(
-        stoppable: tuple[EmbeddedRedis, Redline], caplog: pytest.LogCaptureFixture) -> None:
+        stoppable: tuple[EmbeddedRedis, Redline], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        waiting_in: str) -> None:
     server, core = stoppable
     redis = core.redis
-    settings = dataclasses.replace(core.settings, worker_ttl_s=1)  # leases lapse fast once it is gone
+    # Leases lapse fast once the worker is gone. Were the stop ignored, a job's own wait would end
+    # only at the job timeout: short here, so that the test fails rather than hangs.
+    settings = dataclasses.replace(core.settings, worker_ttl_s=1, job_timeout_s=15)
+    core = Redline(settings, redis)
     ids = _submit(core, n_requests=2, per_request=2)
     worker = build_worker(redis, settings)
+    if waiting_in == "job's own run":
+        score = worker.scorer.score
+        attempts: list[int] = []
+
+        def batch_fails(output_ids: list[str]) -> Any:
+            attempts.append(len(output_ids))
+            if len(attempts) == 1:  # not a Redis error: the worker falls back to each job's own run
+                raise RuntimeError("batch path broken")
+            return score(output_ids)
+
+        worker.scorer.score = batch_fails  # type: ignore[method-assign]
+        ride_out = jobs.riding_out_redis_loss
+        ended_by: list[str] = []
+
+        def how_the_jobs_wait_ended(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return ride_out(*args, **kwargs)
+            except BaseException as exc:
+                ended_by.append(type(exc).__name__)
+                raise
+
+        monkeypatch.setattr(jobs, "riding_out_redis_loss", how_the_jobs_wait_ended)
     write = worker.scorer.store.finish_scored
     writes: list[str] = []
 
@@ -250,6 +278,8 @@ def test_a_sigterm_while_waiting_for_redis_mid_batch_stops_cleanly_and_the_batch
     assert writes == ["tried"] and worker._stop_requested
     assert "stopping while Redis is away" in caplog.text and "stopped without telling Redis" in caplog.text
     assert "unhandled exception" not in caplog.text
+    if waiting_in == "job's own run":
+        assert attempts == [len(ids), 2] and ended_by == ["StopRequested"]  # not JobTimeoutException
 
     server.start()
     assert [r["status"] for r in core.store.get_many(ids) if r] == ["queued"] * len(ids)  # nothing half-written

@@ -17,7 +17,8 @@ def score_outputs(output_ids: list[str]) -> dict[str, Any]:
     assert job is not None, "score_outputs runs inside an RQ worker"
     scorer = runtime.current(job.connection)
     # Wait out a Redis restart here too: raising would have RQ record the ConnectionError as this
-    # job's failure (a dead letter) once Redis is back, and leave its outputs to the reaper. The job
-    # timeout bounds the wait; a worker stopped meanwhile leaves the outputs to the reaper too.
+    # job's failure (a dead letter) once Redis is back, and leave its outputs to the reaper. A stop
+    # ends the wait at once (ScoringWorker.set_shutdown_requested_date), the job timeout at the
+    # latest; the reaper then requeues the outputs.
     report = riding_out_redis_loss(job.connection, lambda: scorer.score(output_ids), f"running job {job.id}")
     return {"batch": report.batch_id, "scored": report.scored, "failed": report.failed}

@@ -166,12 +166,15 @@ class ScoringWorker(SimpleWorker):
             raise
 
     def set_shutdown_requested_date(self) -> None:
-        # Called from RQ's SIGTERM handler, so an error here would be raised into whatever the
-        # worker was doing. With Redis away the date cannot be recorded; the stop must still happen.
+        # Called from RQ's SIGTERM handler, while busy. With Redis away the date cannot be recorded,
+        # and waiting for the batch to finish would mean waiting for Redis (for a job's own run, up
+        # to the job timeout): stop now, by RQ's own way out of its loop. The batch's leases lapse
+        # and the reaper requeues it once Redis is back.
         try:
             super().set_shutdown_requested_date()
         except REDIS_LOST:
-            log.warning("stopping while Redis is away")
+            log.warning("stopping while Redis is away; the batch is left to the reaper")
+            raise StopRequested from None
 
     def _gather(self, job: Job, queue: Queue) -> tuple[list[tuple[Job, Queue]], list[str]]:
         """Take more queued jobs until the batch is full or the wait is over (dynamic batching).
