@@ -22,7 +22,7 @@ from service.settings import Settings
 from service.store import NewOutput
 from workers import jobs
 from workers.reaper import requeue_abandoned
-from workers.worker import build_worker
+from workers.worker import ScoringWorker, build_worker
 
 from .procs import free_port
 
@@ -55,6 +55,23 @@ def stoppable(synthetic_models: Path, prefix: str, tmp_path: Path) -> Iterator[t
 def _run_burst(redis: Redis, settings: Settings) -> None:
     worker = build_worker(redis, settings)
     worker.work(burst=True)
+
+
+def _fall_back_to_each_jobs_run(worker: ScoringWorker) -> list[int]:
+    """Break the worker's batch path with an error that is not Redis's, so that each job then scores
+    its outputs in its own run (the same scorer). Returns the number of outputs of every scoring
+    call: the batch's first, then each job run's."""
+    score = worker.scorer.score
+    calls: list[int] = []
+
+    def scoring(output_ids: list[str]) -> Any:
+        calls.append(len(output_ids))
+        if len(calls) == 1:
+            raise RuntimeError("batch path broken")
+        return score(output_ids)
+
+    worker.scorer.score = scoring  # type: ignore[method-assign]
+    return calls
 
 
 def test_queued_jobs_are_scored_in_one_batch_and_one_session_call(redis: Redis, settings: Settings) -> None:
@@ -198,28 +215,27 @@ def test_a_job_whose_own_run_loses_redis_waits_and_completes(
     redis = core.redis
     ids = _submit(core, n_requests=1, per_request=2)
     worker = build_worker(redis, core.settings)
-    score = worker.scorer.score  # the same scorer runs the batch and each job's own run
-    calls: list[str] = []
+    calls = _fall_back_to_each_jobs_run(worker)
+    write = worker.scorer.store.finish_scored
+    writes: list[str] = []
 
-    def batch_fails_then_redis_blips_in_the_jobs_run(output_ids: list[str]) -> Any:
-        calls.append("batch" if not calls else "job")
-        if len(calls) == 1:  # not a Redis error: the worker falls back to each job's own run
-            raise RuntimeError("batch path broken")
-        if len(calls) == 2:
-            server.stop()
-            try:
-                return score(output_ids)
-            finally:
-                server.start()  # back before the exception reaches RQ
-        return score(output_ids)
+    def redis_blips_in_the_jobs_run(*args: Any, **kwargs: Any) -> int:
+        if writes:
+            return write(*args, **kwargs)
+        writes.append("blip")
+        server.stop()
+        try:
+            return write(*args, **kwargs)
+        finally:
+            server.start()  # back before the exception reaches RQ
 
-    worker.scorer.score = batch_fails_then_redis_blips_in_the_jobs_run  # type: ignore[method-assign]
+    worker.scorer.store.finish_scored = redis_blips_in_the_jobs_run  # type: ignore[method-assign]
     with caplog.at_level(logging.WARNING, logger="workers"):
         worker.work(burst=True)
 
     records = core.store.get_many(ids)
     assert [r["status"] if r else None for r in records] == ["scored"] * len(ids)
-    assert calls == ["batch", "job", "job"]
+    assert calls == [len(ids)] * 3  # the batch, the job's own run, and that run again once Redis is back
     assert core.store.counters()["scored|injury|m"] == len(ids)
     [job_id] = {r["job"] for r in records if r}
     queue = core.queues.by_priority["default"]
@@ -242,16 +258,7 @@ def test_a_sigterm_while_waiting_for_redis_mid_batch_stops_cleanly_and_the_batch
     ids = _submit(core, n_requests=2, per_request=2)
     worker = build_worker(redis, settings)
     if waiting_in == "job's own run":
-        score = worker.scorer.score
-        attempts: list[int] = []
-
-        def batch_fails(output_ids: list[str]) -> Any:
-            attempts.append(len(output_ids))
-            if len(attempts) == 1:  # not a Redis error: the worker falls back to each job's own run
-                raise RuntimeError("batch path broken")
-            return score(output_ids)
-
-        worker.scorer.score = batch_fails  # type: ignore[method-assign]
+        attempts = _fall_back_to_each_jobs_run(worker)
         ride_out = jobs.riding_out_redis_loss
         ended_by: list[str] = []
 

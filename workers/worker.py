@@ -227,8 +227,8 @@ def riding_out_redis_loss(redis: Redis, step: Callable[[], T], what: str,
 def wait_for_redis(redis: Redis, stop: Callable[[], bool] = lambda: False, remind_every_s: float = 30.0) -> None:
     """Block until Redis answers, saying so now and every `remind_every_s`; raise a
     ConnectionError if `stop()` turns true first. Used by a worker started before its Redis and
-    by one that lost Redis mid-batch or mid-job: waiting keeps the models loaded, where exiting would have
-    `redline serve` or an orchestrator restart it in a loop, reloading them each time."""
+    by one that lost Redis mid-batch or mid-job: waiting keeps the models loaded, where exiting
+    would have `redline serve` or an orchestrator restart it in a loop, reloading them each time."""
     said: float | None = None
     while not stop():
         try:
