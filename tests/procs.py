@@ -56,6 +56,11 @@ class Proc:
         return int(self.popen.returncode)
 
 
+def worker_pid(name: str) -> int:
+    """The PID in a worker's name (`host.pid.suffix`, workers.runtime.build_scorer)."""
+    return int(name.rsplit(".", 2)[1])
+
+
 def start_worker(env: Mapping[str, str], log_path: Path, redis: Redis, prefix: str, timeout: float = 30) -> Proc:
     """A real `redline worker` process; returns once it has published liveness."""
     before = set(redis.zrange(f"{prefix}:workers", 0, -1))

@@ -25,7 +25,7 @@ from service.store import NewOutput
 from workers.reaper import requeue_abandoned
 from workers.worker import build_worker
 
-from .procs import Proc, free_port, redline_env, start_api, start_worker, wait_for
+from .procs import Proc, free_port, redline_env, start_api, start_worker, wait_for, worker_pid
 
 pytestmark = pytest.mark.integration
 
@@ -97,8 +97,8 @@ def test_sigkilled_workers_lose_nothing_and_score_each_output_once(redis_url: st
             # Kill a worker while it holds a job lease: that is, in the middle of a batch.
             leases = [redis.get(k) for k in redis.scan_iter(f"{prefix}:lease:*")]
             holders = {v.decode() for v in leases if v}
-            pids = {h.rsplit(".", 2)[1] for h in holders}  # worker names are host.pid.suffix
-            victims = [w for w in workers if w.alive() and str(w.popen.pid) in pids]
+            pids = {worker_pid(h) for h in holders}
+            victims = [w for w in workers if w.alive() and w.popen.pid in pids]
             if victims:
                 victim = rng.choice(victims)
                 victim.popen.send_signal(signal.SIGKILL)

@@ -12,7 +12,7 @@ import pytest
 import requests
 from redis import Redis
 
-from .procs import Proc, free_port, wait_for
+from .procs import Proc, free_port, wait_for, worker_pid
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def test_serve_starts_everything_scores_restarts_workers_and_stops_cleanly(tmp_p
         redis = Redis.from_url(f"unix://{tmp_path / 'var' / 'redis.sock'}")
         assert redis.config_get("appendonly")["appendonly"] == "yes"
         [name] = [n.decode() for n in redis.zrange("redline:workers", 0, -1)]
-        os.kill(int(name.rsplit(".", 2)[1]), signal.SIGKILL)  # host.pid.suffix
+        os.kill(worker_pid(name), signal.SIGKILL)
 
         def replaced() -> bool:
             names = {n.decode() for n in redis.zrange("redline:workers", 0, -1)}
