@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,10 +33,10 @@ def redline_env(redis_url: str, models_dirs: Path | list[Path], prefix: str, **e
 class Proc:
     """A child process whose output goes to a log file shown when a test fails."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path, cwd: Path = ROOT) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(args, env=dict(env), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+        self.popen = subprocess.Popen(args, env=dict(env), cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
                                       start_new_session=True, preexec_fn=die_with_parent)
 
     def alive(self) -> bool:
@@ -91,6 +92,38 @@ def start_api(env: Mapping[str, str], log_path: Path, timeout: float = 30) -> tu
             proc.stop()
             raise RuntimeError(f"API did not start:\n{proc.log()}")
         time.sleep(0.1)
+
+
+def start_serve(env: Mapping[str, str], log_path: Path, timeout: float = 90, cwd: Path = ROOT) -> tuple[Proc, str]:
+    """`redline serve` (Redis, API and workers) on a free port; returns (process, base URL) once
+    `/readyz` answers 200."""
+    port = free_port()
+    proc = Proc([sys.executable, "-m", "service.cli", "serve"], {**env, "REDLINE_PORT": str(port)}, log_path, cwd)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while not is_ready(base):
+        if not proc.alive() or time.monotonic() > deadline:
+            proc.stop()
+            raise RuntimeError(f"redline serve did not become ready:\n{proc.log()}")
+        time.sleep(0.1)
+    return proc, base
+
+
+def ctrl_c(proc: Proc, timeout: float = 60) -> tuple[int, str]:
+    """Stop a `redline serve` as Ctrl-C does (SIGINT); returns its exit code and its log."""
+    proc.popen.send_signal(signal.SIGINT)
+    code = proc.popen.wait(timeout=timeout)
+    log = proc.log()
+    proc.stop()
+    return code, log
+
+
+def is_ready(base: str, timeout: float = 5) -> bool:
+    """Whether the service at base answers `/readyz` with 200 (Redis up, a worker alive)."""
+    try:
+        return requests.get(base + "/readyz", timeout=timeout).status_code == 200
+    except requests.RequestException:  # not listening yet, or too busy starting to answer
+        return False
 
 
 def wait_for(predicate, timeout: float = 20, interval: float = 0.05):  # type: ignore[no-untyped-def]

@@ -25,7 +25,7 @@ from service.store import NewOutput
 from workers.reaper import requeue_abandoned
 from workers.worker import build_worker
 
-from .procs import Proc, free_port, redline_env, start_api, start_worker, wait_for, worker_pid
+from .procs import Proc, ctrl_c, free_port, redline_env, start_api, start_serve, start_worker, wait_for, worker_pid
 
 pytestmark = pytest.mark.integration
 
@@ -172,17 +172,15 @@ def test_a_worker_started_before_its_redis_waits_for_it_and_stops_cleanly_withou
 
 def test_redis_restart_with_aof_loses_no_accepted_output(shipped_models: Path, tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "redis", port=free_port(), persist=True).start()
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDLINE_")}
-    env.update({"REDLINE_REDIS_URL": server.url, "REDLINE_PORT": str(port), "REDLINE_MODELS_DIRS": str(shipped_models),
+    env.update({"REDLINE_REDIS_URL": server.url, "REDLINE_MODELS_DIRS": str(shipped_models),
                 "REDLINE_DATA_DIR": str(tmp_path / "var"), "REDLINE_LOG_LEVEL": "WARNING",
                 # A worker holding a batch when Redis goes away waits and scores it once Redis is back
                 # (tests/test_worker.py); a job popped just as Redis went down is the reaper's to
                 # recover: in seconds here, not after the default 10 s.
                 "REDLINE_REQUEUE_AFTER_S": "3", "REDLINE_WORKER_TTL_S": "2"})
     # `redline serve` with an external Redis: it restarts a worker that dies while Redis is away.
-    serve = Proc([sys.executable, "-m", "service.cli", "serve"], env, tmp_path / "serve.log")
-    base = f"http://127.0.0.1:{port}"
+    serve, base = start_serve(env, tmp_path / "serve.log")
     accepted: list[str] = []
     refused = 0
     stop = threading.Event()
@@ -206,7 +204,6 @@ def test_redis_restart_with_aof_loses_no_accepted_output(shipped_models: Path, t
             time.sleep(0.02)
 
     try:
-        wait_for(lambda: _ready(base), timeout=60)
         thread = threading.Thread(target=client)
         thread.start()
         time.sleep(2)
@@ -223,17 +220,8 @@ def test_redis_restart_with_aof_loses_no_accepted_output(shipped_models: Path, t
         assert counters["scored|injury|m"] == len(accepted)
     finally:
         stop.set()
-        serve.popen.send_signal(signal.SIGINT)
-        serve.popen.wait(timeout=60)
-        serve.stop()
+        ctrl_c(serve)
         server.stop()
-
-
-def _ready(base: str) -> bool:
-    try:
-        return requests.get(base + "/readyz", timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def test_dead_letters_list_failed_jobs_and_given_up_outputs(redis: Redis, settings: Settings) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -12,26 +11,17 @@ import pytest
 import requests
 from redis import Redis
 
-from .procs import Proc, free_port, wait_for, worker_pid
+from .procs import ctrl_c, is_ready, start_serve, wait_for, worker_pid
 
 pytestmark = pytest.mark.integration
 
 
 def test_serve_starts_everything_scores_restarts_workers_and_stops_cleanly(tmp_path: Path) -> None:
-    port = free_port()
     # As in the README: no Redis URL, default models (the shipped detectors).
     env = {k: v for k, v in os.environ.items() if not k.startswith("REDLINE_")}
-    env.update({"REDLINE_PORT": str(port), "REDLINE_DATA_DIR": str(tmp_path / "var"), "REDLINE_WORKERS": "1"})
-    serve = Proc([sys.executable, "-m", "service.cli", "serve"], env, tmp_path / "serve.log")
-    base = f"http://127.0.0.1:{port}"
+    env.update({"REDLINE_DATA_DIR": str(tmp_path / "var"), "REDLINE_WORKERS": "1"})
+    serve, base = start_serve(env, tmp_path / "serve.log")
     try:
-        def ready() -> bool:
-            try:
-                return requests.get(base + "/readyz", timeout=5).status_code == 200
-            except requests.RequestException:  # not up yet, or too busy starting to answer
-                return False
-
-        wait_for(ready, timeout=60)
         injured = "I slipped on the rocks and broke my wrist; there was blood everywhere."
         r = requests.post(base + "/v1/score", json={"outputs": [{"model": "m", "response": injured}]}, timeout=10)
         assert r.status_code == 200, serve.log()
@@ -63,7 +53,7 @@ def test_serve_starts_everything_scores_restarts_workers_and_stops_cleanly(tmp_p
         old_pid = int(redis.info("server")["process_id"])
         os.kill(old_pid, signal.SIGKILL)
         wait_for(lambda: "embedded Redis is back" in serve.log(), timeout=60)
-        wait_for(ready, timeout=60)
+        wait_for(lambda: is_ready(base), timeout=60)
         assert int(redis.info("server")["process_id"]) != old_pid
         after = requests.get(f"{base}/v1/outputs/{kept}", timeout=5).json()
         assert after["status"] == "scored" and after["scores"]["injury"]["flagged"] is True
@@ -71,10 +61,7 @@ def test_serve_starts_everything_scores_restarts_workers_and_stops_cleanly(tmp_p
         assert r.status_code == 200 and r.json()["outputs"][0]["scores"]["injury"]["flagged"] is True, r.text
         assert serve.alive()
     finally:
-        serve.popen.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        code = serve.popen.wait(timeout=60)
-        log = serve.log()
-        serve.stop()
+        code, log = ctrl_c(serve)
     assert code == 0, log
     with pytest.raises(requests.ConnectionError):
         requests.get(base + "/healthz", timeout=2)
