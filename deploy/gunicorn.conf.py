@@ -24,6 +24,11 @@ keepalive = 0
 # A sync wait may last up to REDLINE_MAX_SYNC_TIMEOUT_MS; never kill a request that is within it.
 timeout = max(30, _settings.max_sync_timeout_ms // 1000 + 10)
 graceful_timeout = 30
+# gunicorn 25.1+ opens a control socket for `gunicornc` (worker status, adding workers, reloads), by
+# default at ~/.gunicorn/gunicorn.ctl: one path per user, so a second API on the host took over the
+# first one's socket, and where the user has no writable home (the Docker image) it failed at every
+# start. One per API port, in the data dir beside its metrics directory. (Older gunicorns ignore it.)
+control_socket = str(_settings.data_dir / f"gunicorn-api-{_settings.port}.ctl")
 accesslog = "-"
 errorlog = "-"
 loglevel = _settings.log_level.lower()

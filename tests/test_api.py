@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,3 +278,30 @@ def test_sync_score_with_the_smallest_timeout_answers(stack: Stack) -> None:
     # timeout_ms=1 once made a sub-millisecond BLPOP, which Redis reads as "block forever".
     r = stack.post("/v1/score", {"outputs": [{"model": "m", "response": "hello there"}], "timeout_ms": 1})
     assert r.status_code in (200, 202), r.text
+
+
+def _parent(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
+def test_each_api_on_a_host_has_its_own_gunicorn_control_socket_in_the_data_dir(
+        redis_url: str, synthetic_models: Path, prefix: str, tmp_path: Path) -> None:
+    """`gunicornc` reaches each API's own gunicorn through a socket per port in the data dir, not
+    gunicorn's default ~/.gunicorn/gunicorn.ctl, which a second API would take over (and which a user
+    without a writable home, as in the Docker image, cannot create)."""
+    data = tmp_path / "var"
+    env = {**redline_env(redis_url, synthetic_models, prefix, data_dir=data), "HOME": str(tmp_path / "home")}
+    apis = [start_api(env, tmp_path / f"api{i}.log") for i in range(2)]
+    try:
+        for api, base in apis:
+            control = data / f"gunicorn-api-{base.rsplit(':', 1)[1]}.ctl"
+            shown = subprocess.run([sys.executable, "-m", "gunicorn.ctl.cli", "-s", str(control), "-c", "show workers",
+                                    "-j"], capture_output=True, text=True, timeout=30)
+            assert shown.returncode == 0, shown.stdout + shown.stderr + api.log()
+            pids = [w["pid"] for w in json.loads(shown.stdout)["workers"]]
+            assert len(pids) == 2 and {_parent(p) for p in pids} == {api.popen.pid}  # this API's own processes
+    finally:
+        for api, _ in apis:
+            api.stop()
+    assert not (tmp_path / "home").exists()
