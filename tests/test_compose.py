@@ -5,7 +5,6 @@ engine is needed: this is the wiring that engine would run, checked where CI can
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -15,6 +14,8 @@ import yaml
 from service.app import open_or_keys
 from service.cli import main
 from service.settings import Settings
+
+from .image import image_env
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SERVICES = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
@@ -40,13 +41,6 @@ def in_container(service: str, path: PurePosixPath) -> Path:
         if path == target or target in path.parents:
             return source / path.relative_to(target)
     raise AssertionError(f"{path} is not mounted into {service}")
-
-
-def image_env() -> dict[str, str]:
-    """The Dockerfile's ENV lines: what the Redline containers start with."""
-    text = (DEPLOY.parent / "Dockerfile").read_text().replace("\\\n", " ")
-    pairs = [w for line in text.splitlines() if line.startswith("ENV ") for w in shlex.split(line)[1:]]
-    return dict(p.split("=", 1) for p in pairs)
 
 
 def test_every_mount_exists_and_each_program_finds_its_configuration_where_it_reads_it() -> None:

