@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnxruntime as ort
@@ -14,6 +16,7 @@ import requests
 
 from service.embedded_redis import EmbeddedRedis
 from service.processes import die_with_parent, free_port
+from workers.cpus import CGROUP_ROOT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,3 +73,33 @@ class LocalRedline:
                 p.kill()
         self.redis.stop()
         self.logs.close()
+
+
+@contextlib.contextmanager
+def cgroup_with_cpu_quota(cpus: float) -> Iterator[Path]:
+    """A cgroup whose CPU quota is `cpus` (what `docker run --cpus` sets up: cgroup v1's cpu
+    controller, or v2 with cpu delegated); yields its cgroup.procs, into which a process moves by
+    writing its PID. Raises OSError where this process cannot make one (it needs root)."""
+    name = f"redline-{os.getpid()}-{time.monotonic_ns()}"
+    v1, v2 = CGROUP_ROOT / "cpu", CGROUP_ROOT
+    period = 100_000
+    if (v1 / "cpu.cfs_quota_us").exists():
+        folder = v1 / name
+        folder.mkdir()
+        (folder / "cpu.cfs_period_us").write_text(str(period))
+        (folder / "cpu.cfs_quota_us").write_text(str(round(cpus * period)))
+    elif "cpu" in (v2 / "cgroup.subtree_control").read_text().split():
+        folder = v2 / name
+        folder.mkdir()
+        (folder / "cpu.max").write_text(f"{round(cpus * period)} {period}")
+    else:
+        raise OSError("no cpu controller to set a quota with")
+    try:
+        yield folder / "cgroup.procs"
+    finally:
+        folder.rmdir()
+
+
+def in_cgroup(procs: Path, command: list[str]) -> list[str]:
+    """`command`, started inside the cgroup whose cgroup.procs is `procs`."""
+    return ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", *command]

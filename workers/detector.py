@@ -55,7 +55,9 @@ class OnnxModel:
         self.pair_input = pair_input
         self.path = onnx_path
         self.calls: list[int] = []  # batch size of each session call, drained by the scorer for metrics
-        log.info("loaded %s on %s", onnx_path.name, ",".join(self.providers))
+        threads = self.session.get_session_options().intra_op_num_threads
+        log.info("loaded %s on %s, intra-op threads: %s", onnx_path.name, ",".join(self.providers),
+                 threads or "onnxruntime's default")
         if self.providers[0] == "CPUExecutionProvider" and int8_kernels_may_saturate() \
                 and _uses_matmul_integer(onnx_path):
             log.warning("%s is int8, and this x86 CPU has no VNNI: onnxruntime's u8s8 kernels can saturate here, "

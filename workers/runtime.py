@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -12,15 +13,19 @@ from service.detector_config import load_configs
 from service.settings import Settings
 from service.store import OutputStore
 
+from . import cpus
 from .detector import load_detectors
 from .scorer import Scorer
 
+log = logging.getLogger(__name__)
 _scorer: Scorer | None = None
 
 
 def build_scorer(redis: Redis, settings: Settings, worker_name: str | None = None) -> Scorer:
     """Load every configured detector (the slow part: done once per process)."""
-    detectors = load_detectors(load_configs(settings.models_dirs), settings.providers, settings.intra_op_threads)
+    threads, why = cpus.intra_op_threads(settings.intra_op_threads)
+    log.info("onnxruntime intra-op threads per session: %s (%s)", threads or "onnxruntime's default", why)
+    detectors = load_detectors(load_configs(settings.models_dirs), settings.providers, threads)
     store = OutputStore.from_settings(redis, settings)
     # Host and PID say where a worker runs; the suffix keeps names unique where both repeat. A
     # container restarted after an unclean death (OOM kill) has the same hostname and PID 1, and RQ
