@@ -41,6 +41,7 @@ def test_cgroup_v1_quota_is_read_from_the_cpu_hierarchy(tmp_path: Path) -> None:
     assert cpus.quota_cpus(root, text) == 0.5
     assert cpus.quota_cpus(root, "2:cpu,cpuacct:/\n") is None  # -1: no quota
     assert cpus.quota_cpus(tmp_path / "absent", text) is None
+    assert cpus.quota_cpus(root, "garbage\n" + text) == 0.5  # an odd line does not stop a worker
 
 
 def test_threads_follow_the_allowance_only_where_the_process_is_limited(tmp_path: Path) -> None:

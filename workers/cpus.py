@@ -28,6 +28,8 @@ def quota_cpus(cgroup_root: Path = CGROUP_ROOT, self_cgroup: str | None = None) 
             return None
     quotas = []
     for line in self_cgroup.splitlines():
+        if line.count(":") < 2:  # not a cgroup line: nothing to learn from it
+            continue
         _, controllers, path = line.split(":", 2)
         if not controllers:  # cgroup v2: one hierarchy, mounted at the root
             quotas += [q for d in _upwards(cgroup_root, path) if (q := _v2_quota(d)) is not None]
@@ -42,11 +44,10 @@ def _upwards(base: Path, path: str) -> Iterator[Path]:
     """The cgroup folder for `path` and every folder above it, up to the mount. In a container the
     mount is the container's own cgroup, where the host's path does not exist: the walk reaches it."""
     folder = base / path.strip("/")
-    while True:
-        yield folder
-        if folder == base:
+    for above in (folder, *folder.parents):
+        yield above
+        if above == base:
             return
-        folder = folder.parent
 
 
 def _v2_quota(folder: Path) -> float | None:
