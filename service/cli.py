@@ -149,6 +149,15 @@ def serve(settings: Settings) -> int:
         redis_server = EmbeddedRedis(settings.data_dir).start()
         env["REDLINE_REDIS_URL"] = redis_server.url
         log.info("started embedded Redis at %s (data in %s)", redis_server.url, settings.data_dir)
+    if settings.workers > 1 and not settings.intra_op_threads:
+        from workers.cpus import allowed_cpus
+
+        # Each worker would size its onnxruntime pool to every CPU this process may use (workers/cpus.py),
+        # so together they would run `workers` times too many threads: share the CPUs out instead.
+        cpus = allowed_cpus()
+        env["REDLINE_INTRA_OP_THREADS"] = str(max(1, cpus // settings.workers))
+        log.info("%d CPUs shared by %d workers: %s onnxruntime intra-op threads each", cpus, settings.workers,
+                 env["REDLINE_INTRA_OP_THREADS"])
     stopping = False
 
     def stop(signum: int, frame: object) -> None:

@@ -11,6 +11,8 @@ import pytest
 import requests
 from redis import Redis
 
+from workers.cpus import allowed_cpus
+
 from .procs import ctrl_c, is_ready, start_serve, wait_for, worker_pid
 
 pytestmark = pytest.mark.integration
@@ -104,3 +106,18 @@ def test_worker_restarts_back_off_while_a_worker_keeps_dying() -> None:
     before = len(spawned)
     slot.tick(now + 61.5)
     assert len(spawned) == before + 1
+
+
+def test_serve_shares_the_cpus_out_among_its_workers(tmp_path: Path) -> None:
+    """Each worker sizes its onnxruntime pool to the CPUs it may use: under one `redline serve` they
+    would together run REDLINE_WORKERS times too many threads, so serve gives each its share."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDLINE_")}
+    env.update({"REDLINE_DATA_DIR": str(tmp_path / "var"), "REDLINE_WORKERS": "2"})
+    serve, _ = start_serve(env, tmp_path / "serve.log")
+    try:
+        wait_for(lambda: serve.log().count("encoder.onnx on CPUExecutionProvider") == 2, timeout=60)
+    finally:
+        code, log = ctrl_c(serve)
+    assert code == 0, log
+    share, whole = max(1, allowed_cpus() // 2), (tmp_path / "serve.log").read_text()
+    assert whole.count(f"encoder.onnx on CPUExecutionProvider, intra-op threads: {share}\n") == 2, whole
