@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -102,4 +103,4 @@ def cgroup_with_cpu_quota(cpus: float) -> Iterator[Path]:
 
 def in_cgroup(procs: Path, command: list[str]) -> list[str]:
     """`command`, started inside the cgroup whose cgroup.procs is `procs`."""
-    return ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", *command]
+    return ["sh", "-c", f'echo $$ > {shlex.quote(str(procs))} && exec "$@"', "sh", *command]
