@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import requests
@@ -73,6 +73,15 @@ def start_worker(env: Mapping[str, str], log_path: Path, redis: Redis, prefix: s
             raise RuntimeError(f"worker did not start:\n{proc.log()}")
         time.sleep(0.05)
     return proc
+
+
+def run_burst_worker(env: Mapping[str, str], wrap: Sequence[str] = ()) -> str:
+    """Run a real `redline worker --burst` to its end (it loads its models, finds its queues empty
+    and exits), started through `wrap` (taskset, a cgroup); returns its log."""
+    done = subprocess.run([*wrap, sys.executable, "-m", "service.cli", "worker", "--burst"], cwd=ROOT, env=dict(env),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
 
 
 def start_api(env: Mapping[str, str], log_path: Path, timeout: float = 30) -> tuple[Proc, str]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from bench.common import cgroup_with_cpu_quota, in_cgroup
 from workers import cpus
 
-from .procs import ROOT, redline_env
+from .procs import redline_env, run_burst_worker
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:
@@ -52,13 +50,8 @@ def test_threads_follow_the_allowance_only_where_the_process_is_limited(tmp_path
     assert threads == (allowed if allowed < machine else 0), why
 
 
-def _worker_log(tmp_path: Path, redis_url: str, models: Path, prefix: str, wrap: list[str]) -> str:
-    """The log of a real `redline worker --burst` (loads its models, finds its queues empty, exits)."""
-    env = redline_env(redis_url, models, prefix, log_level="INFO")
-    done = subprocess.run([*wrap, sys.executable, "-m", "service.cli", "worker", "--burst"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout + done.stderr
+def _worker_log(redis_url: str, models: Path, prefix: str, wrap: list[str]) -> str:
+    return run_burst_worker(redline_env(redis_url, models, prefix, log_level="INFO"), wrap)
 
 
 @pytest.mark.integration
@@ -67,9 +60,9 @@ def test_a_worker_pinned_to_one_cpu_runs_one_intra_op_thread(
     allowed = sorted(os.sched_getaffinity(0))
     if len(allowed) < 2:
         pytest.skip("this process may use only one CPU: pinning a worker to one limits nothing")
-    default = _worker_log(tmp_path, redis_url, synthetic_models, prefix, [])
+    default = _worker_log(redis_url, synthetic_models, prefix, [])
     assert "intra-op threads: onnxruntime's default" in default
-    pinned = _worker_log(tmp_path, redis_url, synthetic_models, prefix, ["taskset", "-c", str(allowed[0])])
+    pinned = _worker_log(redis_url, synthetic_models, prefix, ["taskset", "-c", str(allowed[0])])
     assert "intra-op threads: 1\n" in pinned, pinned  # read back from the onnxruntime session
 
 
@@ -83,5 +76,5 @@ def test_a_worker_under_a_cpu_quota_runs_as_many_threads_as_the_quota_allows(
             procs = stack.enter_context(cgroup_with_cpu_quota(1))  # what `docker run --cpus 1` sets up
         except OSError as exc:
             pytest.skip(f"cannot make a cgroup with a CPU quota here (needs root and a writable cgroupfs): {exc}")
-        log = _worker_log(tmp_path, redis_url, synthetic_models, prefix, in_cgroup(procs, []))
+        log = _worker_log(redis_url, synthetic_models, prefix, in_cgroup(procs, []))
     assert "this process may use 1 of the machine's" in log and "intra-op threads: 1\n" in log, log

@@ -6,13 +6,11 @@ can see without a network."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .procs import ROOT, redline_env
+from .procs import redline_env, run_burst_worker
 
 pytestmark = pytest.mark.integration
 
@@ -25,9 +23,7 @@ def _worker_leaves_in_home(home: Path, redis_url: str, models: Path, prefix: str
     leaves under HOME, started from an operator's shell that sets only `operator`."""
     env = {k: v for k, v in redline_env(redis_url, models, prefix).items() if k not in QUIETING}
     env.update(HOME=str(home), **operator)
-    done = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--burst"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    run_burst_worker(env)
     return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
 
 
