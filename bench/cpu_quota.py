@@ -15,17 +15,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from models import variants
 from service.detector_config import load_configs
 from workers import cpus
 from workers.detector import load_detectors
 
-from .common import cgroup_with_cpu_quota, in_cgroup, machine
+from .common import ROOT, cgroup_with_cpu_quota, in_cgroup, machine
 from .model_speed import measure
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def child(pool: str, args: argparse.Namespace) -> float:
