@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from redis import Redis
@@ -15,6 +16,7 @@ from .auth import OPEN, KeyStore, Principal, is_loopback
 from .core import Redline
 from .errors import ConfigError, RedlineError, Unavailable
 from .settings import Settings
+from .validation import parse_json_body
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,11 @@ def _register_request_metrics(app: Flask) -> None:
 def core() -> Redline:
     """The Redline core of the app handling this request."""
     return current_app.extensions["redline"]
+
+
+def json_body() -> dict[str, Any]:
+    """This request's body as a JSON object; a 400 or 422 naming what is wrong with it otherwise."""
+    return parse_json_body(request.get_data(cache=False), request.is_json)
 
 
 def caller() -> Principal:

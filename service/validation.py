@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Collection
@@ -16,6 +17,72 @@ from .store import NewOutput
 # Model names become Redis key parts and Prometheus label values: no '|', no whitespace.
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
 OUTPUT_FIELDS = frozenset({"id", "model", "prompt", "response", "detectors", "metadata", "labels"})
+
+
+# Deeper bodies are refused before Python's recursion limit (about 1,000 levels) is near: past it,
+# decoding and every later json.dumps of the value raise RecursionError instead of a client error.
+MAX_JSON_DEPTH = 32
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def parse_json_body(data: bytes, is_json: bool) -> dict[str, Any]:
+    """A request body -> the JSON object it holds, or a 400 `invalid_json` saying what is wrong with it.
+
+    Stricter than `json.loads` where Python's JSON is not JSON: `NaN`, `Infinity` and numbers that
+    overflow to infinity are refused (stored, they would make every later answer unparsable), as are
+    strings holding a lone UTF-16 surrogate (`"\\ud800"`: no UTF-8 encoding exists, so Redis could not
+    store it).
+    """
+    if not is_json:
+        raise BadRequest("request body must be JSON (Content-Type: application/json)", code="invalid_json")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"request body is not UTF-8: invalid byte at offset {exc.start}",
+                         code="invalid_json") from None
+    try:
+        body = json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
+    except RecursionError:
+        raise BadRequest(f"request body nests more than {MAX_JSON_DEPTH} levels", code="invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, our own refusals, ints past Python's 4,300 digits
+        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    _check_values(body)
+    return require_object(body)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is out of range for a 64-bit float")
+    return value
+
+
+def _check_values(body: Any) -> None:
+    """Depth and lone surrogates, found iteratively (a recursive walk could itself hit the recursion limit)."""
+    stack: list[tuple[Any, str, int]] = [(body, "body", 1)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise ValidationFailed(f"{where} holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff "
+                                       "escape), which is not Unicode text")
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(f"request body nests more than {MAX_JSON_DEPTH} levels (at {where[:200]})",
+                             code="invalid_json")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, f"{where}: a key", depth))
+                stack.append((item, f"{where}.{key}" if where != "body" else key, depth + 1))
+        else:
+            stack.extend((item, f"{where}[{n}]", depth + 1) for n, item in enumerate(value))
+
 
 
 def require_object(body: Any) -> dict[str, Any]:

@@ -186,6 +186,59 @@ def test_not_json_is_400(stack: Stack) -> None:
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
 
 
+# Bodies Python's json module takes but JSON (or UTF-8, or Redis) does not: each was a 500, or, for
+# NaN and overflowing numbers, stored and then served back as invalid JSON.
+OUT = '{"outputs": [{"model": "m", "response": %s, "metadata": %s}]}'
+NOT_JSON_BODIES = [
+    (OUT % ('"ok"', '{"k": NaN}'), 400, "NaN is not a JSON value"),
+    (OUT % ('"ok"', '{"k": -Infinity}'), 400, "-Infinity is not a JSON value"),
+    (OUT % ('"ok"', '{"k": 1e400}'), 400, "out of range"),
+    (OUT % ('"ok"', '{"k": 1%s}' % ("0" * 5000)), 400, "is not valid JSON"),
+    (OUT % ('"ok"', '{"a": ' * 5000 + "1" + "}" * 5000), 400, "nests more than 32 levels"),
+    (OUT % ('"ok"', '{"a": ' * 30 + "1" + "}" * 30), 400, "nests more than 32 levels (at outputs[0].metadata.a"),
+    (OUT % ('"broken \\ud800 pair"', "{}"), 422, "outputs[0].response holds a lone UTF-16 surrogate"),
+    (OUT % ('"ok"', '{"\\udfff": 1}'), 422, "outputs[0].metadata: a key holds a lone UTF-16 surrogate"),
+    ('{"outputs": [{"model": "m", "response": "caf\xe9"}]}'.encode("latin-1"), 400, "not UTF-8"),
+    ("", 400, "is not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("path", ["/v1/outputs", "/v1/score"])
+@pytest.mark.parametrize("body, status, fragment", NOT_JSON_BODIES)
+def test_json_that_python_accepts_but_json_does_not_is_a_4xx_naming_it_and_stores_nothing(
+        stack: Stack, path: str, body: str | bytes, status: int, fragment: str) -> None:
+    before = stack.our_keys()
+    r = requests.post(stack.base + path, data=body, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == ("invalid_json" if status == 400 else "validation_failed")
+    assert fragment in error["message"], error
+    assert stack.our_keys() == before
+
+
+def test_label_bodies_get_the_same_json_checks(stack: Stack) -> None:
+    r = requests.put(stack.base + "/v1/outputs/x/labels", data='{"injury": NaN}',
+                     headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "NaN" in r.json()["error"]["message"]
+    r = requests.post(stack.base + "/v1/labels", data='{"labels": ' + "[" * 40 + "]" * 40 + "}",
+                      headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "nests more than 32" in r.json()["error"]["message"]
+
+
+def test_deepest_allowed_metadata_and_surrogate_pairs_round_trip(stack: Stack) -> None:
+    deep: object = "leaf \N{GRINNING FACE}"
+    for _ in range(29):  # body > outputs > output > metadata: 29 more levels reach the limit of 32
+        deep = {"a": deep}
+    oid = "deep-" + uuid.uuid4().hex[:6]
+    # ensure_ascii escapes the emoji as a surrogate pair, which is valid JSON and must stay accepted.
+    body = json.dumps({"outputs": [{"id": oid, "model": "m", "response": "ok \N{GRINNING FACE}", "metadata": deep}]})
+    assert "\\ud83d\\ude00" in body
+    r = requests.post(stack.base + "/v1/outputs", data=body, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 202, r.text
+    got = stack.get(f"/v1/outputs/{oid}").json()
+    assert got["metadata"] == deep and got["response"] == "ok \N{GRINNING FACE}"
+
+
 def test_conflicting_resubmit_is_409_and_same_content_is_idempotent(stack: Stack) -> None:
     oid = "dup-" + uuid.uuid4().hex[:6]
     first = {"outputs": [{"id": oid, "model": "m", "response": "hello"}]}

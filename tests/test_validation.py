@@ -2,7 +2,14 @@ import pytest
 
 from service.errors import BadRequest, TooLarge, ValidationFailed
 from service.settings import Settings
-from service.validation import parse_label_batch, parse_outputs, parse_timeout_ms, require_object
+from service.validation import (
+    MAX_JSON_DEPTH,
+    parse_json_body,
+    parse_label_batch,
+    parse_outputs,
+    parse_timeout_ms,
+    require_object,
+)
 
 S = Settings(max_outputs_per_request=3, max_text_chars=10, max_metadata_bytes=20)
 DETS = {"injury", "deception"}
@@ -65,3 +72,25 @@ def test_label_detector_of_any_json_type_is_a_422_not_a_crash() -> None:
     for detector in ({}, [], 3, None):
         with pytest.raises(ValidationFailed, match="unknown detector"):
             parse_label_batch({"labels": [{"id": "a", "detector": detector, "label": 1}]}, S, DETS)
+
+
+def test_json_body_depth_limit_is_exact_and_counts_the_body_itself() -> None:
+    def nested(levels: int) -> bytes:  # `levels` containers, the body object being the first
+        return b'{"a": ' * levels + b"1" + b"}" * levels
+
+    assert parse_json_body(nested(MAX_JSON_DEPTH), True)
+    with pytest.raises(BadRequest, match=f"nests more than {MAX_JSON_DEPTH} levels"):
+        parse_json_body(nested(MAX_JSON_DEPTH + 1), True)
+
+
+def test_json_body_keeps_surrogate_pairs_and_refuses_lone_ones() -> None:
+    assert parse_json_body(b'{"r": "\\ud83d\\ude00"}', True) == {"r": "\N{GRINNING FACE}"}
+    with pytest.raises(ValidationFailed, match=r"^r\[1\] holds a lone"):
+        parse_json_body(b'{"r": ["ok", "\\ude00\\ud83d"]}', True)  # a pair in the wrong order is two lone halves
+
+
+def test_json_body_needs_a_json_content_type_and_an_object() -> None:
+    with pytest.raises(BadRequest, match="Content-Type: application/json"):
+        parse_json_body(b"{}", False)
+    with pytest.raises(ValidationFailed, match="JSON object"):
+        parse_json_body(b"[1]", True)

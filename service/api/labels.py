@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 
-from ..app import caller, core
-from ..validation import parse_label_batch, parse_label_map, require_object
+from ..app import caller, core, json_body
+from ..validation import parse_label_batch, parse_label_map
 
 bp = Blueprint("labels", __name__)
 
@@ -15,7 +15,7 @@ bp = Blueprint("labels", __name__)
 @bp.put("/v1/outputs/<output_id>/labels")
 def put_labels(output_id: str) -> dict[str, Any]:
     redline = core()
-    labels = parse_label_map(require_object(request.get_json(silent=True)), "body", redline.detectors)
+    labels = parse_label_map(json_body(), "body", redline.detectors)
     results = redline.apply_labels([(output_id, d, v) for d, v in labels.items()], caller())
     return {"id": output_id, "labels": {r["detector"]: {"label": r["label"], "result": r["result"]} for r in results}}
 
@@ -23,7 +23,7 @@ def put_labels(output_id: str) -> dict[str, Any]:
 @bp.post("/v1/labels")
 def post_labels() -> dict[str, Any]:
     redline = core()
-    items = parse_label_batch(require_object(request.get_json(silent=True)), redline.settings, redline.detectors)
+    items = parse_label_batch(json_body(), redline.settings, redline.detectors)
     results = redline.apply_labels(items, caller())
     counts = {k: sum(r["result"] == k for r in results) for k in ("new", "changed", "unchanged")}
     return {"labels": results, **counts}

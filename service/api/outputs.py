@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 
-from ..app import caller, core
+from ..app import caller, core, json_body
 from ..auth import Principal
 from ..errors import NotFound
 from ..store import NewOutput
-from ..validation import parse_outputs, parse_timeout_ms, require_object
+from ..validation import parse_outputs, parse_timeout_ms
 
 bp = Blueprint("outputs", __name__)
 
@@ -19,7 +19,7 @@ bp = Blueprint("outputs", __name__)
 @bp.post("/v1/outputs")
 def submit() -> tuple[dict[str, Any], int]:
     redline, who = core(), caller()
-    outputs = parse_outputs(require_object(request.get_json(silent=True)), redline.settings, redline.detectors)
+    outputs = parse_outputs(json_body(), redline.settings, redline.detectors)
     public = [o.id for o in outputs]
     states, _ = redline.submit(_owned(outputs, who))
     return {"outputs": [_queued_item(i, s) for i, s in zip(public, states, strict=True)]}, 202
@@ -33,7 +33,7 @@ def _owned(outputs: list[NewOutput], who: Principal) -> list[NewOutput]:
 @bp.post("/v1/score")
 def score() -> tuple[dict[str, Any], int]:
     redline = core()
-    body = require_object(request.get_json(silent=True))
+    body = json_body()
     timeout_ms = parse_timeout_ms(body, redline.settings)
     outputs = parse_outputs(body, redline.settings, redline.detectors, extra_fields=("timeout_ms",))
     who = caller()
