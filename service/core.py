@@ -125,7 +125,7 @@ class Redline:
         return self.output_views([output_id], who)[0]
 
     def workers_alive(self) -> int:
-        cutoff = time.time() - self.settings.worker_ttl_s
+        cutoff = self.store.clock() - self.settings.worker_ttl_s  # the clock workers beat by
         return int(self.redis.zcount(self.keys.workers, cutoff, "+inf"))
 
     def readiness(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import numpy as np
@@ -20,6 +21,7 @@ from .detector_config import DetectorConfig
 from .errors import NotFound, ValidationFailed
 from .keys import Keys, text
 from .settings import Settings
+from .store import redis_time
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -58,15 +60,16 @@ class Entries:
 
 
 class Monitor:
-    """Computes monitor responses; `clock` is injectable so tests control time windows."""
+    """Computes monitor responses. Window edges use Redis's clock, as the timestamps in them do
+    (`store.redis_time`); `clock` is injectable so tests control time windows."""
 
     def __init__(self, redis: Redis, settings: Settings, detectors: dict[str, DetectorConfig],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.queue_prefix)
         self.detectors = detectors
-        self.clock = clock
+        self.clock: Callable[[], float] = clock or partial(redis_time, redis)
         self.pairs_nm = [tuple(int(x) for x in p.split(":")) for p in settings.monitor_nm]
         self._cache: dict[tuple[str, str, str], tuple[float, dict[str, Any]]] = {}
 
@@ -98,7 +101,7 @@ class Monitor:
         and scrapes asking again do not re-read large windows."""
         key = (model, detector, window.name)
         hit = self._cache.get(key)
-        now = self.clock()
+        now = time.monotonic()  # the cache's age is this process's business: no Redis round trip
         if hit and now - hit[0] < self.settings.monitor_cache_s:
             return hit[1]
         result = self._evaluate(model, detector, window)

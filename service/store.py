@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 from redis import Redis
 
@@ -178,12 +178,25 @@ class DetectorScore:
     version: str
 
 
+def redis_time(redis: Redis) -> float:
+    """Redis's own clock, in Unix seconds.
+
+    Every timestamp that one process writes and another compares (worker liveness, how long an output
+    has waited, window edges, queue wait) is read from here, not from the host: API and workers may
+    run on machines whose clocks differ, and a worker whose clock ran 15 s behind looked dead to every
+    API (so /readyz failed), while one ahead or behind requeued outputs too early or far too late.
+    """
+    seconds, micros = cast("tuple[int, int]", redis.time())
+    return seconds + micros / 1e6
+
+
 class OutputStore:
     """Reads and writes output records under one key prefix."""
 
     def __init__(self, redis: Redis, keys: Keys, ttl_s: int, retention_s: int = 15 * 86400,
-                 window_cap: int = 100_000, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock  # injectable so tests can place outputs and labels in time
+                 window_cap: int = 100_000, clock: Callable[[], float] | None = None) -> None:
+        # Redis's clock (see redis_time); injectable so tests can place outputs and labels in time.
+        self.clock: Callable[[], float] = clock or partial(redis_time, redis)
         self.redis = redis
         self.keys = keys
         self.ttl_s = ttl_s

@@ -9,7 +9,6 @@ requeue of an output that was in fact being scored costs work, never a double co
 from __future__ import annotations
 
 import logging
-import time
 from typing import cast
 
 from redis import Redis
@@ -27,7 +26,7 @@ def requeue_abandoned(redis: Redis, store: OutputStore, queues: ScoreQueues, old
     `max_attempts` times (its worker kept dying, or its job kept failing) is marked failed with the
     last job error and listed as a dead letter instead."""
     keys: Keys = store.keys
-    now = time.time()
+    now = store.clock()  # the clock `pending` was written by, whichever host wrote it
     raw_ids = cast("list[bytes]", redis.zrangebyscore(keys.pending, "-inf", now - older_than_s, start=0, num=limit))
     if not raw_ids:
         return 0
@@ -59,7 +58,7 @@ def requeue_abandoned(redis: Redis, store: OutputStore, queues: ScoreQueues, old
             for output_id in part:
                 pipe.hset(keys.output(output_id), "job", job_id)
                 pipe.hincrby(keys.output(output_id), "attempts", 1)
-                pipe.zadd(keys.pending, {output_id: time.time()})
+                pipe.zadd(keys.pending, {output_id: now})
             pipe.execute()
         queues.enqueue(part, job_id)
     if orphans:

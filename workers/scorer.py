@@ -45,7 +45,7 @@ class Scorer:
     def score(self, output_ids: Sequence[str]) -> BatchReport:
         """Score those of `output_ids` that are still queued; already-scored ones are left alone."""
         batch_id = uuid.uuid4().hex[:16]
-        started = time.time()
+        started = self.store.clock()  # created_at's clock, for the queue-wait histogram
         records = [r for r in self.store.get_many(list(dict.fromkeys(output_ids)), _READ_FIELDS)
                    if r and r.get("status") == QUEUED]
         failures: dict[str, str] = {}

@@ -73,8 +73,9 @@ class Heart(threading.Thread):
                 log.warning("could not release the leases of %d jobs: Redis is unreachable", len(job_ids))
 
     def beat(self) -> None:
-        """Publish liveness now (also called once before the first job)."""
-        now = time.time()
+        """Publish liveness now (also called once before the first job), by Redis's clock, which
+        readers compare it with: this host's may differ from theirs."""
+        now = self.scorer.store.clock()
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.keys.workers, {self.worker_name: now})
             # Forget workers dead for a day, so the set stays bounded.
