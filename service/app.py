@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from werkzeug.exceptions import HTTPException
 
 from .auth import OPEN, KeyStore, Principal, is_loopback
@@ -120,8 +120,14 @@ def _register_error_handlers(app: Flask) -> None:
     def redis_down(exc: RedisError):  # type: ignore[no-untyped-def]
         # Nothing was accepted: a create is one atomic script, so the client may simply retry.
         log.warning("Redis unavailable: %s", exc)
-        return redline_error(Unavailable("storage is unavailable; nothing was stored, retry shortly",
-                                         retry_after_s=2))
+        if isinstance(exc, OutOfMemoryError):  # maxmemory under noeviction: an operator must act
+            what = "storage is full (Redis maxmemory reached)"
+            retry_s = app.extensions["redline"].settings.retry_after_s
+        elif isinstance(exc, ReadOnlyError):  # a replica, as during a failover
+            what, retry_s = "storage is read-only (Redis is a replica)", 2
+        else:
+            what, retry_s = "storage is unavailable", 2
+        return redline_error(Unavailable(f"{what}; nothing was stored, retry shortly", retry_after_s=retry_s))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

@@ -122,9 +122,15 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
 
     from workers.worker import build_worker, wait_for_redis
 
+    from .keys import Keys
+
     build_shipped_graphs(settings)
+    from .redis_config import risks
+
     redis = Redis.from_url(settings.redis_url)
-    wait_for_redis(redis)  # RQ's Worker talks to Redis as it is built
+    wait_for_redis(redis, probe=Keys(settings.queue_prefix).write_probe)  # RQ's Worker writes as it is built
+    for risk in risks(redis):
+        log.warning("%s", risk)
     worker = build_worker(redis, settings)
     worker.work(burst=burst, logging_level=settings.log_level)
     return 0

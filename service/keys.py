@@ -63,6 +63,11 @@ class Keys:
         return f"{self.prefix}:dead"
 
     @property
+    def write_probe(self) -> str:
+        """String with a short TTL: written by a worker waiting for Redis to take writes again."""
+        return f"{self.prefix}:write-probe"
+
+    @property
     def reaper_lock(self) -> str:
         """String with TTL: only one process requeues abandoned outputs at a time."""
         return f"{self.prefix}:reaper-lock"

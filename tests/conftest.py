@@ -15,6 +15,7 @@ import pytest
 from redis import Redis
 
 from models import synthetic, variants
+from service.core import Redline
 from service.embedded_redis import EmbeddedRedis
 from service.settings import Settings
 
@@ -82,3 +83,15 @@ def prefix() -> str:
 @pytest.fixture()
 def settings(redis_url: str, synthetic_models: Path, prefix: str) -> Settings:
     return Settings(redis_url=redis_url, models_dirs=(synthetic_models,), queue_prefix=prefix)
+
+
+@pytest.fixture()
+def own_redis(synthetic_models: Path, prefix: str, tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, Redline]]:
+    """A Redis of the test's own (with AOF, as in production), for tests that stop it or change its
+    configuration, which the shared one must never see; and a core on it."""
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), persist=True).start()
+    try:
+        settings = Settings(redis_url=server.url, models_dirs=(synthetic_models,), queue_prefix=prefix)
+        yield server, Redline(settings, Redis.from_url(server.url))
+    finally:
+        server.stop()

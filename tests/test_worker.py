@@ -8,8 +8,6 @@ import signal
 import threading
 import time
 import zlib
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +22,6 @@ from workers import jobs
 from workers.reaper import requeue_abandoned
 from workers.worker import ScoringWorker, build_worker
 
-from .procs import free_port
-
 TEXTS = ["bleeding and a broken arm", "a calm day in the park", "that claim is a lie", "hello world"]
 
 
@@ -39,17 +35,6 @@ def _submit(core: Redline, n_requests: int, per_request: int) -> list[str]:
         core.submit(outs)
         ids += [o.id for o in outs]
     return ids
-
-
-@pytest.fixture()
-def stoppable(synthetic_models: Path, prefix: str, tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, Redline]]:
-    """A Redis of the test's own (with AOF, as in production) for tests that stop it, and a core on it."""
-    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), persist=True).start()
-    try:
-        settings = Settings(redis_url=server.url, models_dirs=(synthetic_models,), queue_prefix=prefix)
-        yield server, Redline(settings, Redis.from_url(server.url))
-    finally:
-        server.stop()
 
 
 def _run_burst(redis: Redis, settings: Settings) -> None:
@@ -159,8 +144,8 @@ def test_a_worker_restarted_after_an_unclean_death_starts_at_once(redis: Redis, 
 
 
 def test_a_worker_that_loses_redis_mid_batch_waits_and_scores_the_batch_once(
-        stoppable: tuple[EmbeddedRedis, Redline], caplog: pytest.LogCaptureFixture) -> None:
-    server, core = stoppable
+        own_redis: tuple[EmbeddedRedis, Redline], caplog: pytest.LogCaptureFixture) -> None:
+    server, core = own_redis
     redis = core.redis
     ids = _submit(core, n_requests=3, per_request=2)
     worker = build_worker(redis, core.settings)
@@ -207,11 +192,11 @@ def test_a_worker_that_loses_redis_mid_batch_waits_and_scores_the_batch_once(
 
 
 def test_a_job_whose_own_run_loses_redis_waits_and_completes(
-        stoppable: tuple[EmbeddedRedis, Redline], caplog: pytest.LogCaptureFixture) -> None:
+        own_redis: tuple[EmbeddedRedis, Redline], caplog: pytest.LogCaptureFixture) -> None:
     # The narrow window a batch cannot cover: Redis goes away during a job's own run and is back
     # before RQ records the outcome. Before, RQ recorded the ConnectionError as the job's failure
     # (a dead letter, and its outputs left to the reaper); now the run waits for Redis and goes on.
-    server, core = stoppable
+    server, core = own_redis
     redis = core.redis
     ids = _submit(core, n_requests=1, per_request=2)
     worker = build_worker(redis, core.settings)
@@ -247,9 +232,9 @@ def test_a_job_whose_own_run_loses_redis_waits_and_completes(
 
 @pytest.mark.parametrize("waiting_in", ["batch", "job's own run"])
 def test_a_sigterm_while_waiting_for_redis_mid_batch_stops_cleanly_and_the_batch_is_recovered(
-        stoppable: tuple[EmbeddedRedis, Redline], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        own_redis: tuple[EmbeddedRedis, Redline], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
         waiting_in: str) -> None:
-    server, core = stoppable
+    server, core = own_redis
     redis = core.redis
     # Leases lapse fast once the worker is gone. Were the stop ignored, a job's own wait would end
     # only at the job timeout: short here, so that the test fails rather than hangs.

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
@@ -35,7 +36,11 @@ from .scorer import BatchReport, Scorer
 log = logging.getLogger(__name__)
 
 REAPER_INTERVAL_S = 5.0
-REDIS_LOST = (RedisConnectionError, RedisTimeoutError)
+# Redis answers but refuses writes, for now: full (maxmemory reached under noeviction), or a
+# replica (a failover demoted it). Like a lost Redis, it passes; the worker waits with its models
+# loaded, where crashing would have it restarted in a loop, reloading them each time.
+REDIS_REFUSING = (OutOfMemoryError, ReadOnlyError)
+REDIS_LOST = (RedisConnectionError, RedisTimeoutError, *REDIS_REFUSING)
 T = TypeVar("T")
 REDIS_POLL_S = 0.5  # how often a worker waiting for Redis checks whether it answers
 
@@ -129,7 +134,7 @@ class ScoringWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         # A SIGTERM from here on finishes the batch, then stops.
-        self._riding_out_redis_loss(lambda: self.set_state(WorkerStatus.BUSY), "marking the worker busy")
+        self.set_state(WorkerStatus.BUSY)
         batch, ids = self._gather(job, queue)  # leases are taken as each job is popped
         job_ids = [j.id for j, _ in batch]
         try:
@@ -149,7 +154,27 @@ class ScoringWorker(SimpleWorker):
                 self._riding_out_redis_loss(partial(self._complete, each, origin), f"completing job {each.id}")
         finally:
             self.heart.release(job_ids)
-            self._riding_out_redis_loss(lambda: self.set_state(WorkerStatus.IDLE), "marking the worker idle")
+            self.set_state(WorkerStatus.IDLE)
+
+    # RQ's own bookkeeping between jobs: its loop survives a lost Redis only inside its blocking pop,
+    # and any other Redis error there (a refused write above all: Redis full, or read-only after a
+    # failover) ended the worker. These ride it out like the rest. Given a pipeline, they only queue
+    # commands, and whoever executes the pipeline handles its errors.
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            return super().set_state(state, pipeline)
+        return self._riding_out_redis_loss(lambda: super(ScoringWorker, self).set_state(state),
+                                           f"marking the worker {state}")
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            return super().heartbeat(timeout, pipeline)
+        return self._riding_out_redis_loss(lambda: super(ScoringWorker, self).heartbeat(timeout),
+                                           "recording RQ's heartbeat")
+
+    def run_maintenance_tasks(self) -> None:
+        return self._riding_out_redis_loss(lambda: super(ScoringWorker, self).run_maintenance_tasks(),
+                                           "cleaning RQ's registries")
 
     def _complete(self, job: Job, queue: Queue) -> None:
         self.perform_job(job, queue, self.prepare_execution(job))
@@ -160,7 +185,8 @@ class ScoringWorker(SimpleWorker):
         # heart renews the batch's leases once Redis is back. A stop request (SIGTERM) while
         # waiting gives up; the reaper then recovers the batch.
         try:
-            return riding_out_redis_loss(self.connection, step, what, stop=lambda: self._stop_requested)
+            return riding_out_redis_loss(self.connection, step, what, stop=lambda: self._stop_requested,
+                                         probe=self.heart.keys.write_probe)
         except REDIS_LOST:
             if self._stop_requested:
                 raise StopRequested from None  # RQ's own way out of its loop: a clean stop, exit 0
@@ -212,28 +238,33 @@ class ScoringWorker(SimpleWorker):
 
 
 def riding_out_redis_loss(redis: Redis, step: Callable[[], T], what: str,
-                          stop: Callable[[], bool] = lambda: False) -> T:
-    """Run `step`; if Redis goes away meanwhile, wait for it (see `wait_for_redis`) and run `step`
-    again. Only for steps that are safe to run twice: scoring skips outputs whose scores were
-    already written (one atomic script per batch), and RQ's bookkeeping is keyed by job id."""
+                          stop: Callable[[], bool] = lambda: False, probe: str | None = None) -> T:
+    """Run `step`; if Redis goes away or refuses writes meanwhile, wait for it (see `wait_for_redis`)
+    and run `step` again. Only for steps that are safe to run twice: scoring skips outputs whose
+    scores were already written (one atomic script per batch), and RQ's bookkeeping is keyed by job id."""
     while True:
         try:
             return step()
-        except REDIS_LOST:
-            log.warning("lost Redis while %s", what)
-            wait_for_redis(redis, stop=stop)
+        except REDIS_LOST as exc:
+            log.warning("lost Redis while %s: %s", what, exc)
+            wait_for_redis(redis, stop=stop, probe=probe)
             log.warning("%s again", what[0].upper() + what[1:])
 
 
-def wait_for_redis(redis: Redis, stop: Callable[[], bool] = lambda: False, remind_every_s: float = 30.0) -> None:
-    """Block until Redis answers, saying so now and every `remind_every_s`; raise a
-    ConnectionError if `stop()` turns true first. Used by a worker started before its Redis and
-    by one that lost Redis mid-batch or mid-job: waiting keeps the models loaded, where exiting
-    would have `redline serve` or an orchestrator restart it in a loop, reloading them each time."""
+def wait_for_redis(redis: Redis, stop: Callable[[], bool] = lambda: False, remind_every_s: float = 30.0,
+                   probe: str | None = None) -> None:
+    """Block until Redis answers (and, given a `probe` key, takes a write to it: a full or read-only
+    Redis answers PING), saying so now and every `remind_every_s`; raise a ConnectionError if
+    `stop()` turns true first. Used by a worker started before its Redis and by one that lost Redis
+    mid-batch or mid-job: waiting keeps the models loaded, where exiting would have `redline serve`
+    or an orchestrator restart it in a loop, reloading them each time."""
     said: float | None = None
     while not stop():
         try:
-            redis.ping()
+            if probe is None:
+                redis.ping()
+            else:
+                redis.set(probe, "1", px=int(REDIS_POLL_S * 4000))
         except REDIS_LOST as exc:
             if said is None or time.monotonic() - said >= remind_every_s:
                 log.warning("waiting for Redis: %s", exc)
