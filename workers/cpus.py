@@ -81,4 +81,4 @@ def intra_op_threads(configured: int, cgroup_root: Path = CGROUP_ROOT) -> tuple[
     allowed, machine = allowed_cpus(cgroup_root), os.cpu_count() or 1
     if allowed < machine:
         return allowed, f"this process may use {allowed} of the machine's {machine} CPUs"
-    return 0, f"onnxruntime's default: the process may use all {machine} CPUs"
+    return 0, f"the process may use all {machine} CPUs"
