@@ -14,12 +14,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import re
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, Forbidden, Unauthorized
+
+log = logging.getLogger(__name__)
 
 SCOPES = ("outputs:write", "labels:write", "read")
 DEFAULT_TENANT = "default"
@@ -60,37 +65,34 @@ class Principal:
 OPEN = Principal(DEFAULT_TENANT, frozenset(SCOPES))
 
 
-class KeyStore:
-    """The parsed keys file. Lookups compare digests in constant time."""
+# How often a process looks at the keys file for changes: a revoked key stops working within this.
+RELOAD_CHECK_S = 1.0
 
-    def __init__(self, entries: dict[str, Principal]) -> None:
+
+class KeyStore:
+    """The keys file, read again when it changes, so keys are added and revoked without a restart.
+
+    Each API process checks the file's identity (inode, size, mtime) at most every RELOAD_CHECK_S.
+    A changed file that does not parse is refused: the keys in force stay, and the error is logged,
+    since an API that stopped authenticating anyone over a typo would be an outage. Lookups compare
+    digests in constant time.
+    """
+
+    def __init__(self, entries: dict[str, Principal], path: Path | None = None,
+                 seen: tuple[int, int, int] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.entries = entries
+        self.path, self.clock = path, clock
+        self._checked = clock()
+        self._seen = seen  # the identity of the file `entries` came from
 
     @classmethod
     def load(cls, path: Path) -> KeyStore:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ConfigError(f"REDLINE_API_KEYS_FILE {path}: {exc.strerror}") from None
-        entries: dict[str, Principal] = {}
-        for n, line in enumerate(lines, start=1):
-            text = line.split("#", 1)[0].strip()
-            if not text:
-                continue
-            parts = text.split()
-            if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{64}", parts[0]):
-                raise ConfigError(f"{path}:{n}: expected '<sha256 hex> <tenant> <scope>[,<scope>...]'")
-            digest, tenant, scopes = parts
-            if not re.match(TENANT_PATTERN, tenant):
-                raise ConfigError(f"{path}:{n}: tenant {tenant!r} must match {TENANT_PATTERN}")
-            wanted = frozenset(scopes.split(","))
-            if not wanted <= set(SCOPES):
-                raise ConfigError(f"{path}:{n}: unknown scope(s) {', '.join(sorted(wanted - set(SCOPES)))}; "
-                                  f"known: {', '.join(SCOPES)}")
-            entries[digest] = Principal(tenant, wanted)
-        return cls(entries)
+        """The store for `path`; a file that cannot be read or parsed is a ConfigError (at start-up)."""
+        seen = _identity(path)  # before reading: a change made meanwhile is then seen as one
+        return cls(_parse(path), path, seen)
 
     def authenticate(self, header: str | None) -> Principal:
+        self._reload_if_changed()
         if not header or not header.startswith("Bearer "):
             raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
         digest = hashlib.sha256(header[len("Bearer "):].strip().encode()).hexdigest()
@@ -98,6 +100,55 @@ class KeyStore:
             if hmac.compare_digest(known, digest):
                 return principal
         raise Unauthorized("unknown API key")
+
+    def _reload_if_changed(self) -> None:
+        if self.path is None or self.clock() - self._checked < RELOAD_CHECK_S:
+            return
+        self._checked = self.clock()
+        seen = _identity(self.path)
+        if seen == self._seen:
+            return
+        self._seen = seen  # a refused version is not parsed again until it changes
+        try:
+            entries = _parse(self.path)
+        except ConfigError as exc:
+            log.error("the keys file changed but is refused; keys in force stay (%d): %s",
+                      len(self.entries), exc.message)
+            return
+        self.entries = entries  # one reference swap: requests on other threads see the old or the new set
+        log.warning("keys file %s reloaded; keys in force: %d", self.path, len(entries))
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _parse(path: Path) -> dict[str, Principal]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"REDLINE_API_KEYS_FILE {path}: {exc.strerror}") from None
+    entries: dict[str, Principal] = {}
+    for n, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        parts = text.split()
+        if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{64}", parts[0]):
+            raise ConfigError(f"{path}:{n}: expected '<sha256 hex> <tenant> <scope>[,<scope>...]'")
+        digest, tenant, scopes = parts
+        if not re.match(TENANT_PATTERN, tenant):
+            raise ConfigError(f"{path}:{n}: tenant {tenant!r} must match {TENANT_PATTERN}")
+        wanted = frozenset(scopes.split(","))
+        if not wanted <= set(SCOPES):
+            raise ConfigError(f"{path}:{n}: unknown scope(s) {', '.join(sorted(wanted - set(SCOPES)))}; "
+                              f"known: {', '.join(SCOPES)}")
+        entries[digest] = Principal(tenant, wanted)
+    return entries
 
 
 def create_key(path: Path, tenant: str, scopes: list[str]) -> str:

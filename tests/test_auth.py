@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 from redis import Redis
 
 from service.app import create_app
@@ -17,6 +18,8 @@ from service.auth import KeyStore, create_key
 from service.errors import ConfigError
 from service.settings import Settings
 from workers.runtime import build_scorer
+
+from .procs import redline_env, start_api, wait_for
 
 ALL = ["outputs:write", "labels:write", "read"]
 
@@ -149,3 +152,39 @@ def test_refuses_public_address_without_keys(redis: Redis, settings: Settings, c
     r = subprocess.run([sys.executable, "-m", "service.cli", "api"], capture_output=True, text=True, env=env,
                        timeout=60)
     assert r.returncode == 2 and "refusing to serve on 0.0.0.0" in r.stderr
+
+
+def test_keys_are_added_and_revoked_without_a_restart_and_a_broken_file_changes_nothing(
+        redis_url: str, synthetic_models: Path, prefix: str, tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+
+    def new_key(tenant: str) -> str:  # as an operator does it, with the CLI
+        r = subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", tenant,
+                            "--file", str(path)], capture_output=True, text=True, timeout=60, check=True)
+        return r.stdout.strip()
+
+    first = new_key("ops")
+    env = redline_env(redis_url, synthetic_models, prefix, api_keys_file=path, log_level="INFO")
+    api, base = start_api(env, tmp_path / "api.log")
+
+    def answers(key: str) -> set[int]:
+        # Several requests, so that every gunicorn process (each keeps its own copy) has answered.
+        return {requests.get(base + "/v1/detectors", headers=auth(key), timeout=10).status_code for _ in range(12)}
+
+    try:
+        assert answers(first) == {200}
+        second = new_key("search")
+        wait_for(lambda: answers(second) == {200}, timeout=15)
+        # Revoke the first key: its line goes.
+        path.write_text("".join(line for line in path.read_text().splitlines(keepends=True) if "ops" not in line))
+        wait_for(lambda: answers(first) == {401}, timeout=15)
+        assert answers(second) == {200}
+        # A broken edit (a tenant the format forbids) is refused: the keys in force stay.
+        path.write_text(path.read_text() + hashlib.sha256(b"x").hexdigest() + " Bad_Tenant read\n")
+        refused = "the keys file changed but is refused; keys in force stay (1)"
+        log = tmp_path / "api.log"
+        # Files are checked as requests arrive: keep asking until both processes have seen the edit.
+        wait_for(lambda: answers(second) == {200} and log.read_text().count(refused) == 2, timeout=15)
+        assert answers(first) == {401} and "Bad_Tenant" in log.read_text()
+    finally:
+        api.stop()
