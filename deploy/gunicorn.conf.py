@@ -3,9 +3,12 @@
 Run: gunicorn -c deploy/gunicorn.conf.py 'service.app:create_app()'   (what `redline api` does)
 """
 
+from service.cli import configure_logging
 from service.settings import Settings
 
 _settings = Settings.from_env()
+# The app's own loggers (gunicorn configures only its own); set before fork, so every process has it.
+configure_logging(_settings.log_level)
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.api_processes

@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"redline: {exc.message}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     for name in unknown_variables():
         log.warning("ignoring unknown setting %s (typo?)", name)
     try:
@@ -73,6 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"redline: {exc.message}", file=sys.stderr)
         return 2
+
+
+def configure_logging(level: str) -> None:
+    """One log format for every Redline process: the CLI's, workers', and the API's gunicorn processes
+    (deploy/gunicorn.conf.py), whose app loggers otherwise had no handler: Python's last resort printed
+    bare WARNING messages, with no time, level or source, and dropped REDLINE_LOG_LEVEL=INFO."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def create_key_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -175,13 +175,14 @@ def test_keys_are_added_and_revoked_without_a_restart_and_a_broken_file_changes_
         assert answers(first) == {200}
         second = new_key("search")
         wait_for(lambda: answers(second) == {200}, timeout=15)
+        assert "WARNING service.auth: keys file" in (tmp_path / "api.log").read_text()  # with time and source
         # Revoke the first key: its line goes.
         path.write_text("".join(line for line in path.read_text().splitlines(keepends=True) if "ops" not in line))
         wait_for(lambda: answers(first) == {401}, timeout=15)
         assert answers(second) == {200}
         # A broken edit (a tenant the format forbids) is refused: the keys in force stay.
         path.write_text(path.read_text() + hashlib.sha256(b"x").hexdigest() + " Bad_Tenant read\n")
-        refused = "the keys file changed but is refused; keys in force stay (1)"
+        refused = "ERROR service.auth: the keys file changed but is refused; keys in force stay (1)"
         log = tmp_path / "api.log"
         # Files are checked as requests arrive: keep asking until both processes have seen the edit.
         wait_for(lambda: answers(second) == {200} and log.read_text().count(refused) == 2, timeout=15)
