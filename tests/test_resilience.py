@@ -264,3 +264,29 @@ def test_dead_letters_list_failed_jobs_and_given_up_outputs(redis: Redis, settin
     assert "TypeError" in malformed["error"] and malformed["queue"] == "default"
     redis.zrem(core.keys.pending, "stuck")  # left unscored on purpose
     assert redis.zcard(core.keys.pending) == 0
+
+
+def test_a_redis_that_stops_answering_is_a_prompt_503_not_a_hung_request(
+        own_redis: tuple[EmbeddedRedis, Redline], synthetic_models: Path, tmp_path: Path) -> None:
+    # SIGSTOP: connections stay open and nothing answers, as when the network path to Redis black-holes.
+    # redis-py before 8 had no socket timeout, so each API thread then waited on its socket until
+    # gunicorn killed the process (the request timeout, 40 s) and the client lost its connection;
+    # requirements.txt now asks for redis-py 8, whose 5 s default bounds every call.
+    server, core = own_redis
+    env = redline_env(server.url, synthetic_models, core.settings.queue_prefix)
+    api, base = start_api(env, tmp_path / "api.log")
+    assert server.process is not None
+    try:
+        assert _post(base, [{"model": "m", "response": "warm-up"}]).status_code == 202
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            r = _post(base, [{"model": "m", "response": "hi"}])
+            took = time.monotonic() - started
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+        assert took < 20, took  # a few seconds of socket timeout, not gunicorn's 40 s
+        assert _post(base, [{"model": "m", "response": "after"}]).status_code == 202  # and it recovers
+    finally:
+        api.stop()
