@@ -33,6 +33,7 @@ def keys(tmp_path: Path) -> dict[str, str]:
         "reader": create_key(path, "team-a", ["read"]),
         "writer": create_key(path, "team-a", ["outputs:write"]),
         "labeler": create_key(path, "team-a", ["labels:write"]),
+        "default": create_key(path, "default", ALL),  # the tenant open mode uses, which has no id prefix
     }
     made["file"] = str(path)
     return made
@@ -114,6 +115,26 @@ def test_tenants_never_see_each_other(client, keys: dict[str, str]) -> None:  # 
         assert one["model"] == "bot" and one["labeled"] == 1 and one["positives"] == label
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'model="team-a~bot"' in metrics and 'model="team-b~bot"' in metrics
+
+
+def test_the_unprefixed_default_tenant_cannot_reach_other_tenants_ids(client, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    # Tenant ids live in Redis as `tenant~id`; the default tenant's (open mode's) are unprefixed, so
+    # its public ids and internal ones are the same string. '~' is in no valid public id, yet the
+    # path of GET and PUT .../labels took any string: the default tenant could read and relabel
+    # another tenant's output by naming it `team-a~x1`.
+    a, default = auth(keys["a"]), auth(keys["default"])
+    assert client.post("/v1/outputs", json=OUT, headers=a).status_code == 202
+    score_all(client)
+    assert client.get("/v1/outputs/x1", headers=a).status_code == 200
+    assert client.get("/v1/outputs/team-a~x1", headers=default).status_code == 404
+    assert client.put("/v1/outputs/team-a~x1/labels", json={"injury": 1}, headers=default).status_code == 404
+    assert client.get("/v1/outputs/x1", headers=a).get_json()["labels"] == {}  # untouched
+    client.put("/v1/outputs/x1/labels", json={"injury": 1}, headers=a)
+    window = "/v1/monitor?model={}&detector=injury&window=24h"
+    assert client.get(window.format("bot"), headers=a).get_json()["labeled"] == 1
+    assert client.get(window.format("team-a~bot"), headers=default).status_code == 404
+    # A keyed tenant's own prefix does not help either: its ids are always prefixed once more.
+    assert client.get("/v1/outputs/team-a~x1", headers=a).status_code == 404
 
 
 def test_keys_file_is_strict(tmp_path: Path) -> None:
