@@ -67,7 +67,13 @@ def core() -> Redline:
 
 def json_body() -> dict[str, Any]:
     """This request's body as a JSON object; a 400 or 422 naming what is wrong with it otherwise."""
-    return parse_json_body(request.get_data(cache=False), request.is_json)
+    data = request.get_data(cache=False)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        # A chunked body (no Content-Length) is cut at the limit without an error, which then read
+        # as truncated JSON (a 400 about a string never closed). Reading on raises werkzeug's 413.
+        request.stream.read(1)
+    return parse_json_body(data, request.is_json)
 
 
 def caller() -> Principal:

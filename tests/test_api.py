@@ -216,6 +216,22 @@ def test_json_that_python_accepts_but_json_does_not_is_a_4xx_naming_it_and_store
     assert stack.our_keys() == before
 
 
+def test_a_chunked_body_over_the_limit_is_413_like_one_with_a_content_length(stack: Stack) -> None:
+    def body() -> Iterator[bytes]:  # no Content-Length: requests sends a generator chunked
+        yield b'{"outputs": [{"model": "m", "response": "'
+        yield from (b"x" * 10_000 for _ in range(30))  # 300 kB, the limit being 200 kB
+        yield b'"}]}'
+
+    before = stack.our_keys()
+    r = requests.post(stack.base + "/v1/outputs", data=body(), headers={"Content-Type": "application/json"},
+                      timeout=30)
+    assert r.status_code == 413 and "exceeds 200000 bytes" in r.json()["error"]["message"], r.text
+    small = [b'{"outputs": [{"model": "m", "response": "chunked and small"}]}']
+    assert requests.post(stack.base + "/v1/outputs", data=iter(small), headers={"Content-Type": "application/json"},
+                         timeout=30).status_code == 202
+    assert stack.our_keys() == before + 1
+
+
 def test_label_bodies_get_the_same_json_checks(stack: Stack) -> None:
     r = requests.put(stack.base + "/v1/outputs/x/labels", data='{"injury": NaN}',
                      headers={"Content-Type": "application/json"}, timeout=30)
