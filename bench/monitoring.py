@@ -65,17 +65,17 @@ def main() -> None:
         service = LocalRedline(Path(tmp), ROOT / "models", workers=1)
         try:
             redis = Redis.from_url(service.redis.url)
-            keys = Keys(settings.queue_prefix)
+            keys, version = Keys(settings.queue_prefix), configs["injury"].version
             sc, lb, wt = scores.tolist(), labels.tolist(), entries.weights.tolist()
             la, ca = entries.labeled_at.tolist(), entries.created_at.tolist()
             with redis.pipeline(transaction=False) as pipe:
                 for start in range(0, n, 10_000):
                     stop = min(n, start + 10_000)
-                    pipe.zadd(keys.window("bench", "injury"), {
+                    pipe.zadd(keys.window("bench", "injury", version), {
                         f"o{i}|".encode() + struct.pack("<ddddd", sc[i], lb[i], wt[i], la[i], ca[i]): ca[i]
                         for i in range(start, stop)})
-                    pipe.zadd(keys.scores("bench", "injury"), {f"o{i}|".encode() + struct.pack("<d", sc[i]): ca[i]
-                                                                for i in range(start, stop)})
+                    pipe.zadd(keys.scores("bench", "injury", version),
+                              {f"o{i}|".encode() + struct.pack("<d", sc[i]): ca[i] for i in range(start, stop)})
                 pipe.sadd(keys.monitored, "bench|injury")
                 pipe.execute()
             monitor = Monitor(redis, dataclasses.replace(settings, monitor_cache_s=0), configs)

@@ -72,19 +72,29 @@ class Keys:
         """String with TTL: only one process requeues abandoned outputs at a time."""
         return f"{self.prefix}:reaper-lock"
 
-    # Monitoring windows. "model|detector" cannot collide: neither name may contain '|'.
-    def window(self, model: str, detector: str) -> str:
+    # Monitoring windows and score histories, one per (model, detector, detector version): a new
+    # version's scores and threshold are a different classifier, whose quality must not be averaged
+    # with the old one's. "model|detector|version" cannot collide: neither name may contain '|', and
+    # the version comes last. The label script knows an output's version only inside Redis (from its
+    # stored scores), so it appends the version to `window_base` itself: window = base + version.
+    def window_base(self, model: str, detector: str) -> str:
+        return f"{self.prefix}:window:{model}|{detector}|"
+
+    def window(self, model: str, detector: str, version: str) -> str:
         """Sorted set by created_at: labeled+scored outputs, member `id|` + 5 little-endian doubles
         (score, label, weight, labeled_at, created_at)."""
-        return f"{self.prefix}:window:{model}|{detector}"
+        return self.window_base(model, detector) + version
 
-    def window_index(self, model: str, detector: str) -> str:
+    def window_index_base(self, model: str, detector: str) -> str:
+        return f"{self.prefix}:window-index:{model}|{detector}|"
+
+    def window_index(self, model: str, detector: str, version: str) -> str:
         """Hash: output id -> its member in `window`, so a changed label replaces the old entry."""
-        return f"{self.prefix}:window-index:{model}|{detector}"
+        return self.window_index_base(model, detector) + version
 
-    def scores(self, model: str, detector: str) -> str:
+    def scores(self, model: str, detector: str, version: str) -> str:
         """Sorted set by created_at: every scored output, member `id|` + score as a little-endian double."""
-        return f"{self.prefix}:scores:{model}|{detector}"
+        return f"{self.prefix}:scores:{model}|{detector}|{version}"
 
     @property
     def monitored(self) -> str:

@@ -78,8 +78,8 @@ class Monitor:
         raw = self.redis.smembers(self.keys.monitored)
         return sorted((model, detector) for model, detector in (text(m).split("|", 1) for m in raw))
 
-    def entries(self, model: str, detector: str, window: Window, now: float) -> Entries:
-        key = self.keys.window(model, detector)
+    def entries(self, model: str, detector: str, version: str, window: Window, now: float) -> Entries:
+        key = self.keys.window(model, detector, version)
         if window.count is not None:
             rows = self.redis.zrevrange(key, 0, window.count - 1)
         else:
@@ -91,9 +91,9 @@ class Monitor:
         return Entries(scores=fields[:, 0], labels=fields[:, 1].astype(np.int8), weights=fields[:, 2],
                        labeled_at=fields[:, 3], created_at=fields[:, 4])
 
-    def scores_between(self, model: str, detector: str, start: float, stop: float) -> np.ndarray:
-        """Every stored score (labeled or not) of outputs created in [start, stop)."""
-        rows = self.redis.zrangebyscore(self.keys.scores(model, detector), start, f"({stop}")
+    def scores_between(self, model: str, detector: str, version: str, start: float, stop: float) -> np.ndarray:
+        """Every stored score (labeled or not) by `version` of outputs created in [start, stop)."""
+        rows = self.redis.zrangebyscore(self.keys.scores(model, detector, version), start, f"({stop}")
         return _doubles(cast("list[bytes]", rows), 1)[:, 0] if rows else np.zeros(0)
 
     def evaluate(self, model: str, detector: str, window: Window) -> dict[str, Any]:
@@ -117,16 +117,18 @@ class Monitor:
         if not self.redis.sismember(self.keys.monitored, f"{model}|{detector}"):
             raise NotFound(f"no scores yet for model {model!r} and detector {detector!r}")
         now = self.clock()
-        e = self.entries(model, detector, window, now)
+        # The detector version this process serves: after an upgrade, the new version's outputs only.
+        version = config.version
+        e = self.entries(model, detector, version, window, now)
         if window.seconds is not None:
             start = now - window.seconds
         else:  # a count window spans from its oldest labeled output to now
             start = float(e.created_at.min()) if e.created_at.size else now
-        current = self.scores_between(model, detector, start, now + 1)
-        reference = self.scores_between(model, detector, start - max(now - start, 1.0), start)
+        current = self.scores_between(model, detector, version, start, now + 1)
+        reference = self.scores_between(model, detector, version, start - max(now - start, 1.0), start)
         result = quality(e, config, list(self.settings.monitor_ns), self.pairs_nm,
                          self.settings.monitor_min_positives)
-        result = {"model": model, "detector": detector, "window": window.name, **result}
+        result = {"model": model, "detector": detector, "version": version, "window": window.name, **result}
         result["scored"] = int(current.size)
         result["label_coverage"] = (e.scores.size / current.size) if current.size else None
         result["drift"] = {"psi": ev.psi(reference, current), "ks": ev.ks_statistic(reference, current),

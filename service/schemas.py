@@ -154,6 +154,7 @@ class NMAuc(BaseModel):
 class Monitor(BaseModel):
     model: str
     detector: str
+    version: str
     window: str
     threshold: float
     target_fnr: float | None

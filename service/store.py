@@ -54,22 +54,24 @@ return result
 # Shared by the scripts below: put one labeled+scored output into its monitoring window,
 # replacing its previous entry (a changed label), then trim by age and by count.
 _WINDOW_PUT = """
-local function window_put(w, id, score, label, weight, labeled_at, created_at)
-  local old = redis.call('HGET', w.idx, id)
-  if old then redis.call('ZREM', w.win, old) end
+local function window_put(w, version, id, score, label, weight, labeled_at, created_at)
+  -- The window of the detector version that scored the output (Keys.window: base .. version).
+  local win, idx = w.win .. tostring(version or ''), w.idx .. tostring(version or '')
+  local old = redis.call('HGET', idx, id)
+  if old then redis.call('ZREM', win, old) end
   -- id, then 5 little-endian doubles: numpy reads a whole window with one frombuffer (monitoring.py).
   local member = id .. '|' .. struct.pack('<ddddd', tonumber(score), tonumber(label), tonumber(weight),
                                            tonumber(labeled_at), tonumber(created_at))
-  redis.call('ZADD', w.win, created_at, member)
-  redis.call('HSET', w.idx, id, member)
-  local drop = redis.call('ZRANGEBYSCORE', w.win, '-inf', '(' .. w.horizon)
-  local excess = redis.call('ZCARD', w.win) - w.cap
+  redis.call('ZADD', win, created_at, member)
+  redis.call('HSET', idx, id, member)
+  local drop = redis.call('ZRANGEBYSCORE', win, '-inf', '(' .. w.horizon)
+  local excess = redis.call('ZCARD', win) - w.cap
   if excess > 0 then
-    for _, m in ipairs(redis.call('ZRANGE', w.win, 0, excess - 1)) do table.insert(drop, m) end
+    for _, m in ipairs(redis.call('ZRANGE', win, 0, excess - 1)) do table.insert(drop, m) end
   end
   for _, m in ipairs(drop) do
-    redis.call('ZREM', w.win, m)
-    redis.call('HDEL', w.idx, string.match(m, '^[^|]+'))
+    redis.call('ZREM', win, m)
+    redis.call('HDEL', idx, string.match(m, '^[^|]+'))
   end
 end
 
@@ -104,7 +106,7 @@ for _, r in ipairs(results) do
       redis.call('SADD', KEYS[3], cur[2] .. '|' .. d.name)
       local lab = redis.call('HMGET', key, 'label:' .. d.name, 'labeled_at:' .. d.name)
       if lab[1] then
-        window_put(d, r.id, d.score, lab[1], design_weight(d.flagged, r.audit, r.rate), lab[2], cur[4])
+        window_put(d, d.version, r.id, d.score, lab[1], design_weight(d.flagged, r.audit, r.rate), lab[2], cur[4])
       end
     end
     if cur[3] then
@@ -141,8 +143,8 @@ for i, it in ipairs(items) do
     if cur[4] then
       local s = cjson.decode(cur[4])[it.det]
       if s then
-        window_put(it, it.id, it.score_text or tostring(s.score), it.label, design_weight(s.flagged, cur[6], cur[7]),
-                   labeled_at, cur[5])
+        window_put(it, s.version, it.id, it.score_text or tostring(s.score), it.label,
+                   design_weight(s.flagged, cur[6], cur[7]), labeled_at, cur[5])
       end
     end
   end
@@ -274,7 +276,8 @@ class OutputStore:
             fields = {"status": SCORED, "scored_at": repr(now), "batch": json.dumps(batch),
                       "scores": json.dumps({d: s.__dict__ for d, s in scores.items()}),
                       "audit": "1" if audit else "0", "audit_rate": repr(audit_rate)}
-            dets = [{"name": d, "score": repr(s.score), "flagged": s.flagged,
+            dets = [{"name": d, "score": repr(s.score), "flagged": s.flagged, "version": s.version,
+                     "sc": self.keys.scores(record["model"], d, s.version),
                      **self._window_keys(record["model"], d, now)} for d, s in scores.items()]
             payload.append({"id": record["id"], "fields": [x for kv in fields.items() for x in kv],
                             "counters": counters, "dets": dets, "audit": "1" if audit else "0",
@@ -291,9 +294,9 @@ class OutputStore:
         return [r.decode() for r in result]
 
     def _window_keys(self, model: str, detector: str, now: float) -> dict[str, Any]:
-        return {"win": self.keys.window(model, detector), "idx": self.keys.window_index(model, detector),
-                "sc": self.keys.scores(model, detector), "horizon": repr(now - self.retention_s),
-                "cap": self.window_cap}
+        # Bases: the scripts append the version of the detector that scored the output.
+        return {"win": self.keys.window_base(model, detector), "idx": self.keys.window_index_base(model, detector),
+                "horizon": repr(now - self.retention_s), "cap": self.window_cap}
 
     def finish_failed(self, reasons: Mapping[str, str]) -> int:
         """Mark outputs failed, each with its reason (only those still queued), in one script call."""

@@ -213,10 +213,10 @@ def test_windows_are_bounded(make) -> None:  # type: ignore[no-untyped-def]
     ids = submit(core, (INJURED + CALM) * 2, "b")
     scorer.score(ids)
     core.apply_labels([(i, "injury", n % 2) for n, i in enumerate(ids)])
-    keys = core.keys
-    assert core.redis.zcard(keys.window("m", "injury")) == 5
-    assert core.redis.hlen(keys.window_index("m", "injury")) == 5
-    assert core.redis.zcard(keys.scores("m", "injury")) == 5
+    keys, version = core.keys, core.detectors["injury"].version
+    assert core.redis.zcard(keys.window("m", "injury", version)) == 5
+    assert core.redis.hlen(keys.window_index("m", "injury", version)) == 5
+    assert core.redis.zcard(keys.scores("m", "injury", version)) == 5
 
 
 def test_bad_window_names() -> None:
@@ -224,3 +224,37 @@ def test_bad_window_names() -> None:
         with pytest.raises(ValidationFailed):
             Window.parse(bad)
     assert Window.parse("7d").seconds == 7 * 86400 and Window.parse("count:1000").count == 1000
+
+
+def test_a_new_detector_version_is_monitored_on_its_own_outputs_only(make) -> None:  # type: ignore[no-untyped-def]
+    # After a detector upgrade (a new model.json: new weights, new threshold) its quality must be the
+    # new classifier's: the old version's scores judged at the new threshold would be neither.
+    core, scorer = make()
+    w = Window.parse("24h")
+    old_ids = submit(core, INJURED + CALM, "v1-")
+    scorer.score(old_ids)
+    core.apply_labels([(i, "injury", int(t in INJURED)) for i, t in zip(old_ids[1:], (INJURED + CALM)[1:],
+                                                                      strict=True)])
+    before = core.monitor.evaluate("m", "injury", w)
+    old_version = core.detectors["injury"].version
+    assert (before["version"], before["labeled"], before["drift"]["current"]) == (old_version, 9, 10)
+
+    upgraded = dataclasses.replace(core.detectors["injury"], version=old_version + "-next", threshold=0.25)
+    core.detectors["injury"] = upgraded  # the API's configuration (the monitor reads the same dict)
+    scorer.detectors["injury"].config = upgraded  # and the workers'
+    fresh = core.monitor.evaluate("m", "injury", w)
+    assert (fresh["version"], fresh["labeled"], fresh["drift"]["current"]) == (upgraded.version, 0, 0)
+
+    texts = INJURED[:3] + CALM[:2]
+    new_ids = submit(core, texts, "v2-")
+    scorer.score(new_ids)
+    core.apply_labels([(i, "injury", int(t in INJURED)) for i, t in zip(new_ids, texts, strict=True)])
+    core.apply_labels([(old_ids[0], "injury", 1)])  # a late label for an output the old version scored
+    after = core.monitor.evaluate("m", "injury", w)
+    scores, labels = np.array([injury_score(t) for t in texts]), np.array([1, 1, 1, 0, 0])
+    assert (after["labeled"], after["positives"], after["drift"]["current"]) == (5, 3, 5)
+    assert after["auc"] == pytest.approx(ev.nm_auc(scores, labels, 1, 1))
+    assert after["fpr"] == ev.fpr_at(scores, labels, 0.25).to_dict()
+    # The late label joined the old version's window, which keeps its own history.
+    old_window = core.redis.zcard(core.keys.window("m", "injury", old_version))
+    assert old_window == 10

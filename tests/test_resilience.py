@@ -19,7 +19,9 @@ from redis import Redis
 
 from service.app import create_app
 from service.core import Redline
+from service.detector_config import load_configs
 from service.embedded_redis import EmbeddedRedis
+from service.keys import Keys
 from service.settings import Settings
 from service.store import NewOutput
 from workers.reaper import requeue_abandoned
@@ -113,7 +115,8 @@ def test_sigkilled_workers_lose_nothing_and_score_each_output_once(redis_url: st
         counters = {k.decode(): int(v) for k, v in redis.hgetall(f"{prefix}:counters").items()}
         assert counters["scored|injury|chaos"] == n_out  # exactly once, despite requeues
         assert counters["labeled|injury|chaos"] == n_out
-        assert redis.zcard(f"{prefix}:window:chaos|injury") == n_out
+        version = load_configs([shipped_models])["injury"].version
+        assert redis.zcard(Keys(prefix).window("chaos", "injury", version)) == n_out
         requeued = sum(1 for i in ids if redis.hget(f"{prefix}:output:{i}", "attempts"))
         assert requeued > 0  # the kills really did abandon outputs, and they came back
     finally:
