@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, RedlineError
+from .keys import LIVENESS_REFRESH_S
 
 _ROOT = Path(__file__).resolve().parent.parent
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,8 @@ class Settings:
             if raw is None:
                 continue
             values[f.name] = _parse(f.name, f.type, raw)
+        if isinstance(values.get("log_level"), str):
+            values["log_level"] = str(values["log_level"]).upper()  # `info` as well as `INFO`, for every consumer
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
         return settings
@@ -148,6 +152,23 @@ class Settings:
             raise ConfigError("REDLINE_SYNC_TIMEOUT_MS exceeds REDLINE_MAX_SYNC_TIMEOUT_MS")
         if not self.queue_prefix or ":" in self.queue_prefix:
             raise ConfigError("REDLINE_QUEUE_PREFIX must be non-empty and contain no ':'")
+        if self.port > 65535:
+            raise ConfigError(f"REDLINE_PORT must be a TCP port (1-65535), got {self.port}")
+        if self.log_level not in _LOG_LEVELS:
+            raise ConfigError(f"REDLINE_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}")
+        if self.worker_ttl_s < 2 * LIVENESS_REFRESH_S:
+            # Liveness and job leases are refreshed every LIVENESS_REFRESH_S: a shorter TTL lets a live
+            # worker's leases lapse between refreshes, so its running jobs are requeued and scored twice
+            # over (never counted twice, but the work is done again), and it flickers dead in /readyz.
+            raise ConfigError(f"REDLINE_WORKER_TTL_S must be at least {2 * LIVENESS_REFRESH_S:g} (twice the "
+                              f"{LIVENESS_REFRESH_S:g} s heartbeat), got {self.worker_ttl_s}")
+        from .monitoring import Window  # here: monitoring imports this module
+
+        for window in self.monitor_windows:
+            try:
+                Window.parse(window)
+            except RedlineError as exc:  # refused here, not on every /v1/monitor request and scrape
+                raise ConfigError(f"REDLINE_MONITOR_WINDOWS: {exc.message}") from None
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:

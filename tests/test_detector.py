@@ -7,7 +7,7 @@ import pytest
 
 from models.synthetic import DEFAULT_HEADS, keyword_score
 from service.detector_config import load_configs
-from workers.detector import load_detectors
+from workers.detector import load_detectors, usable_providers
 
 TEXTS = [
     "hello world",
@@ -54,3 +54,15 @@ def test_truncates_to_max_length(detectors) -> None:  # type: ignore[no-untyped-
     model = detectors["injury"].model
     encodings = model.tokenize([("", "w1 " * 1000)])
     assert len(encodings[0].ids) == model.tokenizer.truncation["max_length"] == 256
+
+
+def test_a_misspelled_provider_is_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    # Unavailable providers are skipped by design (a CPU host with the GPU default); a name onnxruntime
+    # does not know at all is a typo, which used to fall back to CPU without a word.
+    with caplog.at_level("WARNING", logger="workers.detector"):
+        assert usable_providers(["CUDAExecutionProvidr", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert "unknown onnxruntime provider(s) CUDAExecutionProvidr" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="workers.detector"):
+        usable_providers(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert "unknown" not in caplog.text

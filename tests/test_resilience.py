@@ -80,7 +80,7 @@ def test_backpressure_429_with_retry_after_and_nothing_lost(redis_url: str, ship
 def test_sigkilled_workers_lose_nothing_and_score_each_output_once(redis_url: str, shipped_models: Path,
                                                                    tmp_path: Path) -> None:
     prefix = "chaos" + uuid.uuid4().hex[:6]
-    env = redline_env(redis_url, shipped_models, prefix, worker_ttl_s=2, requeue_after_s=3, max_attempts=100,
+    env = redline_env(redis_url, shipped_models, prefix, worker_ttl_s=4, requeue_after_s=3, max_attempts=100,
                       max_batch=32, max_outputs_per_request=100)
     redis = Redis.from_url(redis_url)
     api, base = start_api(env, tmp_path / "api.log")

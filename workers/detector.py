@@ -187,6 +187,10 @@ def usable_providers(preferred: Sequence[str]) -> list[str]:
     """`preferred` minus providers this machine cannot run. onnxruntime-gpu lists CUDA even with no
     driver present and then logs an error per session; skip GPU providers when no driver loads."""
     available = set(ort.get_available_providers())
+    unknown = [p for p in preferred if p not in ort.get_all_providers()]
+    if unknown:  # a typo would otherwise fall back to CPU without a word
+        log.warning("REDLINE_PROVIDERS names unknown onnxruntime provider(s) %s; known: %s", ", ".join(unknown),
+                    ", ".join(ort.get_all_providers()))
     chosen = [p for p in preferred if p in available]
     if any(p in _GPU_PROVIDERS for p in chosen) and not _gpu_driver_present():
         chosen = [p for p in chosen if p not in _GPU_PROVIDERS]
