@@ -110,10 +110,16 @@ class RedlineCollector(Collector):
         threshold = GaugeMetricFamily("redline_detector_threshold", "Operating threshold", labels=["detector"])
         target = GaugeMetricFamily("redline_detector_target_fnr_ratio", "Target false-negative rate",
                                    labels=["detector"])
+        # The version the quality gauges describe (windows are per version): a dashboard marks upgrades,
+        # after which those gauges start again.
+        info = GaugeMetricFamily("redline_detector_info", "Detector version served (value 1)",
+                                 labels=["detector", "version"])
         for name, config in self.redline.detectors.items():
+            info.add_metric([name, config.version], 1)
             threshold.add_metric([name], config.threshold)
             if config.target_fnr is not None:
                 target.add_metric([name], config.target_fnr)
+        yield info
         yield threshold
         yield target
 

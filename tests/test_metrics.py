@@ -49,6 +49,8 @@ def test_counters_come_from_the_exactly_once_counts(scored: Redline) -> None:
     assert reg.get_sample_value("redline_queue_depth", {"priority": "default"}) == 1
     assert reg.get_sample_value("redline_queue_depth", {"priority": "high"}) == 0
     assert reg.get_sample_value("redline_detector_threshold", {"detector": "injury"}) == 0.5
+    version = scored.detectors["injury"].version
+    assert reg.get_sample_value("redline_detector_info", {"detector": "injury", "version": version}) == 1
 
 
 def test_worker_histograms_are_shared_through_redis(scored: Redline) -> None:

@@ -85,6 +85,10 @@ PANELS = [
         ("redline_workers_alive", "workers alive"),
         ("histogram_quantile(0.5, sum by (le) (rate(redline_batch_size_bucket[5m])))", "batch size p50"),
     ], 12, 40),
+    panel(13, "Detector versions served", [
+        ('redline_detector_info{detector=~"$detector"}', "{{detector}} {{version}}"),
+    ], 0, 48, w=24, h=5, description="Quality windows are per detector version: where a version's line starts, "
+                                     "its N-AUC and FNR start again and stay withheld until enough labels arrive."),
 ]
 
 DASHBOARD = {
