@@ -29,9 +29,9 @@ def parse_json_body(data: bytes, is_json: bool) -> dict[str, Any]:
     """A request body -> the JSON object it holds, or a 400 `invalid_json` saying what is wrong with it.
 
     Stricter than `json.loads` where Python's JSON is not JSON: `NaN`, `Infinity` and numbers that
-    overflow to infinity are refused (stored, they would make every later answer unparsable), as are
-    strings holding a lone UTF-16 surrogate (`"\\ud800"`: no UTF-8 encoding exists, so Redis could not
-    store it).
+    overflow to infinity are refused (stored, they would make every later answer unparsable); a string
+    holding a lone UTF-16 surrogate (`"\\ud800"`: no UTF-8 encoding exists, so Redis could not store it)
+    is a 422 naming the field.
     """
     if not is_json:
         raise BadRequest("request body must be JSON (Content-Type: application/json)", code="invalid_json")
@@ -82,7 +82,6 @@ def _check_values(body: Any) -> None:
                 stack.append((item, f"{where}.{key}" if where != "body" else key, depth + 1))
         else:
             stack.extend((item, f"{where}[{n}]", depth + 1) for n, item in enumerate(value))
-
 
 
 def require_object(body: Any) -> dict[str, Any]:
