@@ -181,7 +181,7 @@ def test_redis_restart_with_aof_loses_no_accepted_output(shipped_models: Path, t
                 # A worker holding a batch when Redis goes away waits and scores it once Redis is back
                 # (tests/test_worker.py); a job popped just as Redis went down is the reaper's to
                 # recover: in seconds here, not after the default 10 s.
-                "REDLINE_REQUEUE_AFTER_S": "3", "REDLINE_WORKER_TTL_S": "2"})
+                "REDLINE_REQUEUE_AFTER_S": "3", "REDLINE_WORKER_TTL_S": "4"})
     # `redline serve` with an external Redis: it restarts a worker that dies while Redis is away.
     serve, base = start_serve(env, tmp_path / "serve.log")
     accepted: list[str] = []
