@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, Forbidden, Unauthorized
+from .errors import ConfigError, Forbidden, NotFound, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,21 @@ class Principal:
 
     # Tenant namespacing: the one place public names become internal ones and back.
     def output_id(self, public_id: str) -> str:
-        return public_id if self.tenant == DEFAULT_TENANT else f"{self.tenant}~{public_id}"
+        return self._internal(public_id, "output with id")
 
     def public_id(self, internal_id: str) -> str:
         return internal_id if self.tenant == DEFAULT_TENANT else internal_id.split("~", 1)[1]
 
     def model(self, public_model: str) -> str:
-        return public_model if self.tenant == DEFAULT_TENANT else f"{self.tenant}~{public_model}"
+        return self._internal(public_model, "scores for model")
+
+    def _internal(self, public: str, what: str) -> str:
+        # No valid public name holds '~' (validation refuses it where names are created), but paths and
+        # query parameters reach here unvalidated: from the default tenant, whose names are unprefixed,
+        # `team-a~x1` would name team-a's output. Such a name names nothing.
+        if "~" in public:
+            raise NotFound(f"no {what} {public!r}")
+        return public if self.tenant == DEFAULT_TENANT else f"{self.tenant}~{public}"
 
     def owns(self, internal_name: str) -> bool:
         """Whether an internal output id or model name belongs to this tenant."""
