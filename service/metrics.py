@@ -149,9 +149,8 @@ class RedlineCollector(Collector):
         for model, detector in monitor.pairs():
             if detector not in self.redline.detectors:
                 continue
-            for window in windows:
-                q = monitor.evaluate(model, detector, window)
-                labels = [model, detector, window.name]
+            for q in monitor.evaluate_windows(model, detector, windows):
+                labels = [model, detector, q["window"]]
                 g["positives"].add_metric(labels, q["positives"])
                 g["negatives"].add_metric(labels, q["negatives"])
                 for entry in q["n_auc"]:

@@ -6,9 +6,10 @@ only reads a bounded window and applies the pure math in `evaluation`.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
@@ -58,6 +59,18 @@ class Entries:
     labeled_at: np.ndarray
     created_at: np.ndarray
 
+    def _rows(self, rows: slice) -> Entries:
+        return Entries(self.scores[rows], self.labels[rows], self.weights[rows], self.labeled_at[rows],
+                       self.created_at[rows])
+
+    def since(self, start: float) -> Entries:
+        """The entries created at or after `start` (entries are oldest first)."""
+        return self._rows(slice(int(np.searchsorted(self.created_at, start, side="left")), None))
+
+    def last(self, count: int) -> Entries:
+        """The newest `count` entries."""
+        return self._rows(slice(max(self.created_at.size - count, 0), None))
+
 
 class Monitor:
     """Computes monitor responses. Window edges use Redis's clock, as the timestamps in them do
@@ -78,39 +91,59 @@ class Monitor:
         raw = self.redis.smembers(self.keys.monitored)
         return sorted((model, detector) for model, detector in (text(m).split("|", 1) for m in raw))
 
-    def entries(self, model: str, detector: str, version: str, window: Window, now: float) -> Entries:
+    def entries(self, model: str, detector: str, version: str, windows: Sequence[Window], now: float) -> Entries:
+        """The labeled outputs that any of `windows` holds, oldest first (the sorted set's order), in one
+        read: a duration window is a suffix of the longest one, a count window the last W of it."""
         key = self.keys.window(model, detector, version)
-        if window.count is not None:
-            rows = self.redis.zrevrange(key, 0, window.count - 1)
-        else:
-            rows = self.redis.zrangebyscore(key, now - (window.seconds or 0), "+inf")
+        longest = max((w.seconds for w in windows if w.seconds is not None), default=None)
+        most = max((w.count for w in windows if w.count is not None), default=0)
+        rows: list[bytes] = []
+        if longest is not None:
+            rows = cast("list[bytes]", self.redis.zrangebyscore(key, now - longest, "+inf"))
+        if len(rows) < most:  # then the newest `most` include every row read above
+            rows = cast("list[bytes]", self.redis.zrevrange(key, 0, most - 1))[::-1]
         if not rows:
             empty = np.zeros(0)
             return Entries(empty, empty.astype(np.int8), empty, empty, empty)
-        fields = _doubles(cast("list[bytes]", rows), 5)
+        fields = _doubles(rows, 5)
         return Entries(scores=fields[:, 0], labels=fields[:, 1].astype(np.int8), weights=fields[:, 2],
                        labeled_at=fields[:, 3], created_at=fields[:, 4])
 
-    def scores_between(self, model: str, detector: str, version: str, start: float, stop: float) -> np.ndarray:
-        """Every stored score (labeled or not) by `version` of outputs created in [start, stop)."""
-        rows = self.redis.zrangebyscore(self.keys.scores(model, detector, version), start, f"({stop}")
-        return _doubles(cast("list[bytes]", rows), 1)[:, 0] if rows else np.zeros(0)
+    def score_spans(self, model: str, detector: str, version: str, edges: Sequence[float]) -> list[np.ndarray]:
+        """Every stored score (labeled or not) by `version`, of outputs created in each span
+        [edges[i], edges[i + 1]) of the ascending `edges`: one pipelined pass over the history, however
+        many windows share it, and without WITHSCORES (which costs more to parse than the scores)."""
+        key = self.keys.scores(model, detector, version)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for lo, hi in itertools.pairwise(edges):
+                pipe.zrangebyscore(key, lo, f"({hi}")
+            rows = pipe.execute()
+        return [_doubles(r, 1)[:, 0] if r else np.zeros(0) for r in rows]
 
     def evaluate(self, model: str, detector: str, window: Window) -> dict[str, Any]:
-        """The monitor response; results are reused for `REDLINE_MONITOR_CACHE_S` seconds, so dashboards
-        and scrapes asking again do not re-read large windows."""
-        key = (model, detector, window.name)
-        hit = self._cache.get(key)
-        now = time.monotonic()  # the cache's age is this process's business: no Redis round trip
-        if hit and now - hit[0] < self.settings.monitor_cache_s:
-            return hit[1]
-        result = self._evaluate(model, detector, window)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key] = (now, result)
-        return result
+        """The monitor response for one window (see `evaluate_windows`)."""
+        return self.evaluate_windows(model, detector, [window])[0]
 
-    def _evaluate(self, model: str, detector: str, window: Window) -> dict[str, Any]:
+    def evaluate_windows(self, model: str, detector: str, windows: Sequence[Window]) -> list[dict[str, Any]]:
+        """Monitor responses, one per window. Results are reused for `REDLINE_MONITOR_CACHE_S` seconds, so
+        dashboards and scrapes asking again do not re-read large windows; the windows not cached are
+        computed together from one read of each sorted set, not one read per window."""
+        now = time.monotonic()  # the cache's age is this process's business: no Redis round trip
+        results: dict[str, dict[str, Any]] = {}
+        for window in windows:
+            hit = self._cache.get((model, detector, window.name))
+            if hit and now - hit[0] < self.settings.monitor_cache_s:
+                results[window.name] = hit[1]
+        missing = [w for w in windows if w.name not in results]
+        if missing:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            for window, result in zip(missing, self._evaluate(model, detector, missing), strict=True):
+                self._cache[(model, detector, window.name)] = (now, result)
+                results[window.name] = result
+        return [results[w.name] for w in windows]
+
+    def _evaluate(self, model: str, detector: str, windows: Sequence[Window]) -> list[dict[str, Any]]:
         config = self.detectors.get(detector)
         if config is None:
             raise NotFound(f"no detector {detector!r}")
@@ -119,22 +152,37 @@ class Monitor:
         now = self.clock()
         # The detector version this process serves: after an upgrade, the new version's outputs only.
         version = config.version
-        e = self.entries(model, detector, version, window, now)
-        if window.seconds is not None:
-            start = now - window.seconds
-        else:  # a count window spans from its oldest labeled output to now
-            start = float(e.created_at.min()) if e.created_at.size else now
-        current = self.scores_between(model, detector, version, start, now + 1)
-        reference = self.scores_between(model, detector, version, start - max(now - start, 1.0), start)
-        result = quality(e, config, list(self.settings.monitor_ns), self.pairs_nm,
-                         self.settings.monitor_min_positives)
-        result = {"model": model, "detector": detector, "version": version, "window": window.name, **result}
-        result["scored"] = int(current.size)
-        result["label_coverage"] = (e.scores.size / current.size) if current.size else None
-        result["drift"] = {"psi": ev.psi(reference, current), "ks": ev.ks_statistic(reference, current),
-                           "current": int(current.size), "reference": int(reference.size),
-                           "reference_window": "the same span just before this window"}
-        return result
+        labeled = self.entries(model, detector, version, windows, now)
+        spans = []
+        for window in windows:
+            if window.seconds is not None:
+                start = now - window.seconds
+                e = labeled.since(start)
+            else:  # a count window spans from its oldest labeled output to now
+                e = labeled.last(window.count or 0)
+                start = float(e.created_at.min()) if e.created_at.size else now
+            spans.append((window, e, start))
+        # Drift compares each window's scores with the same span just before it.
+        bounds = [(start - max(now - start, 1.0), start) for _, _, start in spans]
+        edges = sorted({*itertools.chain.from_iterable(bounds), now + 1})
+        pieces = self.score_spans(model, detector, version, edges)
+
+        def between(lo: float, hi: float) -> np.ndarray:
+            return np.concatenate(pieces[edges.index(lo):edges.index(hi)] or [np.zeros(0)])
+
+        results = []
+        for (window, e, start), (reference_start, _) in zip(spans, bounds, strict=True):
+            current, reference = between(start, now + 1), between(reference_start, start)
+            result = quality(e, config, list(self.settings.monitor_ns), self.pairs_nm,
+                             self.settings.monitor_min_positives)
+            result = {"model": model, "detector": detector, "version": version, "window": window.name, **result}
+            result["scored"] = int(current.size)
+            result["label_coverage"] = (e.scores.size / current.size) if current.size else None
+            result["drift"] = {"psi": ev.psi(reference, current), "ks": ev.ks_statistic(reference, current),
+                               "current": int(current.size), "reference": int(reference.size),
+                               "reference_window": "the same span just before this window"}
+            results.append(result)
+        return results
 
 
 def _doubles(members: list[bytes], count: int) -> np.ndarray:

@@ -149,6 +149,26 @@ def test_time_and_count_windows(make, clock: Clock) -> None:  # type: ignore[no-
     assert core.monitor.evaluate("m", "injury", Window.parse("24h"))["labeled"] == 0
 
 
+def test_windows_evaluated_together_match_each_alone(make, clock: Clock) -> None:  # type: ignore[no-untyped-def]
+    # Several windows share one read per sorted set: a duration window is sliced from the longest one
+    # and a count window from whichever read holds its newest W. Each must equal its own evaluation.
+    core, scorer = make()
+    old = submit(core, INJURED[:2] + CALM[:2], "old")
+    clock.now += 3 * 3600
+    new = submit(core, INJURED[2:4] + CALM[2:4] + CALM[4:], "new")
+    clock.now += 60
+    scorer.score(old + new)
+    core.apply_labels([(i, "injury", 1 if n < 2 else 0) for ids in (old, new[:4]) for n, i in enumerate(ids)])
+    alone = {name: core.monitor.evaluate("m", "injury", Window.parse(name))
+             for name in ("1h", "24h", "count:2", "count:6", "count:50")}
+    assert [alone[n]["labeled"] for n in alone] == [4, 8, 2, 6, 8]
+    assert alone["1h"]["drift"]["current"] == 5 and alone["24h"]["drift"]["current"] == 9
+    for names in (["1h", "count:2"], ["1h", "count:6"], ["24h", "count:6", "1h"], ["count:2", "count:50"],
+                  ["count:6", "24h", "count:2", "1h", "count:50"]):
+        together = core.monitor.evaluate_windows("m", "injury", [Window.parse(n) for n in names])
+        assert together == [alone[n] for n in names], names
+
+
 def test_minimum_positives_gate(make) -> None:  # type: ignore[no-untyped-def]
     core, scorer = make(monitor_min_positives=3)
     ids = submit(core, INJURED[:2] + CALM[:3], "g")

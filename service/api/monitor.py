@@ -23,7 +23,7 @@ def monitor() -> dict[str, Any]:
         [Window.parse(w) for w in redline.settings.monitor_windows]
     if model and detector:
         internal = who.model(model)
-        results = [{**redline.monitor.evaluate(internal, detector, w), "model": model} for w in windows]
+        results = [{**r, "model": model} for r in redline.monitor.evaluate_windows(internal, detector, windows)]
         if len(windows) == 1:
             return results[0]
         return {"model": model, "detector": detector, "windows": results}
@@ -33,9 +33,8 @@ def monitor() -> dict[str, Any]:
     for m, d in redline.monitor.pairs():
         if d not in redline.detectors or not who.owns(m):
             continue  # a detector since removed from the configuration, or another tenant's model
-        for w in windows:
-            full = redline.monitor.evaluate(m, d, w)
-            rows.append({"model": who.public_model(m), "detector": d, "window": w.name,
+        for full in redline.monitor.evaluate_windows(m, d, windows):
+            rows.append({"model": who.public_model(m), "detector": d, "window": full["window"],
                          **{k: full[k] for k in HEADLINE},
                          "psi": full["drift"]["psi"]})
     return {"monitors": rows}
