@@ -1,10 +1,12 @@
 """Monitoring costs: metrics for a 100,000-label window, and label ingest through the API.
 
-    python -m bench.monitoring [--window 100000] [--labels 20000]
+    python -m bench.monitoring [--window 100000] [--labels 20000] [--models 10]
 
 Prints (1) the pure metric recompute (AUC, N-AUCs, (N,M)-AUCs, FNR/FPR with intervals, IPW) on
-arrays, (2) the same through `GET /v1/monitor`'s code path including the Redis read, and
-(3) labels/s through `POST /v1/labels` (batches of 500, 4 concurrent clients), with the machine.
+arrays, (2) the same through `GET /v1/monitor`'s code path including the Redis read, (3) labels/s
+through `POST /v1/labels` (batches of 500, 4 concurrent clients), and (4) with `--models` deployed
+models x 3 detectors holding full windows, how long the background refresh of the quality gauges
+takes and how long a `GET /metrics` takes, with the machine.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window", type=int, default=100_000)
     parser.add_argument("--labels", type=int, default=20_000)
+    parser.add_argument("--models", type=int, default=10, help="deployed models for the scrape measurement (0: skip)")
     args = parser.parse_args()
     variants.ensure()  # the shipped graphs are built from committed files, not committed
     settings = Settings()
@@ -111,8 +114,55 @@ def main() -> None:
                 t.join()
             rate = len(ids) / (time.perf_counter() - start)
             print(f"label ingest through POST /v1/labels: {rate:,.0f} labels/s ({len(ids):,} labels)")
+            if args.models:
+                scrape(service, redis, keys, configs, args.models, n, rng)
         finally:
             service.stop()
+
+
+def fill(redis: Redis, keys: Keys, model: str, detector: str, version: str, n: int,
+         rng: np.random.Generator) -> None:
+    """A full window and score history for one pair: n labeled outputs over the last 6 days."""
+    labels = (rng.random(n) < 0.3).astype(float).tolist()
+    scores = np.clip(rng.normal(0.3, 0.2, n) + 0.4 * np.array(labels), 0, 1).tolist()
+    created = (time.time() - rng.random(n) * 6 * 86400).tolist()
+    with redis.pipeline(transaction=False) as pipe:
+        for start in range(0, n, 10_000):
+            rows = range(start, min(n, start + 10_000))
+            pipe.zadd(keys.window(model, detector, version), {
+                f"{model}-{i}|".encode() + struct.pack("<ddddd", scores[i], labels[i], 1.0, created[i] + 60,
+                                                       created[i]): created[i] for i in rows})
+            pipe.zadd(keys.scores(model, detector, version),
+                      {f"{model}-{i}|".encode() + struct.pack("<d", scores[i]): created[i] for i in rows})
+        pipe.sadd(keys.monitored, f"{model}|{detector}")
+        pipe.execute()
+
+
+def scrape(service: LocalRedline, redis: Redis, keys: Keys, configs: dict, models: int, n: int,
+           rng: np.random.Generator) -> None:
+    """GET /metrics with `models` x every detector at full windows: the refresh behind it and the scrape."""
+    for m in range(models):
+        for name, config in configs.items():
+            fill(redis, keys, f"scrape{m}", name, config.version, n, rng)
+    session = requests.Session()
+
+    def sample(name: str) -> float | None:
+        body = session.get(service.base + "/metrics", timeout=600).text
+        values = [float(line.split()[-1]) for line in body.splitlines() if line.startswith(name + " ")]
+        return values[0] if values else None
+
+    redis.delete(keys.quality_snapshot)
+    started = time.time()
+    sample("redline_quality_compute_duration_seconds")  # starts a refresh that covers the new pairs
+    while (computed := sample("redline_quality_computed_timestamp_seconds")) is None or computed < started:
+        time.sleep(0.5)
+    refresh = sample("redline_quality_compute_duration_seconds") or 0.0
+    latency = timed(lambda: session.get(service.base + "/metrics", timeout=600).raise_for_status())
+    pairs = models * len(configs)
+    print(f"{models} models x {len(configs)} detectors ({pairs} pairs) at {n:,}-entry windows, "
+          f"windows {','.join(Settings().monitor_windows)}: "
+          f"background refresh {refresh:.2f} s ({refresh / pairs * 1000:.0f} ms a pair); "
+          f"GET /metrics {latency:.1f} ms (median of 7), {latency / 1000 / refresh:.4f} of the refresh")
 
 
 if __name__ == "__main__":

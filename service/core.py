@@ -14,6 +14,7 @@ from .detector_config import DetectorConfig, load_configs
 from .errors import NotFound, Overloaded, ValidationFailed
 from .keys import Keys, text
 from .monitoring import Monitor
+from .quality_snapshot import QualitySnapshots
 from .queueing import DEFAULT, HIGH, ScoreQueues, new_job_id
 from .settings import Settings
 from .store import QUEUED, NewOutput, OutputStore
@@ -33,6 +34,7 @@ class Redline:
         self.queues = ScoreQueues(redis, settings)
         self.detectors: dict[str, DetectorConfig] = load_configs(settings.models_dirs)
         self.monitor = Monitor(redis, settings, self.detectors)
+        self.quality = QualitySnapshots(redis, settings, self.monitor, self.detectors, lambda: self.store.clock())
 
     def submit(self, outputs: list[NewOutput], sync: bool = False) -> tuple[list[str], str | None]:
         """Store outputs and queue the new ones in one job; returns each output's state

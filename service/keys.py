@@ -72,6 +72,16 @@ class Keys:
         """String with TTL: only one process requeues abandoned outputs at a time."""
         return f"{self.prefix}:reaper-lock"
 
+    @property
+    def quality_snapshot(self) -> str:
+        """Hash with TTL: the latest rendered quality gauges /metrics serves, with when they were computed."""
+        return f"{self.prefix}:quality-snapshot"
+
+    @property
+    def quality_refresh_lock(self) -> str:
+        """String with TTL: only one API process recomputes the quality gauges at a time."""
+        return f"{self.prefix}:quality-refresh-lock"
+
     # Monitoring windows and score histories, one per (model, detector, detector version): a new
     # version's scores and threshold are a different classifier, whose quality must not be averaged
     # with the old one's. "model|detector|version" cannot collide: neither name may contain '|', and

@@ -5,14 +5,16 @@
 - Everything else is read from Redis at scrape time by `RedlineCollector`, so it is exported once
   per scrape whichever process answers, and covers every worker on every machine: the exactly-once
   counters, the workers' histograms (inference time, batch size, queue wait: `RedisHistogram`),
-  queue depth, live workers, and the quality gauges of every (model, detector, window).
+  queue depth and live workers.
+- The quality gauges of every (model, detector, window) (`QualityCollector`) cost too much to compute
+  per scrape; they are rendered off the scrape path and served from Redis (`quality_snapshot`).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -71,10 +73,12 @@ _COUNTERS = {  # Redis counter event -> (metric, help)
 
 
 class RedlineCollector(Collector):
-    """Reads Redline's state from Redis when Prometheus scrapes."""
+    """Reads Redline's state from Redis when Prometheus scrapes; `quality` is the snapshot of quality
+    gauges served with it (its age and cost are exported here, so a stalled refresh shows)."""
 
-    def __init__(self, redline: Any) -> None:
+    def __init__(self, redline: Any, quality: Any = None) -> None:
         self.redline = redline  # service.core.Redline
+        self.quality = quality  # service.quality_snapshot.Snapshot | None
 
     def collect(self) -> Iterator[Any]:
         r, keys = self.redline.redis, self.redline.keys
@@ -90,7 +94,12 @@ class RedlineCollector(Collector):
         yield GaugeMetricFamily("redline_workers_alive", "Scoring workers with a recent heartbeat",
                                 value=self.redline.workers_alive())
         yield from self._detectors()
-        yield from self._quality()
+        if self.quality is not None:
+            yield GaugeMetricFamily("redline_quality_computed_timestamp_seconds",
+                                    "When the quality gauges served were computed (unix seconds, Redis clock)",
+                                    value=self.quality.computed_at)
+            yield GaugeMetricFamily("redline_quality_compute_duration_seconds",
+                                    "How long computing the quality gauges served took", value=self.quality.duration_s)
 
     def _counters(self, r: Redis, keys: Keys) -> Iterator[Any]:
         families = {event: CounterMetricFamily(name, doc, labels=["model", "detector"])
@@ -123,7 +132,19 @@ class RedlineCollector(Collector):
         yield threshold
         yield target
 
-    def _quality(self) -> Iterator[Any]:
+
+class QualityCollector(Collector):
+    """The quality gauges of every monitored (model, detector) and window: what `quality_snapshot`
+    renders. `after_pair` is called after each pair (the refresher extends its lock there)."""
+
+    def __init__(self, monitor: Any, detectors: dict[str, Any], windows: Sequence[str],
+                 after_pair: Callable[[], object] = lambda: None) -> None:
+        self.monitor = monitor  # service.monitoring.Monitor
+        self.detectors = detectors
+        self.windows = [Window.parse(w) for w in windows]
+        self.after_pair = after_pair
+
+    def collect(self) -> Iterator[Any]:
         base = ["model", "detector", "window"]
         g = {
             "positives": GaugeMetricFamily("redline_window_positives", "Labeled positives in window", labels=base),
@@ -144,12 +165,10 @@ class RedlineCollector(Collector):
             "psi": GaugeMetricFamily("redline_score_psi", "Score PSI against the previous span", labels=base),
             "ks": GaugeMetricFamily("redline_score_ks", "Score KS statistic against the previous span", labels=base),
         }
-        monitor = self.redline.monitor
-        windows = [Window.parse(w) for w in self.redline.settings.monitor_windows]
-        for model, detector in monitor.pairs():
-            if detector not in self.redline.detectors:
-                continue
-            for q in monitor.evaluate_windows(model, detector, windows):
+        for model, detector in self.monitor.pairs():
+            if detector not in self.detectors:
+                continue  # a detector since removed from the configuration
+            for q in self.monitor.evaluate_windows(model, detector, self.windows):
                 labels = [model, detector, q["window"]]
                 g["positives"].add_metric(labels, q["positives"])
                 g["negatives"].add_metric(labels, q["negatives"])
@@ -170,6 +189,7 @@ class RedlineCollector(Collector):
                 _maybe(g["lag"], labels, q["median_label_lag_s"])
                 _maybe(g["psi"], labels, q["drift"]["psi"])
                 _maybe(g["ks"], labels, q["drift"]["ks"])
+            self.after_pair()
         yield from g.values()
 
 
@@ -180,7 +200,8 @@ def _maybe(family: GaugeMetricFamily, labels: list[str], value: float | None) ->
 
 
 def exposition(redline: Any) -> bytes:
-    """The /metrics body: this deployment's request metrics from every API process, plus Redis state."""
+    """The /metrics body: this deployment's request metrics from every API process, Redis state, and
+    the latest quality snapshot (its families are not in the registry, so none appears twice)."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
@@ -188,8 +209,9 @@ def exposition(redline: Any) -> bytes:
         multiprocess.MultiProcessCollector(registry)
     else:  # single process (tests, `flask run`): the instruments live in the default registry
         registry.register(_DefaultRequestMetrics())
-    registry.register(RedlineCollector(redline))
-    return generate_latest(registry)
+    snapshot = redline.quality.serve()
+    registry.register(RedlineCollector(redline, snapshot))
+    return generate_latest(registry) + (snapshot.text if snapshot else b"")
 
 
 class _DefaultRequestMetrics(Collector):

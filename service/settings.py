@@ -105,6 +105,8 @@ class Settings:
     """How long a computed monitor result is reused (0: recompute on every request)."""
     monitor_windows: tuple[str, ...] = ("count:1000", "1h", "24h", "7d")
     """Windows listed by GET /v1/monitor and exported to Prometheus."""
+    metrics_refresh_s: float = 15.0
+    """Age at which a scrape has the quality gauges recomputed, in the background, by one API process at a time."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -130,7 +132,7 @@ class Settings:
                     "max_body_bytes", "sync_timeout_ms",
                     "max_sync_timeout_ms", "record_ttl_s", "job_timeout_s", "requeue_after_s",
                     "worker_ttl_s", "max_attempts", "window_retention_s", "window_max_entries",
-                    "monitor_min_positives")
+                    "monitor_min_positives", "metrics_refresh_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"REDLINE_{name.upper()} must be positive, got {getattr(self, name)}")

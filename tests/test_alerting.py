@@ -144,7 +144,7 @@ def stack(redis_url: str, shipped_models: Path, tmp_path_factory: pytest.TempPat
     tmp = tmp_path_factory.mktemp("e2e")
     prefix = "e2e" + uuid.uuid4().hex[:8]
     env = redline_env(redis_url, shipped_models, prefix, monitor_min_positives=5, monitor_cache_s=0,
-                      data_dir=tmp / "var")
+                      metrics_refresh_s=0.5, data_dir=tmp / "var")
     redis = Redis.from_url(redis_url)
     api, base = start_api(env, tmp / "api.log")
     worker = start_worker(env, tmp / "worker.log", redis, prefix)

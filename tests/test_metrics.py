@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -12,7 +13,7 @@ from redis import Redis
 from models.synthetic import DEFAULT_HEADS, keyword_score
 from service.app import create_app
 from service.core import Redline
-from service.metrics import BATCH_SIZE, RedisHistogram, RedlineCollector
+from service.metrics import BATCH_SIZE, RedisHistogram, RedlineCollector, exposition
 from service.monitoring import Window
 from service.settings import Settings
 from service.store import NewOutput
@@ -36,6 +37,25 @@ def _registry(core: Redline) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(RedlineCollector(core))
     return registry
+
+
+class Scrape:
+    """One `GET /metrics` body, parsed, with the registry's sample lookup."""
+
+    def __init__(self, core: Redline) -> None:
+        self.body = exposition(core).decode()
+        self.samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                        for f in text_string_to_metric_families(self.body) for s in f.samples}
+        names = [line.split()[2] for line in self.body.splitlines() if line.startswith("# TYPE")]
+        assert len(names) == len(set(names)), "a metric family appears twice"
+
+    def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        return self.samples.get((name, tuple(sorted((labels or {}).items()))))
+
+
+@pytest.fixture(autouse=True)
+def _single_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
 
 
 def test_counters_come_from_the_exactly_once_counts(scored: Redline) -> None:
@@ -73,7 +93,8 @@ def test_worker_histograms_are_shared_through_redis(scored: Redline) -> None:
 
 
 def test_quality_gauges_match_the_monitor(scored: Redline) -> None:
-    reg = _registry(scored)
+    scored.quality.refresh()
+    reg = Scrape(scored)
     for window in ("24h", "count:6"):
         q = scored.monitor.evaluate("bot", "injury", Window.parse(window))
         labels = {"model": "bot", "detector": "injury", "window": window}
@@ -92,7 +113,8 @@ def test_withheld_metrics_are_absent_not_zero(redis: Redis, settings: Settings) 
     core = Redline(s, redis)
     core.submit([NewOutput(id="w1", model="bot", response="blood", detectors=["injury"], labels={"injury": 1})])
     build_scorer(redis, s, "w").score(["w1"])
-    reg = _registry(core)
+    core.quality.refresh()
+    reg = Scrape(core)
     labels = {"model": "bot", "detector": "injury", "window": "24h"}
     assert reg.get_sample_value("redline_window_positives", labels) == 1
     assert reg.get_sample_value("redline_fnr_ratio", labels) is None
@@ -113,8 +135,8 @@ def test_redis_histogram_buckets_are_cumulative(redis: Redis, scored: Redline) -
     assert values[("redline_test_seconds_sum", None)] == pytest.approx(6.25)
 
 
-def test_metrics_endpoint_labels_routes_not_ids(scored: Redline, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+def test_metrics_endpoint_labels_routes_not_ids(scored: Redline) -> None:
+    scored.quality.refresh()
     app = create_app(scored.settings, scored.redis)
     client = app.test_client()
     assert client.get("/v1/outputs/m0").status_code == 200
@@ -136,3 +158,65 @@ def test_distinct_model_names_are_bounded(redis: Redis, settings: Settings) -> N
         core.submit([NewOutput(id=f"x-{name}-{id(name)}", model=name, response="hi", detectors=["injury"])])
     with pytest.raises(ValidationFailed, match="REDLINE_MAX_MODELS=2"):
         core.submit([NewOutput(id="x-c", model="c", response="hi", detectors=["injury"])])
+
+
+def _label(core: Redline, output_id: str, value: int) -> None:
+    core.apply_labels([(output_id, "injury", value)])
+
+
+def test_a_scrape_serves_the_stored_snapshot_without_computing(scored: Redline,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # Computing the gauges costs seconds at scale (bench.monitoring): a scrape must never pay it.
+    snapshot = scored.quality.refresh()
+    def no_compute(*args: object) -> None:
+        raise AssertionError("a scrape evaluated a window")
+    monkeypatch.setattr(scored.monitor, "evaluate_windows", no_compute)
+    reg = Scrape(scored)
+    assert reg.get_sample_value("redline_window_positives", {"model": "bot", "detector": "injury",
+                                                             "window": "24h"}) == 3
+    assert reg.get_sample_value("redline_quality_computed_timestamp_seconds") == snapshot.computed_at
+    assert reg.get_sample_value("redline_quality_compute_duration_seconds") == snapshot.duration_s
+    assert scored.quality._thread is None  # fresh: no refresh was started either
+
+
+def test_a_stale_snapshot_is_served_while_it_is_refreshed_in_the_background(redis: Redis,
+                                                                           settings: Settings) -> None:
+    s = dataclasses.replace(settings, monitor_min_positives=2, monitor_cache_s=0, monitor_windows=("24h",),
+                            metrics_refresh_s=0.2)
+    core = Redline(s, redis)
+    outs = [NewOutput(id=f"s{i}", model="bot", response=t, detectors=["injury"]) for i, t in enumerate(TEXTS)]
+    core.submit(outs)
+    build_scorer(redis, s, "w1").score([o.id for o in outs])
+    labels = {"model": "bot", "detector": "injury", "window": "24h"}
+    first = Scrape(core)  # nothing computed yet: no quality series (absent, not 0) and a refresh starts
+    assert first.get_sample_value("redline_window_negatives", labels) is None
+    assert first.get_sample_value("redline_quality_computed_timestamp_seconds") is None
+    assert core.quality._thread is not None
+    core.quality._thread.join(30)
+    assert Scrape(core).get_sample_value("redline_window_negatives", labels) == 0
+    _label(core, "s4", 0)
+    assert Scrape(core).get_sample_value("redline_window_negatives", labels) == 0  # still fresh: served as is
+    time.sleep(0.3)
+    stale = Scrape(core)  # answered from the stale snapshot at once; the refresh runs behind it
+    assert stale.get_sample_value("redline_window_negatives", labels) == 0
+    core.quality._thread.join(30)
+    fresh = Scrape(core)
+    assert fresh.get_sample_value("redline_window_negatives", labels) == 1
+    assert fresh.get_sample_value("redline_quality_computed_timestamp_seconds") > \
+        stale.get_sample_value("redline_quality_computed_timestamp_seconds")
+
+
+def test_one_api_process_refreshes_at_a_time(redis: Redis, scored: Redline) -> None:
+    other = Redline(dataclasses.replace(scored.settings, metrics_refresh_s=0.2), redis)  # a second API process
+    held = redis.lock(scored.keys.quality_refresh_lock, timeout=30)
+    assert held.acquire(blocking=False)
+    assert other.quality.refresh_if_due() is False and other.quality.latest() is None
+    held.release()
+    assert other.quality.refresh_if_due() is True
+    done = other.quality.latest()
+    assert done is not None and redis.ttl(scored.keys.quality_snapshot) >= 300
+    assert other.quality.refresh_if_due() is False  # just refreshed: not due yet
+    assert not redis.exists(scored.keys.quality_refresh_lock)  # released after each refresh
+    time.sleep(0.3)
+    assert other.quality.refresh_if_due() is True
+    assert other.quality.latest().computed_at > done.computed_at  # type: ignore[union-attr]

@@ -89,6 +89,11 @@ PANELS = [
         ('redline_detector_info{detector=~"$detector"}', "{{detector}} {{version}}"),
     ], 0, 48, w=24, h=5, description="Quality windows are per detector version: where a version's line starts, "
                                      "its N-AUC and FNR start again and stay withheld until enough labels arrive."),
+    panel(14, "Quality gauges: age and refresh time", [
+        ("time() - max(redline_quality_computed_timestamp_seconds)", "age"),
+        ("max(redline_quality_compute_duration_seconds)", "refresh duration"),
+    ], 0, 53, unit="s", w=24, h=6, description="The quality panels above show the latest background refresh "
+                                               "(REDLINE_METRICS_REFRESH_S): their lag is at most this age."),
 ]
 
 DASHBOARD = {
