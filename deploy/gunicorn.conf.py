@@ -33,6 +33,8 @@ graceful_timeout = 30
 # start. One per API port, in the data dir beside its metrics directory. (Older gunicorns ignore it.)
 control_socket = str(_settings.data_dir / f"gunicorn-api-{_settings.port}.ctl")
 accesslog = "-"
+# gunicorn's default format plus the duration and the X-Request-ID every response carries.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms %({x-request-id}o)s'
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 # App loaded per worker process after fork: each gets its own Redis connection pool.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from .auth import OPEN, KeyStore, Principal, is_loopback
 from .core import Redline
 from .errors import ConfigError, RedlineError, Unavailable
+from .schemas import REQUEST_ID_PATTERN
 from .settings import Settings
 from .validation import parse_json_body
 
@@ -39,9 +42,36 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
     for module in (outputs, labels, monitor, detectors, dead_letters, health, metrics):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
+    _register_request_ids(app)  # first: even a request that fails authentication gets its id
     _register_auth(app)
     _register_request_metrics(app)
     return app
+
+
+# A malformed X-Request-ID is replaced, not refused: the header is optional, and a request must not
+# fail over it.
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+
+
+def request_id() -> str:
+    """This request's id: the client's X-Request-ID when well-formed, else one made for it."""
+    if "request_id" not in g:
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    return g.request_id  # type: ignore[no-any-return]
+
+
+def _register_request_ids(app: Flask) -> None:
+    """Every response carries X-Request-ID, every error body its `request_id`, and the app's log lines
+    during a request and gunicorn's access log name it: a client's report finds the server's traceback."""
+    @app.before_request
+    def assign() -> None:  # a before_request that returned the id would become the response
+        request_id()
+
+    @app.after_request
+    def echo(response: Response) -> Response:
+        response.headers["X-Request-ID"] = request_id()
+        return response
 
 
 def _register_request_metrics(app: Flask) -> None:
@@ -113,9 +143,12 @@ def _register_auth(app: Flask) -> None:
 
 
 def _register_error_handlers(app: Flask) -> None:
+    def error(code: str, message: str) -> Response:
+        return jsonify({"error": {"code": code, "message": message, "request_id": request_id()}})
+
     @app.errorhandler(RedlineError)
     def redline_error(exc: RedlineError):  # type: ignore[no-untyped-def]
-        response = jsonify(exc.to_dict())
+        response = error(exc.code, exc.message)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="redline"'
         if isinstance(exc, Unavailable):
@@ -142,10 +175,10 @@ def _register_error_handlers(app: Flask) -> None:
             message = f"request body exceeds {app.config['MAX_CONTENT_LENGTH']} bytes (REDLINE_MAX_BODY_BYTES)"
         else:
             message = exc.description or exc.name
-        return jsonify({"error": {"code": code, "message": message}}), exc.code or 500
+        return error(code, message), exc.code or 500
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):  # type: ignore[no-untyped-def]
-        # Log the traceback for operators; clients get no internals.
-        log.exception("unhandled error")
-        return jsonify({"error": {"code": "internal_error", "message": "internal server error"}}), 500
+        # Log the traceback for operators (with the request id the client is given); clients get no internals.
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error("internal_error", "internal server error (quote its request_id to the operator)"), 500

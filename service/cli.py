@@ -79,7 +79,19 @@ def configure_logging(level: str) -> None:
     """One log format for every Redline process: the CLI's, workers', and the API's gunicorn processes
     (deploy/gunicorn.conf.py), whose app loggers otherwise had no handler: Python's last resort printed
     bare WARNING messages, with no time, level or source, and dropped REDLINE_LOG_LEVEL=INFO."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s%(request)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_name_the_request)
+
+
+def _name_the_request(record: logging.LogRecord) -> bool:
+    """Adds ` [request <id>]` to a line logged while the API serves a request (the id its client got in
+    X-Request-ID), and nothing elsewhere. Flask is looked up, not imported: a worker never loads it."""
+    record.request = ""
+    flask = sys.modules.get("flask")
+    if flask is not None and flask.has_request_context() and "request_id" in flask.g:
+        record.request = f" [request {flask.g.request_id}]"
+    return True
 
 
 def create_key_command(settings: Settings, args: argparse.Namespace) -> int:

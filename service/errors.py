@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class RedlineError(Exception):
-    """Base of errors that reach a client as `{"error": {"code", "message"}}`."""
+    """Base of errors that reach a client as `{"error": {"code", "message", "request_id"}}`."""
 
     status = 500
     code = "internal_error"
@@ -16,9 +16,6 @@ class RedlineError(Exception):
             self.code = code
         if status is not None:
             self.status = status
-
-    def to_dict(self) -> dict[str, dict[str, str]]:
-        return {"error": {"code": self.code, "message": self.message}}
 
 
 class ConfigError(RedlineError):

@@ -18,12 +18,20 @@ _RESPONSES = (s.SubmitResponse, s.ScoreResponse, s.OutputRecord, s.PutLabelsResp
               s.Ready)
 
 
+_REQUEST_ID_HEADER = {
+    "description": "The request's id: the client's own X-Request-ID when it sent one of 1-128 characters from "
+                   "A-Z a-z 0-9 . _ : = + / -, else a new one. Error bodies carry it as `request_id`, and the "
+                   "server's log lines for the request name it.",
+    "required": True, "schema": {"type": "string", "pattern": s.REQUEST_ID_PATTERN}}
+
+
 def _ref(model: type) -> dict[str, str]:
     return {"$ref": REF.format(model=model.__name__)}
 
 
 def _json(schema: dict[str, Any], description: str = "") -> dict[str, Any]:
-    return {"description": description or "OK", "content": {"application/json": {"schema": schema}}}
+    return {"description": description or "OK", "content": {"application/json": {"schema": schema}},
+            "headers": {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}}
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -101,6 +109,7 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
         "info": {"title": "Redline", "version": __version__,
                  "description": "Scores and monitors the outputs of deployed language models."},
         "paths": paths,
-        "components": {"schemas": defs, **({"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}
+        "components": {"schemas": defs, "headers": {"RequestId": _REQUEST_ID_HEADER},
+                       **({"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}
                                            if keys_required else {})},
     }

@@ -221,9 +221,16 @@ class DeadLetters(BaseModel):
     jobs: list[DeadJob]
 
 
+# What proxies and tracers send as X-Request-ID (nginx's $request_id, UUIDs, AWS trace ids) and is safe
+# to echo in a header and write to a log line.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:=+/-]{1,128}$"
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str
+    request_id: str = Field(description="This request's id, also in the X-Request-ID response header (the "
+                                        "client's own X-Request-ID when it sent a well-formed one)")
 
 
 class Error(BaseModel):

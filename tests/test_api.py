@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -374,3 +375,19 @@ def test_each_api_on_a_host_has_its_own_gunicorn_control_socket_in_the_data_dir(
         for api, _ in apis:
             api.stop()
     assert not (tmp_path / "home").exists()
+
+
+def test_every_response_names_its_request_and_so_does_the_access_log(stack: Stack) -> None:
+    mine = "req-" + uuid.uuid4().hex
+    bad = requests.post(stack.base + "/v1/outputs", json={"outputs": [{"model": "m", "response": 5}]},
+                        headers={"X-Request-ID": mine}, timeout=30)
+    assert bad.status_code == 422 and bad.headers["X-Request-ID"] == mine
+    assert bad.json()["error"]["request_id"] == mine  # what a client quotes to the operator
+    made = [stack.get("/healthz").headers["X-Request-ID"] for _ in range(2)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", m) for m in made) and made[0] != made[1]
+    for unusable in ("x" * 129, "two words", "semi;colon", ""):
+        got = requests.get(stack.base + "/v1/detectors", headers={"X-Request-ID": unusable}, timeout=30)
+        assert got.status_code == 200 and re.fullmatch(r"[0-9a-f]{32}", got.headers["X-Request-ID"]), unusable
+    log = stack.tmp / "api.log"
+    wait_for(lambda: [line for line in log.read_text().splitlines()
+                      if '"POST /v1/outputs HTTP/1.1" 422' in line and line.endswith("ms " + mine)])
