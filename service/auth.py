@@ -149,7 +149,7 @@ def _parse(path: Path) -> dict[str, Principal]:
         if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{64}", parts[0]):
             raise ConfigError(f"{path}:{n}: expected '<sha256 hex> <tenant> <scope>[,<scope>...]'")
         digest, tenant, scopes = parts
-        if not re.match(TENANT_PATTERN, tenant):
+        if not re.fullmatch(TENANT_PATTERN, tenant):
             raise ConfigError(f"{path}:{n}: tenant {tenant!r} must match {TENANT_PATTERN}")
         wanted = frozenset(scopes.split(","))
         if not wanted <= set(SCOPES):
@@ -161,7 +161,7 @@ def _parse(path: Path) -> dict[str, Principal]:
 
 def create_key(path: Path, tenant: str, scopes: list[str]) -> str:
     """Append a new key's line to `path` and return the key (shown once, never stored)."""
-    if not re.match(TENANT_PATTERN, tenant):
+    if not re.fullmatch(TENANT_PATTERN, tenant):
         raise ConfigError(f"tenant {tenant!r} must match {TENANT_PATTERN}")
     unknown = set(scopes) - set(SCOPES)
     if unknown or not scopes:

@@ -83,7 +83,7 @@ def parse_model_json(path: Path) -> DetectorConfig:
         return resolved
 
     name = get("name", str, folder.name)
-    if not re.match(ID_PATTERN, name):
+    if not re.fullmatch(ID_PATTERN, name):
         raise ConfigError(f"{path}: name {name!r} must match {ID_PATTERN}")
     threshold = float(get("threshold", (int, float)))
     activation = get("activation", str, "sigmoid")

@@ -178,7 +178,7 @@ def _string(item: dict[str, Any], key: str, where: str, *, required: bool = Fals
         raise ValidationFailed(f"{where}.{key} must not be empty")
     if limit is not None and len(value) > limit:
         raise TooLarge(f"{where}.{key} has {len(value)} characters; the limit is {limit} (REDLINE_MAX_TEXT_CHARS)")
-    if pattern is not None and not re.match(pattern, value):
+    if pattern is not None and not re.fullmatch(pattern, value):
         raise ValidationFailed(f"{where}.{key} {value[:40]!r} must match {pattern}")
     return value
 
@@ -209,7 +209,7 @@ def parse_label_batch(body: dict[str, Any], settings: Settings,
         where = f"labels[{n}]"
         if not isinstance(item, dict) or set(item) != {"id", "detector", "label"}:
             raise ValidationFailed(f"{where} must be an object with exactly id, detector and label")
-        if not isinstance(item["id"], str) or not re.match(ID_PATTERN, item["id"]):
+        if not isinstance(item["id"], str) or not re.fullmatch(ID_PATTERN, item["id"]):
             raise ValidationFailed(f"{where}.id must be an output id")
         _check_label(item["detector"], item["label"], where, detectors)
         out.append((item["id"], item["detector"], int(item["label"])))

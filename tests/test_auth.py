@@ -149,6 +149,17 @@ def test_keys_file_is_strict(tmp_path: Path) -> None:
     assert KeyStore.load(path).authenticate("Bearer k").tenant == "team"
 
 
+def test_a_tenant_name_ending_in_a_newline_is_refused_and_the_keys_file_untouched(tmp_path: Path) -> None:
+    # `$` in a pattern also matches before a final newline: "team\n" passed, and its key line split
+    # in two, a keys file the API then refused at its next start.
+    path = tmp_path / "keys"
+    create_key(path, "team", ["read"])
+    before = path.read_text()
+    with pytest.raises(ConfigError, match=r"tenant 'team\\n' must match"):
+        create_key(path, "team\n", ["read"])
+    assert path.read_text() == before and len(KeyStore.load(path).entries) == 1
+
+
 def test_keys_create_command_prints_the_key_once_and_stores_its_hash(tmp_path: Path) -> None:
     path = tmp_path / "keys"
     r = subprocess.run([sys.executable, "-m", "service.cli", "keys", "create", "--tenant", "ops", "--scopes",

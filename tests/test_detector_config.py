@@ -31,6 +31,7 @@ def _write(folder: Path, **fields: object) -> Path:
     ({"onnx": "missing.onnx"}, "onnx file .* does not exist"),
     ({"activation": "softmax"}, "softmax needs output_index"),
     ({"name": "bad name"}, "must match"),
+    ({"name": "injury\n"}, "must match"),  # `$` matches before a final newline: patterns are matched whole
 ])
 def test_bad_model_json_names_file_and_field(tmp_path: Path, synthetic_models: Path, change: dict[str, object],
                                              message: str) -> None:

@@ -41,6 +41,9 @@ def test_defaults_fill_in() -> None:
     ({"outputs": [ok(id="a b")]}, ValidationFailed, r"outputs\[0\].id"),
     ({"outputs": [ok(id="a"), ok(id="a")]}, ValidationFailed, "appears twice"),
     ({"outputs": [ok(model="bad|name")]}, ValidationFailed, r"outputs\[0\].model"),
+    # `$` also matches before a final newline: a pattern must match the whole value.
+    ({"outputs": [ok(model="bot\n")]}, ValidationFailed, r"outputs\[0\].model"),
+    ({"outputs": [ok(id="x1\n")]}, ValidationFailed, r"outputs\[0\].id"),
     ({"outputs": [ok(respnse="typo")]}, ValidationFailed, "unknown field.*respnse"),
     ({"outputs": [ok()], "extra": 1}, ValidationFailed, "unknown field.*extra"),
     ({"outputs": [5]}, ValidationFailed, r"outputs\[0\] must be an object"),
@@ -65,6 +68,11 @@ def test_timeout_bounds(value: object) -> None:
 
 def test_timeout_default() -> None:
     assert parse_timeout_ms({}, S) == S.sync_timeout_ms
+
+
+def test_a_label_id_ending_in_a_newline_is_refused() -> None:
+    with pytest.raises(ValidationFailed, match=r"labels\[0\].id must be an output id"):
+        parse_label_batch({"labels": [{"id": "x1\n", "detector": "injury", "label": 1}]}, S, DETS)
 
 
 def test_label_detector_of_any_json_type_is_a_422_not_a_crash() -> None:
