@@ -205,6 +205,7 @@ def parse_label_batch(body: dict[str, Any], settings: Settings,
         raise TooLarge(f"'labels' has {len(items)} items; the limit is {settings.max_labels_per_request} "
                        "(REDLINE_MAX_LABELS_PER_REQUEST)")
     out = []
+    first: dict[tuple[str, str], tuple[int, int]] = {}  # (id, detector) -> (its first item, label)
     for n, item in enumerate(items):
         where = f"labels[{n}]"
         if not isinstance(item, dict) or set(item) != {"id", "detector", "label"}:
@@ -212,7 +213,14 @@ def parse_label_batch(body: dict[str, Any], settings: Settings,
         if not isinstance(item["id"], str) or not re.fullmatch(ID_PATTERN, item["id"]):
             raise ValidationFailed(f"{where}.id must be an output id")
         _check_label(item["detector"], item["label"], where, detectors)
-        out.append((item["id"], item["detector"], int(item["label"])))
+        label = int(item["label"])
+        earlier = first.setdefault((item["id"], item["detector"]), (n, label))
+        if earlier[1] != label:
+            # Applied in order, the last would win silently: a batch that contradicts itself is a
+            # client's bug, refused whole like any other invalid batch.
+            raise ValidationFailed(f"{where} labels output {item['id']!r} {label} for {item['detector']}, but "
+                                   f"labels[{earlier[0]}] labels it {earlier[1]}")
+        out.append((item["id"], item["detector"], label))
     return out
 
 

@@ -75,6 +75,19 @@ def test_a_label_id_ending_in_a_newline_is_refused() -> None:
         parse_label_batch({"labels": [{"id": "x1\n", "detector": "injury", "label": 1}]}, S, DETS)
 
 
+def test_a_label_batch_that_contradicts_itself_is_refused() -> None:
+    def item(i: str, detector: str, label: int) -> dict[str, object]:
+        return {"id": i, "detector": detector, "label": label}
+    contradiction = r"labels\[2\] labels output 'a' 0 for injury, but labels\[0\] labels it 1"
+    with pytest.raises(ValidationFailed, match=contradiction):
+        parse_label_batch({"labels": [item("a", "injury", 1), item("b", "injury", 0), item("a", "injury", 0)]},
+                          S, DETS)
+    # The same label twice, or one output's two detectors, is no contradiction.
+    same = [item("a", "injury", 1), item("a", "injury", 1), item("a", "deception", 0)]
+    assert parse_label_batch({"labels": same}, S, DETS) == [("a", "injury", 1), ("a", "injury", 1),
+                                                            ("a", "deception", 0)]
+
+
 def test_label_detector_of_any_json_type_is_a_422_not_a_crash() -> None:
     # Found by schemathesis: an object as detector raised TypeError (unhashable) -> 500.
     for detector in ({}, [], 3, None):
