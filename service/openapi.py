@@ -35,7 +35,7 @@ def _json(schema: dict[str, Any], description: str = "") -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Body is not UTF-8 JSON, holds NaN/Infinity, or nests over 32 levels",
+    text = {400: "Body is not UTF-8 JSON, holds NaN/Infinity, repeats a key in an object, or nests over 32 levels",
             401: "Missing or unknown API key", 403: "API key lacks the scope",
             404: "Not found", 409: "Id exists with different content", 413: "Body over REDLINE_MAX_BODY_BYTES",
             422: "Invalid input (the message names the field)", 429: "Backlog full; retry after Retry-After",

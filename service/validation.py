@@ -29,7 +29,8 @@ def parse_json_body(data: bytes, is_json: bool) -> dict[str, Any]:
     """A request body -> the JSON object it holds, or a 400 `invalid_json` saying what is wrong with it.
 
     Stricter than `json.loads` where Python's JSON is not JSON: `NaN`, `Infinity` and numbers that
-    overflow to infinity are refused (stored, they would make every later answer unparsable); a string
+    overflow to infinity are refused (stored, they would make every later answer unparsable), as is a
+    key repeated within one object (which value counts differs between parsers); a string
     holding a lone UTF-16 surrogate (`"\\ud800"`: no UTF-8 encoding exists, so Redis could not store it)
     is a 422 naming the field.
     """
@@ -41,13 +42,32 @@ def parse_json_body(data: bytes, is_json: bool) -> dict[str, Any]:
         raise BadRequest(f"request body is not UTF-8: invalid byte at offset {exc.start}",
                          code="invalid_json") from None
     try:
-        body = json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
+        body = json.loads(text, parse_constant=_not_json, parse_float=_finite_float, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise BadRequest(f"request body nests more than {MAX_JSON_DEPTH} levels", code="invalid_json") from None
+    except _RepeatedKey as exc:
+        raise BadRequest(f"request body repeats key {exc.args[0]!r} in one object", code="invalid_json") from None
     except ValueError as exc:  # JSONDecodeError, our own refusals, ints past Python's 4,300 digits
         raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
     _check_values(body)
     return require_object(body)
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose key repeats (`{"injury": 1, "injury": 0}`) would keep its last value silently, where
+    another parser (a proxy's, a log pipeline's) may keep the first: refused instead."""
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return body
 
 
 def _not_json(name: str) -> Any:

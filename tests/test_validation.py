@@ -110,6 +110,15 @@ def test_json_body_keeps_surrogate_pairs_and_refuses_lone_ones() -> None:
         parse_json_body(b'{"r": ["ok", "\\ude00\\ud83d"]}', True)  # a pair in the wrong order is two lone halves
 
 
+def test_json_body_refuses_a_key_repeated_in_one_object() -> None:
+    # Python keeps the last value, other parsers the first: {"injury": 1, "injury": 0} must not be read either way.
+    with pytest.raises(BadRequest, match="repeats key 'injury' in one object"):
+        parse_json_body(b'{"outputs": [{"model": "m", "labels": {"injury": 1, "injury": 0}}]}', True)
+    with pytest.raises(BadRequest, match="repeats key 'outputs'"):
+        parse_json_body(b'{"outputs": [], "outputs": []}', True)
+    assert parse_json_body(b'{"a": {"k": 1}, "b": {"k": 2}}', True) == {"a": {"k": 1}, "b": {"k": 2}}
+
+
 def test_json_body_needs_a_json_content_type_and_an_object() -> None:
     with pytest.raises(BadRequest, match="Content-Type: application/json"):
         parse_json_body(b"{}", False)
