@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,9 +22,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from redis import Redis
+from redis.exceptions import RedisError
 
 from .keys import Keys, text
 from .monitoring import Window
+
+log = logging.getLogger(__name__)
 
 REQUESTS = Counter("redline_http_requests_total", "HTTP requests by route, method and status",
                    ["route", "method", "status"])
@@ -81,6 +85,19 @@ class RedlineCollector(Collector):
         self.quality = quality  # service.quality_snapshot.Snapshot | None
 
     def collect(self) -> Iterator[Any]:
+        try:
+            from_redis, up = list(self._from_redis()), 1  # all read before any is exported: no half answer
+        except RedisError as exc:
+            # Still a 200 with the request metrics (the 503s of the outage among them), so Prometheus
+            # sees a Redline whose storage is down, not a Redline that is down.
+            log.warning("metrics: Redis unavailable (%s); exporting redline_redis_up 0", exc)
+            from_redis, up = [], 0
+        yield GaugeMetricFamily("redline_redis_up", "Whether this scrape could read Redline's state from Redis",
+                                value=up)
+        yield from from_redis
+        yield from self._detectors()
+
+    def _from_redis(self) -> Iterator[Any]:
         r, keys = self.redline.redis, self.redline.keys
         yield from self._counters(r, keys)
         for histogram in WORKER_HISTOGRAMS:
@@ -93,7 +110,6 @@ class RedlineCollector(Collector):
                                 value=r.zcard(keys.pending))
         yield GaugeMetricFamily("redline_workers_alive", "Scoring workers with a recent heartbeat",
                                 value=self.redline.workers_alive())
-        yield from self._detectors()
         if self.quality is not None:
             yield GaugeMetricFamily("redline_quality_computed_timestamp_seconds",
                                     "When the quality gauges served were computed (unix seconds, Redis clock)",
@@ -209,7 +225,10 @@ def exposition(redline: Any) -> bytes:
         multiprocess.MultiProcessCollector(registry)
     else:  # single process (tests, `flask run`): the instruments live in the default registry
         registry.register(_DefaultRequestMetrics())
-    snapshot = redline.quality.serve()
+    try:
+        snapshot = redline.quality.serve()
+    except RedisError:  # the collector says so (redline_redis_up 0); the quality gauges go absent
+        snapshot = None
     registry.register(RedlineCollector(redline, snapshot))
     return generate_latest(registry) + (snapshot.text if snapshot else b"")
 

@@ -220,3 +220,27 @@ def test_one_api_process_refreshes_at_a_time(redis: Redis, scored: Redline) -> N
     time.sleep(0.3)
     assert other.quality.refresh_if_due() is True
     assert other.quality.latest().computed_at > done.computed_at  # type: ignore[union-attr]
+
+
+def test_with_redis_down_metrics_still_answer_and_say_so(own_redis) -> None:  # type: ignore[no-untyped-def]
+    # A 503 here made Prometheus mark the API down (RedlineDown, "the API is down or unreachable") and
+    # hid the request metrics that show the outage's 503s.
+    server, core = own_redis
+    app = create_app(core.settings, core.redis)
+    client = app.test_client()
+    core.quality.refresh()
+    up = Scrape(core)
+    assert up.get_sample_value("redline_redis_up") == 1 and up.get_sample_value("redline_outputs_pending") == 0
+    server.stop()
+    assert client.post("/v1/outputs", json={"outputs": [{"model": "m", "response": "hi"}]}).status_code == 503
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(response.get_data(as_text=True))}
+    assert [s.value for s in families["redline_redis_up"].samples] == [0]
+    served = {(s.labels["route"], s.labels["status"]) for s in families["redline_http_requests"].samples
+              if s.name == "redline_http_requests_total"}
+    assert ("/v1/outputs", "503") in served  # the outage itself is visible
+    assert "redline_outputs_pending" not in families and "redline_n_auc" not in families  # unknown, not 0
+    assert "redline_detector_threshold" in families  # configuration needs no Redis
+    server.start()
+    assert Scrape(core).get_sample_value("redline_redis_up") == 1
