@@ -80,20 +80,24 @@ class RedlineCollector(Collector):
     """Reads Redline's state from Redis when Prometheus scrapes; `quality` is the snapshot of quality
     gauges served with it (its age and cost are exported here, so a stalled refresh shows)."""
 
-    def __init__(self, redline: Any, quality: Any = None) -> None:
+    def __init__(self, redline: Any, quality: Any = None, redis_up: bool = True) -> None:
         self.redline = redline  # service.core.Redline
         self.quality = quality  # service.quality_snapshot.Snapshot | None
+        self.redis_up = redis_up  # False: this scrape already failed to read Redis, so do not wait on it again
 
     def collect(self) -> Iterator[Any]:
-        try:
-            from_redis, up = list(self._from_redis()), 1  # all read before any is exported: no half answer
-        except RedisError as exc:
-            # Still a 200 with the request metrics (the 503s of the outage among them), so Prometheus
-            # sees a Redline whose storage is down, not a Redline that is down.
-            log.warning("metrics: Redis unavailable (%s); exporting redline_redis_up 0", exc)
-            from_redis, up = [], 0
+        from_redis: list[Any] = []
+        up = self.redis_up
+        if up:
+            try:
+                from_redis = list(self._from_redis())  # all read before any is exported: no half answer
+            except RedisError as exc:
+                log.warning("metrics: Redis unavailable (%s); exporting redline_redis_up 0", exc)
+                up = False
+        # Without Redis still a 200 with the request metrics (the 503s of the outage among them): Prometheus
+        # sees a Redline whose storage is down, not a Redline that is down.
         yield GaugeMetricFamily("redline_redis_up", "Whether this scrape could read Redline's state from Redis",
-                                value=up)
+                                value=int(up))
         yield from from_redis
         yield from self._detectors()
 
@@ -226,10 +230,13 @@ def exposition(redline: Any) -> bytes:
     else:  # single process (tests, `flask run`): the instruments live in the default registry
         registry.register(_DefaultRequestMetrics())
     try:
-        snapshot = redline.quality.serve()
-    except RedisError:  # the collector says so (redline_redis_up 0); the quality gauges go absent
-        snapshot = None
-    registry.register(RedlineCollector(redline, snapshot))
+        snapshot, redis_up = redline.quality.serve(), True
+    except RedisError as exc:  # the quality gauges go absent, and the collector says why
+        log.warning("metrics: Redis unavailable (%s); exporting redline_redis_up 0", exc)
+        snapshot, redis_up = None, False
+    # One failed read is enough: a black-holed Redis costs a socket timeout (5 s) per call, and two would
+    # reach Prometheus's 10 s scrape timeout.
+    registry.register(RedlineCollector(redline, snapshot, redis_up))
     return generate_latest(registry) + (snapshot.text if snapshot else b"")
 
 

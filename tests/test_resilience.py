@@ -286,10 +286,17 @@ def test_a_redis_that_stops_answering_is_a_prompt_503_not_a_hung_request(
             started = time.monotonic()
             r = _post(base, [{"model": "m", "response": "hi"}])
             took = time.monotonic() - started
+            started = time.monotonic()
+            scrape = requests.get(base + "/metrics", timeout=60)
+            scrape_took = time.monotonic() - started
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
         assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
         assert took < 20, took  # a few seconds of socket timeout, not gunicorn's 40 s
+        # A scrape still answers, saying Redis is out, within Prometheus's default 10 s scrape timeout:
+        # it waits on Redis once (5 s), not once per read.
+        assert scrape.status_code == 200 and "\nredline_redis_up 0.0\n" in scrape.text
+        assert scrape_took < 10, scrape_took
         assert _post(base, [{"model": "m", "response": "after"}]).status_code == 202  # and it recovers
     finally:
         api.stop()
