@@ -37,7 +37,9 @@ def read_file(path: Path, progress: TextIO | None = None) -> tuple[np.ndarray, n
     bar = _Progress(size, progress) if progress is not None and size >= PROGRESS_MIN_BYTES else None
     scores: list[float] = []
     labels: list[int] = []
-    with path.open("r", encoding="utf-8", newline="") as f:
+    # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark, which utf-8 reads into the first
+    # column's name ("\ufeffscore": a header that seemed to lack `score`).
+    with path.open("r", encoding="utf-8-sig", newline="") as f:
         rows = _csv_rows(f, bar) if path.suffix.lower() == ".csv" else _jsonl_rows(f, bar)
         for line, raw_score, raw_label in rows:
             scores.append(_score(raw_score, line))

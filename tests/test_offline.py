@@ -81,6 +81,21 @@ def test_bad_rows_name_the_line_and_exit_2(tmp_path: Path, content: str, suffix:
     assert r.returncode == 2 and fragment in r.stderr and r.stdout == ""
 
 
+@pytest.mark.parametrize("suffix, content", [
+    ("csv", "score,label\n0.9,1\n0.2,0\n0.4,1\n"),
+    ("jsonl", '{"score": 0.9, "label": 1}\n{"score": 0.2, "label": 0}\n{"score": 0.4, "label": 1}\n'),
+])
+def test_a_byte_order_mark_is_not_part_of_the_data(tmp_path: Path, suffix: str, content: str) -> None:
+    # Spreadsheets export "CSV UTF-8" with a BOM: it was read into the first column's name ("\ufeffscore",
+    # so the header "lacked" score), and made a JSON Lines file's first line invalid JSON.
+    plain, marked = tmp_path / f"plain.{suffix}", tmp_path / f"marked.{suffix}"
+    plain.write_text(content)
+    marked.write_bytes(b"\xef\xbb\xbf" + content.encode())
+    got = run(str(marked))
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout) == json.loads(run(str(plain)).stdout)
+
+
 def test_one_class_gives_null_not_zero(tmp_path: Path) -> None:
     path = tmp_path / "pos.csv"
     path.write_text("score,label\n0.2,1\n0.9,1\n")
