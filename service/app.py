@@ -19,7 +19,7 @@ from .core import Redline
 from .errors import ConfigError, RedlineError, Unavailable
 from .schemas import REQUEST_ID_PATTERN
 from .settings import Settings
-from .validation import parse_json_body
+from .validation import decompress_body, parse_json_body
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ def json_body() -> dict[str, Any]:
         # A chunked body (no Content-Length) is cut at the limit without an error, which then read
         # as truncated JSON (a 400 about a string never closed). Reading on raises werkzeug's 413.
         request.stream.read(1)
+    data = decompress_body(data, request.headers.get("Content-Encoding"), limit)
     return parse_json_body(data, request.is_json)
 
 

@@ -52,6 +52,18 @@ class TooLarge(RedlineError):
     code = "too_large"
 
 
+class BodyTooLarge(RedlineError):
+    """The request body over REDLINE_MAX_BODY_BYTES once decompressed (as sent, werkzeug's own 413)."""
+
+    status = 413
+    code = "request_entity_too_large"
+
+
+class UnsupportedEncoding(RedlineError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class NotFound(RedlineError):
     status = 404
     code = "not_found"

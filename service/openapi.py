@@ -37,7 +37,9 @@ def _json(schema: dict[str, Any], description: str = "") -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Body is not UTF-8 JSON, holds NaN/Infinity, repeats a key in an object, or nests over 32 levels",
             401: "Missing or unknown API key", 403: "API key lacks the scope",
-            404: "Not found", 409: "Id exists with different content", 413: "Body over REDLINE_MAX_BODY_BYTES",
+            404: "Not found", 409: "Id exists with different content",
+            413: "Body over REDLINE_MAX_BODY_BYTES (as sent, or once gzip-decompressed)",
+            415: "Content-Encoding other than gzip",
             422: "Invalid input (the message names the field)", 429: "Backlog full; retry after Retry-After",
             503: "Storage unavailable; retry after Retry-After"}
     return {str(c): _json(_ref(s.Error), text[c]) for c in codes}
@@ -61,7 +63,7 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
     defs["LabelItem"]["properties"]["detector"]["enum"] = detectors
     label_map = {"type": "object", "minProperties": 1, "propertyNames": {"enum": detectors},
                  "additionalProperties": {"enum": [0, 1]}}
-    write = _errors(400, 401, 403, 409, 413, 422, 429, 503)
+    write = _errors(400, 401, 403, 409, 413, 415, 422, 429, 503)
     output_id = {"name": "output_id", "in": "path", "required": True,
                  "schema": {"type": "string", "pattern": s.ID_PATTERN}}
     # Declared only where the server enforces it, so the document matches the running configuration.
@@ -82,11 +84,13 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
         "/v1/outputs/{output_id}/labels": {"put": {
             "summary": "Set ground-truth labels of one output", "security": security, "parameters": [output_id],
             "requestBody": {"required": True, "content": {"application/json": {"schema": label_map}}},
-            "responses": {"200": _json(_ref(s.PutLabelsResponse)), **_errors(400, 401, 403, 404, 422, 503)}}},
+            "responses": {"200": _json(_ref(s.PutLabelsResponse)),
+                          **_errors(400, 401, 403, 404, 413, 415, 422, 503)}}},
         "/v1/labels": {"post": {
             "summary": "Set labels in bulk (all or nothing)", "security": security,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(s.LabelBatch)}}},
-            "responses": {"200": _json(_ref(s.LabelBatchResponse)), **_errors(400, 401, 403, 404, 413, 422, 503)}}},
+            "responses": {"200": _json(_ref(s.LabelBatchResponse)),
+                          **_errors(400, 401, 403, 404, 413, 415, 422, 503)}}},
         "/v1/monitor": {"get": {
             "summary": "Rolling quality per deployed model, detector and window", "security": security,
             "parameters": [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}

@@ -6,10 +6,11 @@ import json
 import math
 import re
 import uuid
+import zlib
 from collections.abc import Collection
 from typing import Any
 
-from .errors import BadRequest, TooLarge, ValidationFailed
+from .errors import BadRequest, BodyTooLarge, TooLarge, UnsupportedEncoding, ValidationFailed
 from .keys import ID_PATTERN
 from .settings import Settings
 from .store import NewOutput
@@ -23,6 +24,30 @@ OUTPUT_FIELDS = frozenset({"id", "model", "prompt", "response", "detectors", "me
 # decoding and every later json.dumps of the value raise RecursionError instead of a client error.
 MAX_JSON_DEPTH = 32
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def decompress_body(data: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """The body as it was before compression. gzip, which HTTP clients offer for large batches (a batch of
+    outputs shrinks 5-10x), is inflated at most to `limit` bytes, so a small body that inflates to
+    gigabytes is a 413 before it is; any other encoding is a 415."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return data
+    if encoding not in ("gzip", "x-gzip"):
+        raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported: send gzip or no encoding")
+    out, rest = b"", data
+    while rest:  # one gzip member after another, as gzip.decompress reads them
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise BadRequest(f"request body is not valid gzip: {exc}", code="invalid_gzip") from None
+        if len(out) > limit:
+            raise BodyTooLarge(f"request body exceeds {limit} bytes (REDLINE_MAX_BODY_BYTES) once decompressed")
+        if not inflater.eof:
+            raise BadRequest("request body is truncated gzip", code="invalid_gzip")
+        rest = inflater.unused_data
+    return out
 
 
 def parse_json_body(data: bytes, is_json: bool) -> dict[str, Any]:

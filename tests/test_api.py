@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import subprocess
@@ -391,3 +392,24 @@ def test_every_response_names_its_request_and_so_does_the_access_log(stack: Stac
     log = stack.tmp / "api.log"
     wait_for(lambda: [line for line in log.read_text().splitlines()
                       if '"POST /v1/outputs HTTP/1.1" 422' in line and line.endswith("ms " + mine)])
+
+
+def test_gzip_request_bodies(stack: Stack) -> None:
+    oid = "gz-" + uuid.uuid4().hex[:8]
+    body = json.dumps({"outputs": [{"id": oid, "model": "m", "response": "hello there", "detectors": ["injury"]}]})
+    sent = requests.post(stack.base + "/v1/outputs", data=gzip.compress(body.encode()), timeout=30,
+                         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert sent.status_code == 202, sent.text
+    assert _wait_scored(stack, oid)["response"] == "hello there"
+    # Inflated, the body is held to REDLINE_MAX_BODY_BYTES (200,000 here) like any other, before anything is stored.
+    big = json.dumps({"outputs": [{"model": "m", "response": "x" * 900} for _ in range(50)] * 5}).encode()
+    before = stack.our_keys()
+    for payload, encoding, status, fragment in [
+        (gzip.compress(big), "gzip", 413, "once decompressed"),
+        (b"\x1f\x8b not really", "gzip", 400, "not valid gzip"),
+        (body.encode(), "br", 415, "Content-Encoding 'br' is not supported"),
+    ]:
+        r = requests.post(stack.base + "/v1/outputs", data=payload, timeout=30,
+                          headers={"Content-Type": "application/json", "Content-Encoding": encoding})
+        assert r.status_code == status and fragment in r.json()["error"]["message"], (encoding, r.text)
+    assert stack.our_keys() == before

@@ -1,9 +1,12 @@
+import gzip
+
 import pytest
 
-from service.errors import BadRequest, TooLarge, ValidationFailed
+from service.errors import BadRequest, BodyTooLarge, TooLarge, UnsupportedEncoding, ValidationFailed
 from service.settings import Settings
 from service.validation import (
     MAX_JSON_DEPTH,
+    decompress_body,
     parse_json_body,
     parse_label_batch,
     parse_outputs,
@@ -124,3 +127,30 @@ def test_json_body_needs_a_json_content_type_and_an_object() -> None:
         parse_json_body(b"{}", False)
     with pytest.raises(ValidationFailed, match="JSON object"):
         parse_json_body(b"[1]", True)
+
+
+def test_gzip_bodies_are_inflated_up_to_the_limit_and_no_further() -> None:
+    body = b'{"outputs": []}'
+    assert decompress_body(gzip.compress(body), "gzip", 100) == body
+    assert decompress_body(gzip.compress(body), " GZIP ", 100) == body
+    assert decompress_body(gzip.compress(b"ab") + gzip.compress(b"cd"), "x-gzip", 100) == b"abcd"  # two members
+    assert decompress_body(body, None, 100) == body and decompress_body(body, "identity", 100) == body
+    exact = b"x" * 100
+    assert decompress_body(gzip.compress(exact), "gzip", 100) == exact
+    with pytest.raises(BodyTooLarge, match="exceeds 100 bytes .*once decompressed"):
+        decompress_body(gzip.compress(exact + b"x"), "gzip", 100)
+    with pytest.raises(BodyTooLarge, match="exceeds 100 bytes"):
+        decompress_body(gzip.compress(b"ab") + gzip.compress(exact), "gzip", 100)  # the limit covers all members
+    bomb = gzip.compress(b"\0" * 50_000_000)  # 49 KB that would inflate to 50 MB
+    with pytest.raises(BodyTooLarge):
+        decompress_body(bomb, "gzip", 1_000_000)
+
+
+def test_bad_or_unknown_encodings_are_named() -> None:
+    with pytest.raises(BadRequest, match="not valid gzip"):
+        decompress_body(b"not gzip at all", "gzip", 100)
+    with pytest.raises(BadRequest, match="truncated gzip"):
+        decompress_body(gzip.compress(b"x" * 50)[:-12], "gzip", 100)
+    for encoding in ("br", "deflate", "zstd"):
+        with pytest.raises(UnsupportedEncoding, match=f"Content-Encoding '{encoding}' is not supported"):
+            decompress_body(b"{}", encoding, 100)
