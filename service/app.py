@@ -172,11 +172,17 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         code = (exc.name or "error").lower().replace(" ", "_")
+        allowed = sorted(getattr(exc, "valid_methods", None) or [])
         if exc.code == 413:
             message = f"request body exceeds {app.config['MAX_CONTENT_LENGTH']} bytes (REDLINE_MAX_BODY_BYTES)"
+        elif allowed:
+            message = f"{request.method} is not allowed on {request.path}; allowed: {', '.join(allowed)}"
         else:
             message = exc.description or exc.name
-        return error(code, message), exc.code or 500
+        response = error(code, message)
+        if allowed:  # a 405 must say what is allowed (RFC 9110), and werkzeug's header was on its own response
+            response.headers["Allow"] = ", ".join(allowed)
+        return response, exc.code or 500
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):  # type: ignore[no-untyped-def]

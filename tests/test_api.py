@@ -413,3 +413,10 @@ def test_gzip_request_bodies(stack: Stack) -> None:
                           headers={"Content-Type": "application/json", "Content-Encoding": encoding})
         assert r.status_code == status and fragment in r.json()["error"]["message"], (encoding, r.text)
     assert stack.our_keys() == before
+
+
+def test_a_wrong_method_is_a_405_that_says_what_is_allowed(stack: Stack) -> None:
+    r = requests.delete(stack.base + "/v1/outputs", timeout=30)
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    assert {m.strip() for m in r.headers["Allow"].split(",")} == {"OPTIONS", "POST"}
+    assert r.json()["error"]["message"] == "DELETE is not allowed on /v1/outputs; allowed: OPTIONS, POST"
