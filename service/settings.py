@@ -166,11 +166,19 @@ class Settings:
                               f"{LIVENESS_REFRESH_S:g} s heartbeat), got {self.worker_ttl_s}")
         from .monitoring import Window  # here: monitoring imports this module
 
-        for window in self.monitor_windows:
+        for text in self.monitor_windows:
             try:
-                Window.parse(window)
+                window = Window.parse(text)
             except RedlineError as exc:  # refused here, not on every /v1/monitor request and scrape
                 raise ConfigError(f"REDLINE_MONITOR_WINDOWS: {exc.message}") from None
+            # A window Redis never holds in full would be reported under a name it does not deserve.
+            if window.seconds is not None and window.seconds > self.window_retention_s:
+                raise ConfigError(f"REDLINE_MONITOR_WINDOWS: {text} is longer than REDLINE_WINDOW_RETENTION_S="
+                                  f"{self.window_retention_s} s keeps scores and labels; keep at least twice the "
+                                  "longest window (drift compares a window with the span before it)")
+            if window.count is not None and window.count > self.window_max_entries:
+                raise ConfigError(f"REDLINE_MONITOR_WINDOWS: {text} can never fill: a window keeps at most "
+                                  f"REDLINE_WINDOW_MAX_ENTRIES={self.window_max_entries} labeled outputs")
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -33,6 +33,10 @@ def test_reads_typed_values() -> None:
     ({"REDLINE_LOG_LEVEL": "LOUD"}, "REDLINE_LOG_LEVEL must be one of DEBUG, INFO"),
     ({"REDLINE_MONITOR_WINDOWS": "1h,1y"}, "REDLINE_MONITOR_WINDOWS: window '1y' must be"),
     ({"REDLINE_WORKER_TTL_S": "3"}, "REDLINE_WORKER_TTL_S must be at least 4"),
+    # Windows Redis never holds in full: a 30d window over 15 days of data, a count past the cap.
+    ({"REDLINE_MONITOR_WINDOWS": "24h,30d"}, "30d is longer than REDLINE_WINDOW_RETENTION_S=1296000 s"),
+    ({"REDLINE_MONITOR_WINDOWS": "1h", "REDLINE_WINDOW_RETENTION_S": "1800"}, "1h is longer than"),
+    ({"REDLINE_MONITOR_WINDOWS": "count:200000"}, "count:200000 can never fill"),
 ])
 def test_bad_values_fail_fast_naming_the_variable(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(fragment)):
