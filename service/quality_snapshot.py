@@ -7,7 +7,7 @@ Prometheus's default 10 s scrape timeout (the target goes down and every alert w
 API process a scrape landed on paid it again. So the gauges are rendered once by one API process at a
 time (a Redis lock), in a background thread, and stored in Redis; a scrape serves the latest
 rendering and, once it is REDLINE_METRICS_REFRESH_S old, starts the next. Quality gauges therefore
-lag by up to one refresh interval plus the time a refresh takes, which both are exported.
+lag by up to one refresh interval plus the time a refresh takes, both of which are exported.
 """
 
 from __future__ import annotations
