@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import requests
@@ -101,6 +102,21 @@ def start_api(env: Mapping[str, str], log_path: Path, timeout: float = 30) -> tu
             proc.stop()
             raise RuntimeError(f"API did not start:\n{proc.log()}")
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def api_and_worker(redis_url: str, models: Path, tmp: Path, prefix: str, **settings: object) -> Iterator[str]:
+    """Real gunicorn and one real worker on `prefix`, for a module of tests; yields the API's base URL."""
+    env = redline_env(redis_url, models, prefix, **settings)
+    api, base = start_api(env, tmp / "api.log")
+    try:
+        worker = start_worker(env, tmp / "worker.log", Redis.from_url(redis_url), prefix)
+        try:
+            yield base
+        finally:
+            worker.stop()
+    finally:
+        api.stop()
 
 
 def start_serve(env: Mapping[str, str], log_path: Path, timeout: float = 90, cwd: Path = ROOT) -> tuple[Proc, str]:

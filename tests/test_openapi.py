@@ -18,7 +18,7 @@ from redis import Redis
 from service.app import create_app
 from service.settings import Settings
 
-from .procs import redline_env, start_api, start_worker
+from .procs import api_and_worker
 
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,"
           "negative_data_rejection")
@@ -52,15 +52,9 @@ def test_security_is_declared_when_keys_are_required(redis: Redis, settings: Set
 
 @pytest.fixture(scope="module")
 def service(redis_url: str, shipped_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("schemathesis")
-    prefix = "st" + uuid.uuid4().hex[:8]
-    env = redline_env(redis_url, shipped_models, prefix, sync_timeout_ms=200, max_sync_timeout_ms=2000)
-    redis = Redis.from_url(redis_url)
-    api, base = start_api(env, tmp / "api.log")
-    worker = start_worker(env, tmp / "worker.log", redis, prefix)
-    yield base
-    worker.stop()
-    api.stop()
+    with api_and_worker(redis_url, shipped_models, tmp_path_factory.mktemp("schemathesis"), "st" + uuid.uuid4().hex[:8],
+                        sync_timeout_ms=200, max_sync_timeout_ms=2000) as base:
+        yield base
 
 
 def test_schemathesis_finds_no_failures(service: str, tmp_path: Path) -> None:

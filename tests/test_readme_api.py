@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 import requests
-from redis import Redis
 
-from .procs import ROOT, redline_env, start_api, start_worker, wait_for
+from .procs import ROOT, api_and_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -95,15 +94,9 @@ def same_values(shown: Any, got: Any, where: str = "") -> list[str]:
 
 @pytest.fixture(scope="module")
 def base(redis_url: str, shipped_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("readme")
-    prefix = "readme" + uuid.uuid4().hex[:8]
-    env = redline_env(redis_url, shipped_models, prefix)
-    redis = Redis.from_url(redis_url)
-    api, url = start_api(env, tmp / "api.log")
-    worker = start_worker(env, tmp / "worker.log", redis, prefix)
-    yield url
-    worker.stop()
-    api.stop()
+    with api_and_worker(redis_url, shipped_models, tmp_path_factory.mktemp("readme"),
+                        "readme" + uuid.uuid4().hex[:8]) as url:
+        yield url
 
 
 def test_every_curl_example_works_as_the_readme_shows(base: str) -> None:
