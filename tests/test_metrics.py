@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -179,11 +178,23 @@ def test_a_scrape_serves_the_stored_snapshot_without_computing(scored: Redline,
     assert scored.quality._thread is None  # fresh: no refresh was started either
 
 
+class Clock:
+    """The snapshot's clock, moved by hand: ages without sleeping, so a slow machine cannot make a
+    fresh snapshot stale between two lines."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_a_stale_snapshot_is_served_while_it_is_refreshed_in_the_background(redis: Redis,
                                                                            settings: Settings) -> None:
     s = dataclasses.replace(settings, monitor_min_positives=2, monitor_cache_s=0, monitor_windows=("24h",),
-                            metrics_refresh_s=0.2)
+                            metrics_refresh_s=15)
     core = Redline(s, redis)
+    core.quality.clock = clock = Clock()
     outs = [NewOutput(id=f"s{i}", model="bot", response=t, detectors=["injury"]) for i, t in enumerate(TEXTS)]
     core.submit(outs)
     build_scorer(redis, s, "w1").score([o.id for o in outs])
@@ -195,19 +206,22 @@ def test_a_stale_snapshot_is_served_while_it_is_refreshed_in_the_background(redi
     core.quality._thread.join(30)
     assert Scrape(core).get_sample_value("redline_window_negatives", labels) == 0
     _label(core, "s4", 0)
+    clock.now += 14
     assert Scrape(core).get_sample_value("redline_window_negatives", labels) == 0  # still fresh: served as is
-    time.sleep(0.3)
+    assert not core.quality._thread.is_alive()  # and no refresh started
+    clock.now += 1
     stale = Scrape(core)  # answered from the stale snapshot at once; the refresh runs behind it
     assert stale.get_sample_value("redline_window_negatives", labels) == 0
+    assert stale.get_sample_value("redline_quality_computed_timestamp_seconds") == clock.now - 15
     core.quality._thread.join(30)
     fresh = Scrape(core)
     assert fresh.get_sample_value("redline_window_negatives", labels) == 1
-    assert fresh.get_sample_value("redline_quality_computed_timestamp_seconds") > \
-        stale.get_sample_value("redline_quality_computed_timestamp_seconds")
+    assert fresh.get_sample_value("redline_quality_computed_timestamp_seconds") == clock.now
 
 
 def test_one_api_process_refreshes_at_a_time(redis: Redis, scored: Redline) -> None:
-    other = Redline(dataclasses.replace(scored.settings, metrics_refresh_s=0.2), redis)  # a second API process
+    other = Redline(scored.settings, redis)  # a second API process
+    other.quality.clock = clock = Clock()
     held = redis.lock(scored.keys.quality_refresh_lock, timeout=30)
     assert held.acquire(blocking=False)
     assert other.quality.refresh_if_due() is False and other.quality.latest() is None
@@ -215,11 +229,12 @@ def test_one_api_process_refreshes_at_a_time(redis: Redis, scored: Redline) -> N
     assert other.quality.refresh_if_due() is True
     done = other.quality.latest()
     assert done is not None and redis.ttl(scored.keys.quality_snapshot) >= 300
-    assert other.quality.refresh_if_due() is False  # just refreshed: not due yet
+    clock.now += scored.settings.metrics_refresh_s - 1
+    assert other.quality.refresh_if_due() is False  # refreshed under REDLINE_METRICS_REFRESH_S ago: not due
     assert not redis.exists(scored.keys.quality_refresh_lock)  # released after each refresh
-    time.sleep(0.3)
+    clock.now += 1
     assert other.quality.refresh_if_due() is True
-    assert other.quality.latest().computed_at > done.computed_at  # type: ignore[union-attr]
+    assert other.quality.latest().computed_at == done.computed_at + scored.settings.metrics_refresh_s  # type: ignore[union-attr]
 
 
 def test_with_redis_down_metrics_still_answer_and_say_so(own_redis) -> None:  # type: ignore[no-untyped-def]
