@@ -81,10 +81,12 @@ PANELS = [
         ("redline_queue_depth", "jobs queued ({{priority}})"),
         ("redline_outputs_pending", "outputs pending"),
     ], 0, 40),
-    panel(12, "Workers alive and batch size", [
+    panel(12, "Workers alive, batch size and Redis", [
         ("redline_workers_alive", "workers alive"),
         ("histogram_quantile(0.5, sum by (le) (rate(redline_batch_size_bucket[5m])))", "batch size p50"),
-    ], 12, 40),
+        ("max(redline_redis_up)", "Redis up"),
+    ], 12, 40, description="While Redis is unreachable (Redis up 0) the Redis-backed series, workers alive "
+                           "among them, are absent: the API cannot read them."),
     panel(13, "Detector versions served", [
         ('redline_detector_info{detector=~"$detector"}', "{{detector}} {{version}}"),
     ], 0, 48, w=24, h=5, description="Quality windows are per detector version: where a version's line starts, "
