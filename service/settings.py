@@ -166,9 +166,11 @@ class Settings:
                               f"{LIVENESS_REFRESH_S:g} s heartbeat), got {self.worker_ttl_s}")
         from .monitoring import Window  # here: monitoring imports this module
 
-        repeated = sorted({w for w in self.monitor_windows if self.monitor_windows.count(w) > 1})
-        if repeated:  # each would be exported twice under the same labels (Prometheus drops the repeats)
-            raise ConfigError(f"REDLINE_MONITOR_WINDOWS lists {', '.join(repeated)} more than once")
+        for name, values in (("MONITOR_WINDOWS", self.monitor_windows), ("MONITOR_NS", self.monitor_ns),
+                             ("MONITOR_NM", self.monitor_nm)):
+            repeated = sorted({str(v) for v in values if values.count(v) > 1})
+            if repeated:  # each would be exported twice under the same labels (Prometheus drops the repeats)
+                raise ConfigError(f"REDLINE_{name} lists {', '.join(repeated)} more than once")
         for text in self.monitor_windows:
             try:
                 window = Window.parse(text)

@@ -38,6 +38,8 @@ def test_reads_typed_values() -> None:
     ({"REDLINE_MONITOR_WINDOWS": "1h", "REDLINE_WINDOW_RETENTION_S": "1800"}, "1h is longer than"),
     ({"REDLINE_MONITOR_WINDOWS": "count:200000"}, "count:200000 can never fill"),
     ({"REDLINE_MONITOR_WINDOWS": "24h,1h,24h"}, "REDLINE_MONITOR_WINDOWS lists 24h more than once"),
+    ({"REDLINE_MONITOR_NS": "1,5,5"}, "REDLINE_MONITOR_NS lists 5 more than once"),
+    ({"REDLINE_MONITOR_NM": "5:2,5:2"}, "REDLINE_MONITOR_NM lists 5:2 more than once"),
 ])
 def test_bad_values_fail_fast_naming_the_variable(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(fragment)):
