@@ -131,13 +131,15 @@ class Redline:
         return int(self.redis.zcount(self.keys.workers, cutoff, "+inf"))
 
     def readiness(self) -> dict[str, Any]:
-        """Redis reachable and at least one live scoring worker."""
+        """Whether this API can take requests: Redis answers. Live scoring workers are reported, not
+        required: with none, outputs are still accepted and wait in the queue, so a load balancer that
+        dropped the API then would turn a scoring delay into refused traffic (RedlineNoWorkerAlive pages)."""
         try:
             self.redis.ping()
         except Exception as exc:  # any Redis failure means not ready; say which
             return {"ready": False, "redis": f"unreachable: {exc.__class__.__name__}", "workers_alive": 0}
-        alive = self.workers_alive()
-        return {"ready": alive > 0, "redis": "ok", "workers_alive": alive, "queue_depth": self.queues.depth()}
+        return {"ready": True, "redis": "ok", "workers_alive": self.workers_alive(),
+                "queue_depth": self.queues.depth()}
 
 
 def public_view(record: dict[str, Any], who: Principal = OPEN) -> dict[str, Any]:

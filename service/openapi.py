@@ -105,7 +105,7 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
             "responses": {"200": _json(_ref(s.DeadLetters)), **_errors(401, 403, 422, 503)}}},
         "/healthz": {"get": {"summary": "Process up", "responses": {"200": _json(_ref(s.Health))}}},
-        "/readyz": {"get": {"summary": "Redis reachable and a worker alive",
+        "/readyz": {"get": {"summary": "Able to take requests (Redis reachable); live workers reported",
                             "responses": {"200": _json(_ref(s.Ready)), "503": _json(_ref(s.Ready), "Not ready")}}},
     }
     return {

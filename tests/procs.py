@@ -121,7 +121,7 @@ def api_and_worker(redis_url: str, models: Path, tmp: Path, prefix: str, **setti
 
 def start_serve(env: Mapping[str, str], log_path: Path, timeout: float = 90, cwd: Path = ROOT) -> tuple[Proc, str]:
     """`redline serve` (Redis, API and workers) on a free port; returns (process, base URL) once
-    `/readyz` answers 200."""
+    `/readyz` answers 200 with a worker alive."""
     port = free_port()
     proc = Proc([sys.executable, "-m", "service.cli", "serve"], {**env, "REDLINE_PORT": str(port)}, log_path, cwd)
     base = f"http://127.0.0.1:{port}"
@@ -144,10 +144,11 @@ def ctrl_c(proc: Proc, timeout: float = 60) -> tuple[int, str]:
 
 
 def is_ready(base: str, timeout: float = 5) -> bool:
-    """Whether the service at base answers `/readyz` with 200 (Redis up, a worker alive)."""
+    """Whether the service at base takes requests (`/readyz` 200: Redis up) and scores them (a worker alive)."""
     try:
-        return requests.get(base + "/readyz", timeout=timeout).status_code == 200
-    except requests.RequestException:  # not listening yet, or too busy starting to answer
+        r = requests.get(base + "/readyz", timeout=timeout)
+        return r.status_code == 200 and r.json()["workers_alive"] > 0
+    except (requests.RequestException, ValueError):  # not listening yet, or too busy starting to answer
         return False
 
 

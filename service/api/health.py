@@ -1,4 +1,4 @@
-"""GET /healthz (process up) and GET /readyz (Redis reachable, a scoring worker alive)."""
+"""GET /healthz (process up) and GET /readyz (able to take requests: Redis reachable; workers reported)."""
 
 from __future__ import annotations
 
