@@ -6,7 +6,7 @@ Prints (1) the pure metric recompute (AUC, N-AUCs, (N,M)-AUCs, FNR/FPR with inte
 arrays, (2) the same through `GET /v1/monitor`'s code path including the Redis read, (3) labels/s
 through `POST /v1/labels` (batches of 500, 4 concurrent clients), and (4) with `--models` deployed
 models x 3 detectors holding full windows, how long the background refresh of the quality gauges
-takes and how long a `GET /metrics` takes, with the machine.
+takes and how long a `GET /metrics` and the listing `GET /v1/monitor` take, with the machine.
 """
 
 from __future__ import annotations
@@ -158,11 +158,12 @@ def scrape(service: LocalRedline, redis: Redis, keys: Keys, configs: dict, model
         time.sleep(0.5)
     refresh = sample("redline_quality_compute_duration_seconds") or 0.0
     latency = timed(lambda: session.get(service.base + "/metrics", timeout=600).raise_for_status())
+    listing = timed(lambda: session.get(service.base + "/v1/monitor", timeout=600).raise_for_status())
     pairs = models * len(configs)
     print(f"{models} models x {len(configs)} detectors ({pairs} pairs) at {n:,}-entry windows, "
           f"windows {','.join(Settings().monitor_windows)}: "
           f"background refresh {refresh:.2f} s ({refresh / pairs * 1000:.0f} ms a pair); "
-          f"GET /metrics {latency:.1f} ms (median of 7), {latency / 1000 / refresh:.4f} of the refresh")
+          f"GET /metrics {latency:.1f} ms, GET /v1/monitor (every pair) {listing:.1f} ms (medians of 7)")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -25,7 +25,6 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from .keys import Keys, text
-from .monitoring import Window
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +153,11 @@ class RedlineCollector(Collector):
 
 
 class QualityCollector(Collector):
-    """The quality gauges of every monitored (model, detector) and window: what `quality_snapshot`
-    renders. `after_pair` is called after each pair (the refresher extends its lock there)."""
+    """The quality gauges of monitor responses (`Monitor.evaluate_windows`), one set per (model, detector,
+    window): what `quality_snapshot` renders."""
 
-    def __init__(self, monitor: Any, detectors: dict[str, Any], windows: Sequence[str],
-                 after_pair: Callable[[], object] = lambda: None) -> None:
-        self.monitor = monitor  # service.monitoring.Monitor
-        self.detectors = detectors
-        self.windows = [Window.parse(w) for w in windows]
-        self.after_pair = after_pair
+    def __init__(self, results: Sequence[dict[str, Any]]) -> None:
+        self.results = results
 
     def collect(self) -> Iterator[Any]:
         base = ["model", "detector", "window"]
@@ -185,31 +180,27 @@ class QualityCollector(Collector):
             "psi": GaugeMetricFamily("redline_score_psi", "Score PSI against the previous span", labels=base),
             "ks": GaugeMetricFamily("redline_score_ks", "Score KS statistic against the previous span", labels=base),
         }
-        for model, detector in self.monitor.pairs():
-            if detector not in self.detectors:
-                continue  # a detector since removed from the configuration
-            for q in self.monitor.evaluate_windows(model, detector, self.windows):
-                labels = [model, detector, q["window"]]
-                g["positives"].add_metric(labels, q["positives"])
-                g["negatives"].add_metric(labels, q["negatives"])
-                for entry in q["n_auc"]:
-                    _maybe(g["n_auc"], [*labels, str(entry["n"])], entry["value"])
-                for entry in q["nm_auc"]:
-                    _maybe(g["nm_auc"], [*labels, str(entry["n"]), str(entry["m"])], entry["value"])
-                if q["fnr"]:
-                    _maybe(g["fnr"], labels, q["fnr"]["value"])
-                    for interval in ("wilson", "clopper_pearson"):
-                        bounds = q["fnr"][interval]
-                        if bounds:
-                            g["fnr_lower"].add_metric([*labels, interval], bounds[0])
-                            g["fnr_upper"].add_metric([*labels, interval], bounds[1])
-                _maybe(g["fnr_weighted"], labels, q["weighted"]["fnr"])
-                _maybe(g["fpr"], labels, q["fpr"]["value"])
-                _maybe(g["coverage"], labels, q["label_coverage"])
-                _maybe(g["lag"], labels, q["median_label_lag_s"])
-                _maybe(g["psi"], labels, q["drift"]["psi"])
-                _maybe(g["ks"], labels, q["drift"]["ks"])
-            self.after_pair()
+        for q in self.results:
+            labels = [q["model"], q["detector"], q["window"]]
+            g["positives"].add_metric(labels, q["positives"])
+            g["negatives"].add_metric(labels, q["negatives"])
+            for entry in q["n_auc"]:
+                _maybe(g["n_auc"], [*labels, str(entry["n"])], entry["value"])
+            for entry in q["nm_auc"]:
+                _maybe(g["nm_auc"], [*labels, str(entry["n"]), str(entry["m"])], entry["value"])
+            if q["fnr"]:
+                _maybe(g["fnr"], labels, q["fnr"]["value"])
+                for interval in ("wilson", "clopper_pearson"):
+                    bounds = q["fnr"][interval]
+                    if bounds:
+                        g["fnr_lower"].add_metric([*labels, interval], bounds[0])
+                        g["fnr_upper"].add_metric([*labels, interval], bounds[1])
+            _maybe(g["fnr_weighted"], labels, q["weighted"]["fnr"])
+            _maybe(g["fpr"], labels, q["fpr"]["value"])
+            _maybe(g["coverage"], labels, q["label_coverage"])
+            _maybe(g["lag"], labels, q["median_label_lag_s"])
+            _maybe(g["psi"], labels, q["drift"]["psi"])
+            _maybe(g["ks"], labels, q["drift"]["ks"])
         yield from g.values()
 
 

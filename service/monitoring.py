@@ -185,6 +185,16 @@ class Monitor:
         return results
 
 
+# What the listing (GET /v1/monitor without model and detector) shows of each (pair, window).
+LISTING_FIELDS = ("labeled", "positives", "negatives", "auc", "n_auc", "fnr", "label_coverage", "withheld")
+
+
+def listing_row(result: dict[str, Any]) -> dict[str, Any]:
+    """One line of the listing from a monitor response (model names as stored: the caller maps them)."""
+    return {"model": result["model"], "detector": result["detector"], "window": result["window"],
+            **{k: result[k] for k in LISTING_FIELDS}, "psi": result["drift"]["psi"]}
+
+
 def _doubles(members: list[bytes], count: int) -> np.ndarray:
     """The fixed binary tails (`count` little-endian doubles) of window members, as an array.
     Members are `id|` + packed doubles (see store.py), so the tail is the last 8 * count bytes."""

@@ -1,4 +1,4 @@
-"""The quality gauges /metrics exports, computed off the scrape path.
+"""The quality gauges /metrics exports, and the listing GET /v1/monitor shows, computed off the request path.
 
 Evaluating every (model, detector, window) reads each pair's window and score history, up to
 REDLINE_WINDOW_MAX_ENTRIES rows apiece: 0.2 to 0.3 s a pair at the cap on a 2-core machine
@@ -7,16 +7,19 @@ Prometheus's default 10 s scrape timeout (the target goes down and every alert w
 API process a scrape landed on paid it again. So the gauges are rendered once by one API process at a
 time (a Redis lock), in a background thread, and stored in Redis; a scrape serves the latest
 rendering and, once it is REDLINE_METRICS_REFRESH_S old, starts the next. Quality gauges therefore
-lag by up to one refresh interval plus the time a refresh takes, both of which are exported.
+lag by up to one refresh interval plus the time a refresh takes, both of which are exported. The
+listing of every pair (GET /v1/monitor without model and detector) cost the same, per request, and
+is served from the same computation, with its time; one pair's numbers are still computed on request.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -25,6 +28,7 @@ from redis.exceptions import LockError, RedisError
 
 from .keys import Keys
 from .metrics import QualityCollector
+from .monitoring import Window, listing_row
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,8 @@ class Snapshot:
     computed_at: float
     """When computing them finished, in Redis's clock (unix seconds)."""
     duration_s: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    """The listing's rows (`monitoring.listing_row`), model names as stored; read only by `listing()`."""
 
 
 class QualitySnapshots:
@@ -54,7 +60,7 @@ class QualitySnapshots:
         self.redis = redis
         self.keys = Keys(settings.queue_prefix)
         self.refresh_s = settings.metrics_refresh_s
-        self.windows = settings.monitor_windows
+        self.windows = [Window.parse(w) for w in settings.monitor_windows]
         self.monitor = monitor  # service.monitoring.Monitor
         self.detectors = detectors
         self.clock = clock  # the store's clock: every API process ages a snapshot alike
@@ -62,28 +68,46 @@ class QualitySnapshots:
         self._thread: threading.Thread | None = None
 
     def latest(self) -> Snapshot | None:
-        raw = self.redis.hgetall(self.keys.quality_snapshot)
-        if not raw:
+        """The stored gauges (not the listing's rows, which a scrape does not need)."""
+        rendered, computed_at, duration_s = self.redis.hmget(self.keys.quality_snapshot,
+                                                             ["text", "computed_at", "duration_s"])
+        if rendered is None or computed_at is None or duration_s is None:
             return None
-        rendered = raw[b"text"]
-        return Snapshot(rendered if isinstance(rendered, bytes) else rendered.encode(), float(raw[b"computed_at"]),
-                        float(raw[b"duration_s"]))
+        return Snapshot(rendered if isinstance(rendered, bytes) else rendered.encode(), float(computed_at),
+                        float(duration_s))
 
     def refresh(self, after_pair: Callable[[], object] = lambda: None) -> Snapshot:
-        """Compute every quality gauge now and store the result for every API process to serve."""
+        """Evaluate every pair and window now and store the gauges and the listing for every API process."""
         started = time.perf_counter()
+        results = []
+        for model, detector in self.monitor.pairs():
+            if detector not in self.detectors:
+                continue  # a detector since removed from the configuration
+            results += self.monitor.evaluate_windows(model, detector, self.windows)
+            after_pair()
         registry = CollectorRegistry()
-        registry.register(QualityCollector(self.monitor, self.detectors, self.windows, after_pair))
-        rendered = generate_latest(registry)
-        snapshot = Snapshot(rendered, self.clock(), time.perf_counter() - started)
+        registry.register(QualityCollector(results))
+        snapshot = Snapshot(generate_latest(registry), self.clock(), time.perf_counter() - started,
+                            [listing_row(r) for r in results])
         ttl = int(max(MIN_TTL_S, 10 * self.refresh_s, 3 * snapshot.duration_s))
         with self.redis.pipeline() as pipe:
             pipe.hset(self.keys.quality_snapshot, mapping={
-                "text": snapshot.text, "computed_at": repr(snapshot.computed_at),
+                "text": snapshot.text, "rows": json.dumps(snapshot.rows), "computed_at": repr(snapshot.computed_at),
                 "duration_s": repr(snapshot.duration_s)})
             pipe.expire(self.keys.quality_snapshot, ttl)
             pipe.execute()
         return snapshot
+
+    def listing(self) -> tuple[list[dict[str, Any]], float]:
+        """The listing's rows and when they were computed, served as the gauges are (a refresh starts in the
+        background once they are `refresh_s` old); computed here, once, when there are none yet."""
+        rows, computed_at = self.redis.hmget(self.keys.quality_snapshot, ["rows", "computed_at"])
+        if rows is None or computed_at is None:
+            snapshot = self.refresh()
+            return snapshot.rows, snapshot.computed_at
+        if self.clock() - float(computed_at) >= self.refresh_s:
+            self._refresh_in_background()
+        return json.loads(rows), float(computed_at)
 
     def serve(self) -> Snapshot | None:
         """What a scrape exports: the latest snapshot (None before the first), starting a refresh in the

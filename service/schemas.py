@@ -198,6 +198,9 @@ class MonitorRow(BaseModel):
 
 class MonitorList(BaseModel):
     monitors: list[MonitorRow]
+    computed_at: str = Field(description="When these numbers were computed: in the background, at most "
+                                         "REDLINE_METRICS_REFRESH_S plus one refresh ago, for the configured "
+                                         "windows; now for any other")
 
 
 class DeadOutput(BaseModel):

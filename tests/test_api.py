@@ -59,7 +59,7 @@ def stack(redis_url: str, shipped_models: Path, user_models: Path,
     prefix = "api" + uuid.uuid4().hex[:8]
     # The shipped detectors plus a user's own ONNX classifier in a folder of their own.
     env = redline_env(redis_url, [shipped_models, user_models], prefix, max_outputs_per_request=50,
-                      max_text_chars=1000, max_body_bytes=200_000)
+                      max_text_chars=1000, max_body_bytes=200_000, metrics_refresh_s=1)
     redis = Redis.from_url(redis_url)
     api, base = start_api(env, tmp / "api.log")
     s = Stack(base, redis, prefix, env, tmp)
@@ -311,10 +311,12 @@ def test_labels_join_scores_and_monitor_reports_exact_metrics(stack: Stack) -> N
     assert got["threshold"] == bodies[0]["scores"]["injury"]["threshold"] and got["target_fnr"] == 0.02
     # Fewer positives than REDLINE_MONITOR_MIN_POSITIVES (20): N-AUC and FNR are withheld, and it says so.
     assert got["fnr"] is None and "need 20" in got["withheld"]
-    listing = stack.get("/v1/monitor").json()["monitors"]
-    mine = [m for m in listing if m["model"] == model and m["detector"] == "injury"]
-    assert {m["window"] for m in mine} == {"count:1000", "1h", "24h", "7d"}
-    assert all(m["labeled"] == 8 for m in mine)
+    # The listing is computed in the background (REDLINE_METRICS_REFRESH_S, 1 s here): it catches up.
+    def mine() -> list[dict]:
+        listing = stack.get("/v1/monitor").json()["monitors"]
+        rows = [m for m in listing if m["model"] == model and m["detector"] == "injury"]
+        return rows if rows and all(m["labeled"] == 8 for m in rows) else []
+    assert {m["window"] for m in wait_for(mine, timeout=30)} == {"count:1000", "1h", "24h", "7d"}
 
 
 INJURED_SET = ["He was stabbed in the chest and bled heavily.", "She broke her leg in two places skiing.",

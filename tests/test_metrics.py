@@ -259,3 +259,39 @@ def test_with_redis_down_metrics_still_answer_and_say_so(own_redis) -> None:  # 
     assert "redline_detector_threshold" in families  # configuration needs no Redis
     server.start()
     assert Scrape(core).get_sample_value("redline_redis_up") == 1
+
+
+def test_the_listing_is_served_from_the_background_computation(scored: Redline,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # Listing every pair computed every pair on each request: seconds at a few dozen pairs.
+    scored.quality.clock = clock = Clock()
+    client = create_app(scored.settings, scored.redis).test_client()
+    app_core = client.application.extensions["redline"]
+    app_core.quality.clock = clock
+
+    def negatives(query: str = "") -> list[int]:
+        body = client.get("/v1/monitor" + query).get_json()
+        rows = body["monitors"] if "monitors" in body else [body]
+        return [r["negatives"] for r in rows if r["window"] == "24h"]
+
+    first = client.get("/v1/monitor").get_json()  # nothing computed yet: computed for this request, and stored
+    assert [r["negatives"] for r in first["monitors"] if r["window"] == "24h"] == [3]
+    scored.submit([NewOutput(id="late", model="bot", response="calm", detectors=["injury"], labels={"injury": 0})])
+    build_scorer(scored.redis, scored.settings, "w2").score(["late"])
+    assert negatives() == [3]  # the stored numbers, until they are REDLINE_METRICS_REFRESH_S old
+    assert client.get("/v1/monitor").get_json()["computed_at"] == first["computed_at"]
+    assert negatives("?model=bot&detector=injury&window=24h") == [4]  # one pair: computed now
+    assert negatives("?window=6h") == []  # a window not configured: computed now, for the caller's pairs
+    assert client.get("/v1/monitor?window=6h").get_json()["monitors"][0]["negatives"] == 4
+
+    def no_compute(*args: object) -> None:
+        raise AssertionError("the listing evaluated a window")
+    with monkeypatch.context() as patch:
+        patch.setattr(app_core.monitor, "evaluate_windows", no_compute)
+        assert negatives() == [3]
+    clock.now += scored.settings.metrics_refresh_s
+    assert negatives() == [3]  # stale: served at once, refreshed behind it
+    app_core.quality._thread.join(30)  # type: ignore[union-attr]
+    fresh = client.get("/v1/monitor").get_json()
+    assert [r["negatives"] for r in fresh["monitors"] if r["window"] == "24h"] == [4]
+    assert fresh["computed_at"] > first["computed_at"]

@@ -7,12 +7,11 @@ from typing import Any
 from flask import Blueprint, request
 
 from ..app import caller, core
+from ..core import iso
 from ..errors import ValidationFailed
-from ..monitoring import Window
+from ..monitoring import Window, listing_row
 
 bp = Blueprint("monitor", __name__)
-
-HEADLINE = ("labeled", "positives", "negatives", "auc", "n_auc", "fnr", "label_coverage", "withheld")
 
 
 @bp.get("/v1/monitor")
@@ -29,12 +28,16 @@ def monitor() -> dict[str, Any]:
         return {"model": model, "detector": detector, "windows": results}
     if model or detector:
         raise ValidationFailed("give both model and detector, or neither to list every pair")
-    rows = []
-    for m, d in redline.monitor.pairs():
-        if d not in redline.detectors or not who.owns(m):
-            continue  # a detector since removed from the configuration, or another tenant's model
-        for full in redline.monitor.evaluate_windows(m, d, windows):
-            rows.append({"model": who.public_model(m), "detector": d, "window": full["window"],
-                         **{k: full[k] for k in HEADLINE},
-                         "psi": full["drift"]["psi"]})
-    return {"monitors": rows}
+    names = {w.name for w in windows}
+    if names <= set(redline.settings.monitor_windows):
+        # Every pair's numbers, as /metrics has them: computed in the background (quality_snapshot), since
+        # computing them here took seconds per request at a few dozen pairs.
+        rows, computed_at = redline.quality.listing()
+    else:  # a window nothing computes in the background: this request computes it, for this caller's pairs
+        rows, computed_at = [], redline.store.clock()
+        for m, d in redline.monitor.pairs():
+            if d in redline.detectors and who.owns(m):
+                rows += [listing_row(r) for r in redline.monitor.evaluate_windows(m, d, windows)]
+    return {"monitors": [{**row, "model": who.public_model(row["model"])} for row in rows
+                         if row["window"] in names and row["detector"] in redline.detectors and who.owns(row["model"])],
+            "computed_at": iso(computed_at)}
