@@ -113,6 +113,7 @@ def run_api(settings: Settings) -> int:
     from .app import open_or_keys
 
     open_or_keys(settings)  # fail here, before gunicorn, on a bad keys file or an open public address
+    require_free_port(settings)
     build_shipped_graphs(settings)
     # Request metrics of all gunicorn processes are merged through this directory (wiped at start).
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.data_dir / f"prometheus-api-{settings.port}"))
@@ -155,6 +156,16 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
     return 0
 
 
+def require_free_port(settings: Settings) -> None:
+    """Refuse at once a port another server holds: gunicorn would retry for 5 s and then exit, after
+    `redline serve` had started Redis and the workers for nothing."""
+    from .processes import port_in_use
+
+    if port_in_use(settings.host, settings.port):
+        raise ConfigError(f"{settings.host}:{settings.port} is in use (another Redline API, or another server): "
+                          "stop it or set REDLINE_PORT")
+
+
 def serve(settings: Settings) -> int:
     """Supervise Redis (if embedded), the API and the workers; restart a worker that dies.
     Ctrl-C or SIGTERM stops the API, then the workers (each finishes its batch), then Redis."""
@@ -165,6 +176,7 @@ def serve(settings: Settings) -> int:
     build_shipped_graphs(settings)  # before the workers start, so they never race to build it
     detectors = load_configs(settings.models_dirs)  # fail before starting anything
     open_or_keys(settings)
+    require_free_port(settings)
     if not detectors:
         log.warning("no detectors found in %s: outputs cannot be scored",
                     ", ".join(str(d) for d in settings.models_dirs))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import signal
 import socket
 import sys
@@ -15,6 +16,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on host:port (bound as gunicorn binds, with SO_REUSEADDR, so a
+    port left in TIME_WAIT by a server just stopped does not count)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def die_with_parent() -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from redis import Redis
 
 from workers.cpus import allowed_cpus
 
-from .procs import ctrl_c, is_ready, start_serve, wait_for, worker_pid
+from .procs import ROOT, ctrl_c, is_ready, start_serve, wait_for, worker_pid
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +124,18 @@ def test_serve_shares_the_cpus_out_among_its_workers(tmp_path: Path) -> None:
     assert code == 0, log
     share, whole = max(1, allowed_cpus() // 2), (tmp_path / "serve.log").read_text()
     assert whole.count(f"encoder.onnx on CPUExecutionProvider, intra-op threads: {share}\n") == 2, whole
+
+
+def test_serve_refuses_a_port_in_use_before_starting_anything(tmp_path: Path) -> None:
+    # gunicorn retried the bind for 5 s and exited, after serve had started Redis and a worker for nothing.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REDLINE_")}
+        env.update({"REDLINE_DATA_DIR": str(tmp_path / "var"), "REDLINE_PORT": str(port)})
+        run = subprocess.run([sys.executable, "-m", "service.cli", "serve"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert f"redline: 127.0.0.1:{port} is in use (another Redline API, or another server)" in run.stderr
+    assert not (tmp_path / "var" / "redis.sock").exists() and "embedded Redis" not in run.stderr
