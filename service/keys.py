@@ -74,7 +74,8 @@ class Keys:
 
     @property
     def quality_snapshot(self) -> str:
-        """Hash with TTL: the latest rendered quality gauges /metrics serves, with when they were computed."""
+        """Hash with TTL: the latest quality gauges (rendered for /metrics) and listing rows (GET /v1/monitor),
+        with when they were computed."""
         return f"{self.prefix}:quality-snapshot"
 
     @property

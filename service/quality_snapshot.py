@@ -53,7 +53,7 @@ class Snapshot:
 
 
 class QualitySnapshots:
-    """Renders, stores and serves the quality gauges of one deployment (one per API process)."""
+    """Renders, stores and serves the quality gauges and the listing of one deployment (one per API process)."""
 
     def __init__(self, redis: Redis, settings: Settings, monitor: Any, detectors: dict[str, Any],
                  clock: Callable[[], float]) -> None:
