@@ -137,7 +137,7 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
 
 def _parse(path: Path) -> dict[str, Principal]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a Windows editor's byte-order mark
     except OSError as exc:
         raise ConfigError(f"REDLINE_API_KEYS_FILE {path}: {exc.strerror}") from None
     entries: dict[str, Principal] = {}

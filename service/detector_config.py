@@ -59,7 +59,7 @@ class DetectorConfig:
 def parse_model_json(path: Path) -> DetectorConfig:
     """Read and check one model.json; every problem names the file and the field."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: an editor's byte-order mark is no JSON error
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read model.json: {exc}") from None
     if not isinstance(raw, dict):

@@ -149,6 +149,14 @@ def test_keys_file_is_strict(tmp_path: Path) -> None:
     assert KeyStore.load(path).authenticate("Bearer k").tenant == "team"
 
 
+def test_a_keys_file_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    # Edited in a Windows editor, the first line began with a BOM and was refused as malformed.
+    path = tmp_path / "keys"
+    key = create_key(path, "team", ["read"])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert KeyStore.load(path).authenticate(f"Bearer {key}").tenant == "team"
+
+
 def test_a_tenant_name_ending_in_a_newline_is_refused_and_the_keys_file_untouched(tmp_path: Path) -> None:
     # `$` in a pattern also matches before a final newline: "team\n" passed, and its key line split
     # in two, a keys file the API then refused at its next start.

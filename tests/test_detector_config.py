@@ -46,6 +46,14 @@ def test_bad_model_json_names_file_and_field(tmp_path: Path, synthetic_models: P
     assert str(path) in info.value.message
 
 
+def test_a_model_json_saved_with_a_byte_order_mark_loads(tmp_path: Path, synthetic_models: Path) -> None:
+    # Windows editors save UTF-8 with a BOM, which json.loads refused ("Unexpected UTF-8 BOM").
+    path = _write(tmp_path, version="1", threshold=0.5, output="logits",
+                  onnx=str(synthetic_models / "synthetic.onnx"), tokenizer=str(synthetic_models / "tokenizer.json"))
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert parse_model_json(path).threshold == 0.5
+
+
 def test_duplicate_names_rejected(tmp_path: Path, synthetic_models: Path) -> None:
     with pytest.raises(ConfigError, match="defined twice"):
         load_configs([synthetic_models, synthetic_models])
