@@ -13,9 +13,9 @@ from .settings import Settings
 
 REF = "#/components/schemas/{model}"
 _REQUESTS = (s.SubmitRequest, s.ScoreRequest, s.LabelBatch)
-_RESPONSES = (s.SubmitResponse, s.ScoreResponse, s.OutputRecord, s.PutLabelsResponse, s.LabelBatchResponse,
-              s.DetectorsResponse, s.Monitor, s.MonitorWindows, s.MonitorList, s.DeadLetters, s.Error, s.Health,
-              s.Ready)
+_RESPONSES = (s.SubmitResponse, s.ScoreResponse, s.OutputRecord, s.OutputList, s.PutLabelsResponse,
+              s.LabelBatchResponse, s.DetectorsResponse, s.Monitor, s.MonitorWindows, s.MonitorList, s.DeadLetters,
+              s.Error, s.Health, s.Ready)
 
 
 _REQUEST_ID_HEADER = {
@@ -72,7 +72,14 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
         "/v1/outputs": {"post": {
             "summary": "Submit model outputs for scoring", "security": security,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(s.SubmitRequest)}}},
-            "responses": {"202": _json(_ref(s.SubmitResponse), "Accepted and queued"), **write}}},
+            "responses": {"202": _json(_ref(s.SubmitResponse), "Accepted and queued"), **write}},
+            "get": {
+                "summary": "Many outputs and their scores", "security": security,
+                "parameters": [{"name": "id", "in": "query", "required": True, "style": "form", "explode": True,
+                                "schema": {"type": "array", "minItems": 1,
+                                           "maxItems": settings.max_outputs_per_request,
+                                           "items": {"type": "string", "pattern": s.ID_PATTERN}}}],
+                "responses": {"200": _json(_ref(s.OutputList)), **_errors(401, 403, 422, 503)}}},
         "/v1/score": {"post": {
             "summary": "Submit and wait for scores", "security": security,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(s.ScoreRequest)}}},

@@ -79,6 +79,11 @@ class OutputRecord(BaseModel):
     batch: Batch | None = None
 
 
+class OutputList(BaseModel):
+    outputs: list[OutputRecord] = Field(description="The outputs found, in the order asked")
+    missing: list[str] = Field(description="Ids asked for that are not (or no longer) stored")
+
+
 class ScoreResponse(BaseModel):
     outputs: list[OutputRecord]
     pending: list[Queued] | None = None

@@ -237,6 +237,20 @@ def parse_label_map(body: Any, where: str, detectors: Collection[str]) -> dict[s
     return {d: int(v) for d, v in body.items()}
 
 
+def parse_id_list(ids: list[str], settings: Settings) -> list[str]:
+    """`?id=a&id=b` -> [a, b], in order, repeats dropped; at most REDLINE_MAX_OUTPUTS_PER_REQUEST."""
+    if not ids:
+        raise ValidationFailed("give the outputs to read as id parameters: ?id=<id>&id=<id>")
+    unique = list(dict.fromkeys(ids))
+    if len(unique) > settings.max_outputs_per_request:
+        raise TooLarge(f"{len(unique)} ids; the limit is {settings.max_outputs_per_request} "
+                       "(REDLINE_MAX_OUTPUTS_PER_REQUEST)")
+    for i in unique:
+        if not re.fullmatch(ID_PATTERN, i):
+            raise ValidationFailed(f"id {i[:40]!r} must match {ID_PATTERN}")
+    return unique
+
+
 def parse_label_batch(body: dict[str, Any], settings: Settings,
                       detectors: Collection[str]) -> list[tuple[str, str, int]]:
     """`{"labels": [{"id", "detector", "label"}, ...]}` -> [(id, detector, label)]."""

@@ -420,7 +420,23 @@ def test_gzip_request_bodies(stack: Stack) -> None:
 
 
 def test_a_wrong_method_is_a_405_that_says_what_is_allowed(stack: Stack) -> None:
-    r = requests.delete(stack.base + "/v1/outputs", timeout=30)
+    r = requests.delete(stack.base + "/v1/labels", timeout=30)
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
     assert {m.strip() for m in r.headers["Allow"].split(",")} == {"OPTIONS", "POST"}
-    assert r.json()["error"]["message"] == "DELETE is not allowed on /v1/outputs; allowed: OPTIONS, POST"
+    assert r.json()["error"]["message"] == "DELETE is not allowed on /v1/labels; allowed: OPTIONS, POST"
+
+
+def test_many_outputs_are_read_in_one_request(stack: Stack) -> None:
+    tag = uuid.uuid4().hex[:6]
+    ids = [f"many-{tag}-{n}" for n in range(3)]
+    stack.post("/v1/outputs", {"outputs": [{"id": i, "model": "m", "response": f"text {i}"} for i in ids]})
+    asked = [ids[2], f"nope-{tag}", ids[0], ids[2]]
+    got = stack.get("/v1/outputs?" + "&".join(f"id={i}" for i in asked)).json()
+    assert [o["id"] for o in got["outputs"]] == [ids[2], ids[0]]  # in the order asked, once each
+    assert got["missing"] == [f"nope-{tag}"]
+    assert got["outputs"][1] == stack.get(f"/v1/outputs/{ids[0]}").json()  # the same record as one by one
+    for query, fragment in [("", "give the outputs to read as id parameters"),
+                            ("?" + "&".join(f"id=x{n}" for n in range(51)), "51 ids; the limit is 50"),
+                            ("?id=a%20b", "must match")]:
+        r = stack.get("/v1/outputs" + query)
+        assert r.status_code == 422 and fragment in r.json()["error"]["message"], (query, r.text)

@@ -62,6 +62,7 @@ ENDPOINTS = [  # method, path, body, scope needed
     ("POST", "/v1/outputs", OUT, "outputs:write"),
     ("POST", "/v1/score", {**OUT, "timeout_ms": 1}, "outputs:write"),
     ("GET", "/v1/outputs/x1", None, "read"),
+    ("GET", "/v1/outputs?id=x1", None, "read"),
     ("PUT", "/v1/outputs/x1/labels", {"injury": 1}, "labels:write"),
     ("POST", "/v1/labels", {"labels": [{"id": "x1", "detector": "injury", "label": 1}]}, "labels:write"),
     ("GET", "/v1/monitor", None, "read"),
@@ -104,6 +105,8 @@ def test_tenants_never_see_each_other(client, keys: dict[str, str]) -> None:  # 
     only_a = {"outputs": [{"id": "a-only", "model": "bot", "response": "hi", "detectors": ["injury"]}]}
     client.post("/v1/outputs", json=only_a, headers=a)
     assert client.get("/v1/outputs/a-only", headers=b).status_code == 404
+    assert client.get("/v1/outputs?id=a-only", headers=b).get_json() == {"outputs": [], "missing": ["a-only"]}
+    assert [o["id"] for o in client.get("/v1/outputs?id=a-only", headers=a).get_json()["outputs"]] == ["a-only"]
     assert client.put("/v1/outputs/a-only/labels", json={"injury": 1}, headers=b).status_code == 404
     labeled = client.put("/v1/outputs/x1/labels", json={"injury": 1}, headers=a).get_json()
     assert labeled["labels"]["injury"]["result"] == "new"

@@ -1,17 +1,17 @@
-"""POST /v1/outputs, POST /v1/score, GET /v1/outputs/<id>."""
+"""POST /v1/outputs, POST /v1/score, GET /v1/outputs/<id>, GET /v1/outputs?id=...&id=..."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, request
 
 from ..app import caller, core, json_body
 from ..auth import Principal
 from ..errors import NotFound
 from ..store import NewOutput
-from ..validation import parse_outputs, parse_timeout_ms
+from ..validation import parse_id_list, parse_outputs, parse_timeout_ms
 
 bp = Blueprint("outputs", __name__)
 
@@ -48,6 +48,16 @@ def score() -> tuple[dict[str, Any], int]:
         body_out["pending"] = [_queued_item(i, "queued") for i in ids if i in pending]
         return body_out, 202
     return body_out, 200
+
+
+@bp.get("/v1/outputs")
+def get_outputs() -> dict[str, Any]:
+    """Many outputs in one request (one Redis pipeline), for clients that would otherwise poll each."""
+    redline = core()
+    ids = parse_id_list(request.args.getlist("id"), redline.settings)
+    views = redline.output_views(ids, caller())
+    return {"outputs": [v for v in views if v is not None],
+            "missing": [i for i, v in zip(ids, views, strict=True) if v is None]}
 
 
 @bp.get("/v1/outputs/<output_id>")
