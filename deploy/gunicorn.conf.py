@@ -27,6 +27,9 @@ keepalive = 0
 # A sync wait may last up to REDLINE_MAX_SYNC_TIMEOUT_MS; never kill a request that is within it.
 timeout = max(30, _settings.max_sync_timeout_ms // 1000 + 10)
 graceful_timeout = 30
+# GET /v1/outputs?id=...&id=...: gunicorn's default 4,094-byte request line held about 110 generated ids,
+# under half of REDLINE_MAX_OUTPUTS_PER_REQUEST's default. 8,190 is the most it allows short of no limit.
+limit_request_line = 8190
 # gunicorn 25.1+ opens a control socket for `gunicornc` (worker status, adding workers, reloads), by
 # default at ~/.gunicorn/gunicorn.ctl: one path per user, so a second API on the host took over the
 # first one's socket, and where the user has no writable home (the Docker image) it failed at every
