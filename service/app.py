@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
     for module in (outputs, labels, monitor, detectors, dead_letters, health, metrics):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
-    _register_request_ids(app)  # first: even a request that fails authentication gets its id
+    _register_request_ids(app)  # before auth: its log lines (a keys-file reload) name the request too
     _register_auth(app)
     _register_request_metrics(app)
     return app

@@ -105,7 +105,7 @@ class QualitySnapshots:
         if rows is None or computed_at is None:
             snapshot = self.refresh()
             return snapshot.rows, snapshot.computed_at
-        if self.clock() - float(computed_at) >= self.refresh_s:
+        if self._due(float(computed_at)):
             self._refresh_in_background()
         return json.loads(rows), float(computed_at)
 
@@ -113,9 +113,13 @@ class QualitySnapshots:
         """What a scrape exports: the latest snapshot (None before the first), starting a refresh in the
         background when there is none or it is `refresh_s` old. Never computes on the scrape's time."""
         snapshot = self.latest()
-        if snapshot is None or self.clock() - snapshot.computed_at >= self.refresh_s:
+        if snapshot is None or self._due(snapshot.computed_at):
             self._refresh_in_background()
         return snapshot
+
+    def _due(self, computed_at: float) -> bool:
+        """Whether numbers computed at `computed_at` (Redis's clock) are `refresh_s` old."""
+        return self.clock() - computed_at >= self.refresh_s
 
     def _refresh_in_background(self) -> None:
         with self._guard:
@@ -135,7 +139,7 @@ class QualitySnapshots:
             return False
         try:
             latest = self.latest()  # another process may have refreshed since this scrape looked
-            if latest is not None and self.clock() - latest.computed_at < self.refresh_s:
+            if latest is not None and not self._due(latest.computed_at):
                 return False
             snapshot = self.refresh(after_pair=lock.reacquire)
             log.debug("quality gauges refreshed in %.2f s", snapshot.duration_s)
