@@ -38,13 +38,13 @@ class Redline:
 
     def submit(self, outputs: list[NewOutput], sync: bool = False) -> tuple[list[str], str | None]:
         """Store outputs and queue the new ones in one job; returns each output's state
-        ("new" or its existing status) and, for sync requests, the notification token."""
+        ("new" or its existing status) and, for sync requests, the notification token. A deployed
+        model name not seen before is admitted with its first stored output, up to REDLINE_MAX_MODELS."""
         pending = int(self.redis.zcard(self.keys.pending))
         if pending + len(outputs) > self.settings.max_pending:
             # Refuse before storing anything: memory stays bounded however far traffic overshoots.
             raise Overloaded(f"{pending} outputs are waiting to be scored (REDLINE_MAX_PENDING="
                              f"{self.settings.max_pending}); retry later", retry_after_s=self.settings.retry_after_s)
-        self._admit_models({o.model for o in outputs})
         token = uuid.uuid4().hex if sync else None
         job_id = new_job_id()
         states = self.store.create(outputs, job_id, notify=token)
@@ -58,22 +58,6 @@ class Redline:
             # If we die between create and enqueue, the reaper queues these outputs again.
             self.queues.enqueue(fresh, job_id, HIGH if sync else DEFAULT)
         return states, token
-
-    def _admit_models(self, models: set[str]) -> None:
-        """Model names become Prometheus label values: refuse new ones past REDLINE_MAX_MODELS."""
-        ordered = sorted(models)
-        with self.redis.pipeline(transaction=False) as pipe:
-            for model in ordered:
-                pipe.sismember(self.keys.models, model)
-            pipe.scard(self.keys.models)
-            *known, count = pipe.execute()
-        new = [m for m, k in zip(ordered, known, strict=True) if not k]
-        if not new:
-            return
-        if count + len(new) > self.settings.max_models:
-            raise ValidationFailed(f"model {sorted(new)[0]!r} would exceed REDLINE_MAX_MODELS="
-                                   f"{self.settings.max_models} distinct deployed models", code="too_many_models")
-        self.redis.sadd(self.keys.models, *new)
 
     def wait(self, ids: list[str], token: str, timeout_s: float) -> set[str]:
         """Block until every id is no longer queued or the timeout passes; returns ids still queued."""

@@ -17,16 +17,18 @@ from typing import Any, cast
 
 from redis import Redis
 
-from .errors import Conflict
+from .errors import Conflict, ValidationFailed
 from .keys import NOTIFY_TTL_S, Keys, text
 from .settings import Settings
 
 QUEUED, SCORED, FAILED = "queued", "scored", "failed"
 
-# KEYS[1] = pending zset, KEYS[2] = counters. ARGV = ttl, now, prefix, JSON list of records.
-# Checks every id first, so a conflict stores nothing; returns per record "new" or its current status.
+# KEYS[1] = pending zset, KEYS[2] = counters, KEYS[3] = deployed-model set. ARGV = ttl, now, prefix,
+# JSON list of records, most distinct models (-1: no bound). Checks every id, then the model bound,
+# before writing, so a refused batch stores nothing (not even its model names); returns per record
+# "new" or its current status, or {'conflict', id} / {'too_many_models', model, count}.
 _CREATE = """
-local ttl, now, prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local ttl, now, prefix, max_models = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[5])
 local records = cjson.decode(ARGV[4])
 local result = {}
 for i, rec in ipairs(records) do
@@ -38,6 +40,23 @@ for i, rec in ipairs(records) do
   else
     result[i] = 'new'
   end
+end
+-- Model names become metric labels: admit a new one only with an output that is stored, and check the
+-- bound here, in the same atomic step as the SADD, so concurrent API processes cannot overshoot it.
+local unseen, fresh = {}, {}
+for i, rec in ipairs(records) do
+  if result[i] == 'new' and not unseen[rec.model] and redis.call('SISMEMBER', KEYS[3], rec.model) == 0 then
+    unseen[rec.model] = true
+    table.insert(fresh, rec.model)
+  end
+end
+if #fresh > 0 then
+  local known = redis.call('SCARD', KEYS[3])
+  if max_models >= 0 and known + #fresh > max_models then
+    table.sort(fresh)
+    return {'too_many_models', fresh[1], tostring(known)}
+  end
+  redis.call('SADD', KEYS[3], unpack(fresh))
 end
 for i, rec in ipairs(records) do
   if result[i] == 'new' then
@@ -196,7 +215,8 @@ class OutputStore:
     """Reads and writes output records under one key prefix."""
 
     def __init__(self, redis: Redis, keys: Keys, ttl_s: int, retention_s: int = 15 * 86400,
-                 window_cap: int = 100_000, clock: Callable[[], float] | None = None) -> None:
+                 window_cap: int = 100_000, clock: Callable[[], float] | None = None,
+                 max_models: int | None = None) -> None:
         # Redis's clock (see redis_time); injectable so tests can place outputs and labels in time.
         self.clock: Callable[[], float] = clock or partial(redis_time, redis)
         self.redis = redis
@@ -204,6 +224,7 @@ class OutputStore:
         self.ttl_s = ttl_s
         self.retention_s = retention_s
         self.window_cap = window_cap
+        self.max_models = max_models  # distinct deployed-model names create() admits; None: no bound
         self._random = random.Random()
         self._create = redis.register_script(_CREATE)
         self._finish = redis.register_script(_FINISH)
@@ -212,7 +233,7 @@ class OutputStore:
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> OutputStore:
         return cls(redis, Keys(settings.queue_prefix), settings.record_ttl_s, settings.window_retention_s,
-                   settings.window_max_entries)
+                   settings.window_max_entries, max_models=settings.max_models)
 
     def create(self, outputs: Sequence[NewOutput], job_id: str, notify: str | None = None) -> list[str]:
         """Store outputs atomically; returns "new" or the existing status for each.
@@ -232,14 +253,18 @@ class OutputStore:
             for detector, label in out.labels.items():
                 fields[f"label:{detector}"] = str(label)
                 fields[f"labeled_at:{detector}"] = repr(now)
-            records.append({"id": out.id, "digest": fields["digest"],
+            records.append({"id": out.id, "digest": fields["digest"], "model": out.model,
                             "fields": [x for kv in fields.items() for x in kv],
                             "counters": [f"labeled|{d}|{out.model}" for d in out.labels]})
-        result = self._create(keys=[self.keys.pending, self.keys.counters],
-                              args=[self.ttl_s, repr(now), self.keys.prefix, json.dumps(records)])
+        result = self._create(keys=[self.keys.pending, self.keys.counters, self.keys.models],
+                              args=[self.ttl_s, repr(now), self.keys.prefix, json.dumps(records),
+                                    -1 if self.max_models is None else self.max_models])
         states = [r.decode() for r in result]
         if states and states[0] == "conflict":
             raise Conflict(f"output id {states[1]!r} already exists with different content")
+        if states and states[0] == "too_many_models":
+            raise ValidationFailed(f"model {states[1]!r} would exceed REDLINE_MAX_MODELS={self.max_models} "
+                                   f"distinct deployed models ({states[2]} known)", code="too_many_models")
         return states
 
     def get(self, output_id: str) -> dict[str, Any] | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -157,6 +159,41 @@ def test_distinct_model_names_are_bounded(redis: Redis, settings: Settings) -> N
         core.submit([NewOutput(id=f"x-{name}-{id(name)}", model=name, response="hi", detectors=["injury"])])
     with pytest.raises(ValidationFailed, match="REDLINE_MAX_MODELS=2"):
         core.submit([NewOutput(id="x-c", model="c", response="hi", detectors=["injury"])])
+    assert core.output_view("x-c") is None
+
+
+def test_a_refused_request_admits_no_model_name(redis: Redis, settings: Settings) -> None:
+    from service.errors import Conflict
+
+    core = Redline(dataclasses.replace(settings, max_models=2), redis)
+    core.submit([NewOutput(id="one", model="a", response="hi", detectors=["injury"])])
+    # 409: the id exists with other content; the request is refused whole, its new model name with it.
+    with pytest.raises(Conflict):
+        core.submit([NewOutput(id="one", model="intruder", response="other text", detectors=["injury"])])
+    core.submit([NewOutput(id="two", model="b", response="hi", detectors=["injury"])])
+    assert redis.smembers(core.keys.models) == {b"a", b"b"}
+
+
+def test_concurrent_new_models_never_exceed_the_bound(redis: Redis, settings: Settings) -> None:
+    from service.errors import ValidationFailed
+
+    # API processes admit models at once; the bound must hold across them, not only within one.
+    cores = [Redline(dataclasses.replace(settings, max_models=5), Redis.from_url(settings.redis_url))
+             for _ in range(24)]
+    start = threading.Barrier(len(cores))
+
+    def submit(n: int) -> bool:
+        start.wait()
+        try:
+            cores[n].submit([NewOutput(id=f"o{n}", model=f"m{n}", response="hi", detectors=["injury"])])
+        except ValidationFailed:
+            return False
+        return True
+
+    with ThreadPoolExecutor(len(cores)) as pool:
+        accepted = [n for n, ok in enumerate(pool.map(submit, range(len(cores)))) if ok]
+    assert len(accepted) == 5
+    assert redis.smembers(cores[0].keys.models) == {f"m{n}".encode() for n in accepted}
 
 
 def _label(core: Redline, output_id: str, value: int) -> None:
