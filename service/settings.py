@@ -7,7 +7,9 @@ reading the environment, so tests can build one directly and bad values fail at 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +150,8 @@ class Settings:
             raise ConfigError("REDLINE_MONITOR_NS must list integers >= 1")
         for pair in self.monitor_nm:
             n, _, m = pair.partition(":")
-            if not (n.isdigit() and m.isdigit() and int(n) >= 1 and int(m) >= 1):
+            # ASCII digits: str.isdigit() accepts "²", which int() refuses with a bare ValueError.
+            if not (re.fullmatch("[0-9]{1,6}", n) and re.fullmatch("[0-9]{1,6}", m) and int(n) >= 1 and int(m) >= 1):
                 raise ConfigError(f"REDLINE_MONITOR_NM entry {pair!r} must look like N:M with N, M >= 1")
         if self.sync_timeout_ms > self.max_sync_timeout_ms:
             raise ConfigError("REDLINE_SYNC_TIMEOUT_MS exceeds REDLINE_MAX_SYNC_TIMEOUT_MS")
@@ -199,7 +202,10 @@ def _parse(name: str, type_: object, raw: str) -> object:
         if text == "int":
             return int(raw)
         if text == "float":
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):  # every comparison with nan is false: checks below would pass it
+                raise ValueError(raw)
+            return value
         if text == "tuple[int, ...]":
             return tuple(int(p) for p in raw.split(",") if p.strip())
         if text == "Path":
@@ -210,4 +216,5 @@ def _parse(name: str, type_: object, raw: str) -> object:
             return tuple(p.strip() for p in raw.split(",") if p.strip())
         return raw
     except ValueError:
-        raise ConfigError(f"REDLINE_{name.upper()}={raw!r} is not a valid {text}") from None
+        what = "finite number" if text == "float" else text
+        raise ConfigError(f"REDLINE_{name.upper()}={raw!r} is not a valid {what}") from None

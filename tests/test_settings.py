@@ -40,6 +40,11 @@ def test_reads_typed_values() -> None:
     ({"REDLINE_MONITOR_WINDOWS": "24h,1h,24h"}, "REDLINE_MONITOR_WINDOWS lists 24h more than once"),
     ({"REDLINE_MONITOR_NS": "1,5,5"}, "REDLINE_MONITOR_NS lists 5 more than once"),
     ({"REDLINE_MONITOR_NM": "5:2,5:2"}, "REDLINE_MONITOR_NM lists 5:2 more than once"),
+    # Accepted, then: nan compares false with everything, so the gauges were never refreshed; "²" passed
+    # str.isdigit() and int() raised a bare ValueError at start.
+    ({"REDLINE_METRICS_REFRESH_S": "nan"}, "REDLINE_METRICS_REFRESH_S='nan' is not a valid finite number"),
+    ({"REDLINE_MONITOR_CACHE_S": "inf"}, "REDLINE_MONITOR_CACHE_S='inf' is not a valid finite number"),
+    ({"REDLINE_MONITOR_NM": "5:\u00b2"}, "REDLINE_MONITOR_NM entry '5:\u00b2' must look like N:M"),
 ])
 def test_bad_values_fail_fast_naming_the_variable(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(fragment)):
