@@ -37,11 +37,11 @@ class Window:
 
     @classmethod
     def parse(cls, text: str) -> Window:
-        if m := re.fullmatch(r"count:(\d{1,7})", text):
+        if m := re.fullmatch(r"count:([0-9]{1,7})", text):
             if int(m.group(1)) < 1:
                 raise ValidationFailed("window count must be >= 1")
             return cls(text, count=int(m.group(1)))
-        if m := re.fullmatch(r"(\d{1,6})([smhdw])", text):
+        if m := re.fullmatch(r"([0-9]{1,6})([smhdw])", text):
             seconds = int(m.group(1)) * _UNITS[m.group(2)]
             if seconds < 1:
                 raise ValidationFailed("window duration must be positive")

@@ -100,8 +100,12 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
                           **_errors(400, 401, 403, 404, 413, 415, 422, 503)}}},
         "/v1/monitor": {"get": {
             "summary": "Rolling quality per deployed model, detector and window", "security": security,
-            "parameters": [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
-                           for n in ("model", "detector", "window")],
+            "parameters": [*({"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                             for n in ("model", "detector")),
+                           {"name": "window", "in": "query", "required": False, "style": "form", "explode": True,
+                            "description": "count:<W> or a duration (90s, 15m, 1h, 24h, 7d); repeat it for "
+                                           "several windows; default: every configured window",
+                            "schema": {"type": "array", "items": {"type": "string"}}}],
             "responses": {"200": _json({"oneOf": [_ref(s.Monitor), _ref(s.MonitorWindows), _ref(s.MonitorList)]}),
                           **_errors(401, 403, 404, 422, 503)}}},
         "/v1/detectors": {"get": {"summary": "Configured detectors", "security": security,

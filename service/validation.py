@@ -237,6 +237,14 @@ def parse_label_map(body: Any, where: str, detectors: Collection[str]) -> dict[s
     return {d: int(v) for d, v in body.items()}
 
 
+def single_query_value(values: list[str], name: str) -> str | None:
+    """A query parameter that takes one value (`request.args.getlist(name)`): absent -> None; given twice
+    it is refused, since keeping the first or the last silently answers a question nobody asked."""
+    if len(values) > 1:
+        raise ValidationFailed(f"query parameter {name!r} is given {len(values)} times; give it once")
+    return values[0] if values else None
+
+
 def parse_id_list(ids: list[str], settings: Settings) -> list[str]:
     """`?id=a&id=b` -> [a, b], in order, repeats dropped; at most REDLINE_MAX_OUTPUTS_PER_REQUEST."""
     if not ids:

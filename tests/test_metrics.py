@@ -162,6 +162,28 @@ def test_distinct_model_names_are_bounded(redis: Redis, settings: Settings) -> N
     assert core.output_view("x-c") is None
 
 
+def test_monitor_query_parameters(scored: Redline) -> None:
+    client = create_app(scored.settings, scored.redis).test_client()
+    one_pair = "/v1/monitor?model=bot&detector=injury"
+    # `window` may repeat: those windows, each once, in the order asked (a subset of the configured ones).
+    body = client.get(one_pair + "&window=count:6&window=24h&window=count:6").get_json()
+    assert [w["window"] for w in body["windows"]] == ["count:6", "24h"]
+    assert [w["negatives"] for w in body["windows"]] == [3, 3]
+    listing = client.get("/v1/monitor?window=24h&window=1h").get_json()["monitors"]
+    assert sorted(r["window"] for r in listing) == ["1h", "24h"]
+    # A parameter that takes one value, given twice, was answered for the first: refused, naming it.
+    for query, name in ((one_pair + "&model=other", "model"), (one_pair + "&detector=injury", "detector")):
+        response = client.get(query)
+        assert response.status_code == 422
+        assert response.get_json()["error"]["message"] == f"query parameter {name!r} is given 2 times; give it once"
+    assert client.get("/v1/dead-letters?limit=5&limit=6").status_code == 422
+    # "²" passes str.isdigit() and then int() raised: a 500.
+    response = client.get("/v1/dead-letters?limit=\u00b2")
+    assert response.status_code == 422
+    assert response.get_json()["error"]["message"] == "'limit' must be an integer from 1 to 1000"
+    assert client.get("/v1/dead-letters?limit=7").status_code == 200
+
+
 def test_a_refused_request_admits_no_model_name(redis: Redis, settings: Settings) -> None:
     from service.errors import Conflict
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, cast
 
 from flask import Blueprint, request
@@ -14,6 +15,7 @@ from ..core import iso
 from ..errors import ValidationFailed
 from ..keys import text
 from ..store import SCORED
+from ..validation import single_query_value
 
 bp = Blueprint("dead_letters", __name__)
 
@@ -24,8 +26,9 @@ def dead_letters() -> dict[str, Any]:
     job registry, with the exception) while some of their outputs are still unscored. Newest first;
     `limit` (default 100, at most 1000)."""
     redline, who = core(), caller()
-    raw = request.args.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    raw = single_query_value(request.args.getlist("limit"), "limit") or "100"
+    # ASCII digits only: str.isdigit() accepts "²", which int() then refuses (a 500).
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= 1000:
         raise ValidationFailed("'limit' must be an integer from 1 to 1000")
     limit = int(raw)
     replies = cast("list[tuple[bytes, float]]", redline.redis.zrevrange(redline.keys.dead, 0, -1, withscores=True))

@@ -10,6 +10,7 @@ from ..app import caller, core
 from ..core import iso
 from ..errors import ValidationFailed
 from ..monitoring import Window, listing_row
+from ..validation import single_query_value
 
 bp = Blueprint("monitor", __name__)
 
@@ -17,9 +18,11 @@ bp = Blueprint("monitor", __name__)
 @bp.get("/v1/monitor")
 def monitor() -> dict[str, Any]:
     redline, who = core(), caller()
-    model, detector = request.args.get("model"), request.args.get("detector")
-    windows = [Window.parse(request.args["window"])] if "window" in request.args else \
-        [Window.parse(w) for w in redline.settings.monitor_windows]
+    model = single_query_value(request.args.getlist("model"), "model")
+    detector = single_query_value(request.args.getlist("detector"), "detector")
+    # `window` may repeat (`window=1h&window=24h`): those windows, each once, in the order asked.
+    asked = list(dict.fromkeys(request.args.getlist("window"))) or redline.settings.monitor_windows
+    windows = [Window.parse(w) for w in asked]
     if model and detector:
         internal = who.model(model)
         results = [{**r, "model": model} for r in redline.monitor.evaluate_windows(internal, detector, windows)]
