@@ -205,7 +205,14 @@ def _parse_one(item: Any, where: str, settings: Settings, detectors: Collection[
     if size > settings.max_metadata_bytes:
         raise TooLarge(f"{where}.metadata is {size} bytes as JSON; the limit is {settings.max_metadata_bytes} "
                        "(REDLINE_MAX_METADATA_BYTES)")
-    labels = parse_label_map(item["labels"], f"{where}.labels", wanted) if item.get("labels") is not None else {}
+    given = item.get("labels")
+    if isinstance(given, dict):
+        # A real detector this output is not scored with: "unknown detector" would send the client hunting.
+        unscored = sorted(d for d in given if isinstance(d, str) and d in detectors and d not in wanted)
+        if unscored:
+            raise ValidationFailed(f"{where}.labels: detector {unscored[0]!r} is not among this output's detectors "
+                                   f"({', '.join(wanted)}): add it to {where}.detectors or drop the label")
+    labels = parse_label_map(given, f"{where}.labels", wanted) if given is not None else {}
     return NewOutput(id=output_id, model=model, response=response, prompt=prompt, detectors=wanted,
                      metadata=metadata, labels=labels)
 

@@ -50,6 +50,11 @@ def test_defaults_fill_in() -> None:
     ({"outputs": [ok(respnse="typo")]}, ValidationFailed, "unknown field.*respnse"),
     ({"outputs": [ok()], "extra": 1}, ValidationFailed, "unknown field.*extra"),
     ({"outputs": [5]}, ValidationFailed, r"outputs\[0\] must be an object"),
+    # A real detector, just not this output's: said so, instead of "unknown detector".
+    ({"outputs": [ok(detectors=["injury"], labels={"deception": 1})]}, ValidationFailed,
+     r"outputs\[0\].labels: detector 'deception' is not among this output's detectors \(injury\): "
+     r"add it to outputs\[0\].detectors or drop the label"),
+    ({"outputs": [ok(detectors=["injury"], labels={"nope": 1})]}, ValidationFailed, "unknown detector 'nope'"),
 ])
 def test_bad_input_is_named(body: dict[str, object], error: type, fragment: str) -> None:
     with pytest.raises(error, match=fragment):
