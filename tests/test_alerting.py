@@ -70,6 +70,37 @@ def test_dashboard_json_is_generated_from_code() -> None:
     assert diff.returncode == 0, "redline.json differs from make_dashboard.py's output: regenerate and commit it"
 
 
+def test_dashboard_counts_each_output_once_with_two_api_replicas(tmp_path: Path) -> None:
+    # Every API replica exports the Redis-held counters; `sum by (detector)` over them showed twice
+    # the real scoring rate with two replicas. The dashboard's own queries, evaluated by promtool.
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_dashboard", DEPLOY / "grafana" / "make_dashboard.py")
+    assert spec and spec.loader
+    dashboard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dashboard)
+    queries = {t["legendFormat"]: t["expr"].replace("$model", ".*").replace("$detector", ".*")
+               for p in dashboard.PANELS for t in p["targets"]}
+    series = {"redline_outputs_scored_total": "0+60x20", "redline_outputs_flagged_total": "0+30x20",
+              "redline_labels_total": "0+6x20"}
+    inputs = [{"series": f'{name}{{job="redline",instance="{i}",model="bot",detector="injury"}}', "values": values}
+              for name, values in series.items() for i in "ab"]
+    inputs += [{"series": f'redline_detector_target_fnr_ratio{{job="redline",instance="{i}",detector="injury"}}',
+                "values": "0.02x20"} for i in "ab"]
+    expected = {"scored/s {{detector}}": ('{detector="injury"}', 1.0),
+                "labels/s {{detector}}": ('{detector="injury"}', 0.1),
+                "{{model}} {{detector}}": ('{model="bot", detector="injury"}', 0.5),  # the flagged rate
+                "{{detector}} target": ('{detector="injury"}', 0.02)}
+    case = {"interval": "1m", "input_series": inputs,
+            "promql_expr_test": [{"expr": queries[legend], "eval_time": "10m",
+                                  "exp_samples": [{"labels": labels, "value": value}]}
+                                 for legend, (labels, value) in expected.items()]}
+    (tmp_path / "dashboard_test.yml").write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m",
+                                                                 "tests": [case]}))
+    test = subprocess.run([_tool("promtool"), "test", "rules", "dashboard_test.yml"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr
+
+
 # ---------------------------------------------------------------- end to end with a real Prometheus
 
 CANDIDATE_INJURED = [

@@ -29,6 +29,13 @@ def panel(pid: int, title: str, targets: list[tuple[str, str]], x: int, y: int, 
     }
 
 
+def once(counter: str) -> str:
+    """Per-second rate of a counter Redline keeps in Redis, by (model, detector). Every API replica
+    exports the same totals under its own `instance` label: `max` counts them once, where `sum`
+    would multiply the rate by the number of replicas."""
+    return f"max by (model, detector) (rate({counter}{{{SEL}}}[5m]))"
+
+
 def variable(name: str, query: str) -> dict:
     return {"name": name, "type": "query", "datasource": {"type": "prometheus", "uid": "${datasource}"},
             "query": {"query": query, "refId": name}, "definition": query, "refresh": 2, "includeAll": True,
@@ -42,7 +49,7 @@ PANELS = [
         (f"redline_fnr_ratio{{{WIN}}}", "{{model}} {{detector}} FNR"),
         (f'redline_fnr_lower_ratio{{{WIN}, interval="wilson"}}', "{{model}} {{detector}} lower"),
         (f'redline_fnr_upper_ratio{{{WIN}, interval="wilson"}}', "{{model}} {{detector}} upper"),
-        ('redline_detector_target_fnr_ratio{detector=~"$detector"}', "{{detector}} target"),
+        ('max by (detector) (redline_detector_target_fnr_ratio{detector=~"$detector"})', "{{detector}} target"),
     ], 12, 0, unit="percentunit",
         description="The FNR alert fires when the lower bound stays above the target."),
     panel(3, "(N,M)-AUC", [(f"redline_nm_auc{{{WIN}}}", "{{model}} {{detector}} N={{n}} M={{m}}")], 0, 8, max_=1),
@@ -57,17 +64,16 @@ PANELS = [
         (f"redline_window_negatives{{{WIN}}}", "{{model}} {{detector}} negatives"),
     ], 12, 16),
     panel(7, "Flagged rate", [(
-        f"sum by (model, detector) (rate(redline_outputs_flagged_total{{{SEL}}}[5m]))"
-        f" / sum by (model, detector) (rate(redline_outputs_scored_total{{{SEL}}}[5m]))", "{{model}} {{detector}}")],
+        f"{once('redline_outputs_flagged_total')} / {once('redline_outputs_scored_total')}", "{{model}} {{detector}}")],
         0, 24, unit="percentunit"),
     panel(8, "Score drift (PSI and KS vs the previous span)", [
         (f"redline_score_psi{{{WIN}}}", "{{model}} {{detector}} PSI"),
         (f"redline_score_ks{{{WIN}}}", "{{model}} {{detector}} KS"),
     ], 12, 24),
     panel(9, "Throughput", [
-        (f"sum by (detector) (rate(redline_outputs_scored_total{{{SEL}}}[5m]))", "scored/s {{detector}}"),
+        (f"sum by (detector) ({once('redline_outputs_scored_total')})", "scored/s {{detector}}"),
         ("sum by (route) (rate(redline_http_requests_total[5m]))", "requests/s {{route}}"),
-        (f"sum by (detector) (rate(redline_labels_total{{{SEL}}}[5m]))", "labels/s {{detector}}"),
+        (f"sum by (detector) ({once('redline_labels_total')})", "labels/s {{detector}}"),
     ], 0, 32, unit="reqps"),
     panel(10, "Latency percentiles", [
         ("histogram_quantile(0.5, sum by (le) (rate(redline_http_request_duration_seconds_bucket[5m])))", "API p50"),
