@@ -101,9 +101,11 @@ class KeyStore:
 
     def authenticate(self, header: str | None) -> Principal:
         self._reload_if_changed()
-        if not header or not header.startswith("Bearer "):
+        # The scheme is case-insensitive (RFC 7235 2.1): some clients and proxies send "bearer".
+        scheme, _, token = (header or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-        digest = hashlib.sha256(header[len("Bearer "):].strip().encode()).hexdigest()
+        digest = hashlib.sha256(token.strip().encode()).hexdigest()
         for known, principal in self.entries.items():
             if hmac.compare_digest(known, digest):
                 return principal

@@ -15,7 +15,7 @@ from redis import Redis
 
 from service.app import create_app
 from service.auth import KeyStore, create_key
-from service.errors import ConfigError
+from service.errors import ConfigError, Unauthorized
 from service.settings import Settings
 from workers.runtime import build_scorer
 
@@ -150,6 +150,18 @@ def test_keys_file_is_strict(tmp_path: Path) -> None:
             KeyStore.load(path)
     path.write_text(f"{digest} team read  # the reporting job\n")
     assert KeyStore.load(path).authenticate("Bearer k").tenant == "team"
+
+
+def test_the_bearer_scheme_is_case_insensitive(tmp_path: Path) -> None:
+    # RFC 7235: "bearer k" from a client or proxy that lowercases the scheme was refused as no key.
+    path = tmp_path / "keys"
+    key = create_key(path, "team", ["read"])
+    store = KeyStore.load(path)
+    for header in (f"Bearer {key}", f"bearer {key}", f"BEARER  {key} "):
+        assert store.authenticate(header).tenant == "team", header
+    for header in (None, "", "Bearer", "Bearer   ", f"Basic {key}", key):
+        with pytest.raises(Unauthorized, match="send an API key as 'Authorization: Bearer <key>'"):
+            store.authenticate(header)
 
 
 def test_a_keys_file_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
