@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 ACTIVATIONS = ("sigmoid", "softmax", "none")
 INPUTS = ("response", "prompt_response")
+# The fields model.json may hold (models/README.md documents each).
+FIELDS = frozenset({"name", "version", "description", "onnx", "onnx_gpu", "tokenizer", "input", "max_length",
+                    "output", "output_index", "activation", "threshold", "target_fnr", "enabled", "calibration"})
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,16 @@ class DetectorConfig:
 def parse_model_json(path: Path) -> DetectorConfig:
     """Read and check one model.json; every problem names the file and the field."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: an editor's byte-order mark is no JSON error
+        # -sig: an editor's byte-order mark is no JSON error. NaN and Infinity are not JSON, and a NaN
+        # threshold would compare false with every score: nothing flagged, ever.
+        raw = json.loads(path.read_text(encoding="utf-8-sig"), parse_constant=_not_json)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read model.json: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: model.json must hold a JSON object")
+    unknown = sorted(set(raw) - FIELDS)
+    if unknown:  # a typo ("target_frn") would otherwise drop the field in silence
+        log.warning("%s: unknown field(s) %s, ignored (known: %s)", path, ", ".join(unknown), ", ".join(sorted(FIELDS)))
     folder = path.parent
 
     def get(key: str, types: type | tuple[type, ...], default: Any = ...) -> Any:
@@ -86,6 +95,8 @@ def parse_model_json(path: Path) -> DetectorConfig:
     if not re.fullmatch(ID_PATTERN, name):
         raise ConfigError(f"{path}: name {name!r} must match {ID_PATTERN}")
     threshold = float(get("threshold", (int, float)))
+    if not math.isfinite(threshold):  # 1e400 parses as inf
+        raise ConfigError(f"{path}: threshold {threshold} is not a finite number")
     activation = get("activation", str, "sigmoid")
     if activation not in ACTIVATIONS:
         raise ConfigError(f"{path}: activation must be one of {ACTIVATIONS}")
@@ -98,6 +109,9 @@ def parse_model_json(path: Path) -> DetectorConfig:
     if max_length <= 0:
         raise ConfigError(f"{path}: max_length must be positive")
     target = get("target_fnr", (int, float, type(None)), None)
+    if target is not None and not 0.0 < target < 1.0:
+        # 2 meant as "2%" would hold the FNR alert to a rate it can never exceed.
+        raise ConfigError(f"{path}: target_fnr {target} must be a rate between 0 and 1 (0.02 for 2%)")
     gpu = get("onnx_gpu", (str, type(None)), None)
     output_index = get("output_index", (int, type(None)), None)
     if activation == "softmax" and output_index is None:
@@ -146,6 +160,10 @@ def _optional_variant(folder: Path, rel: str | None, path: Path) -> Path | None:
         log.info("%s: onnx_gpu %s not built; the GPU would use the onnx file", path, resolved)
         return None
     return resolved
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -32,6 +32,12 @@ def _write(folder: Path, **fields: object) -> Path:
     ({"activation": "softmax"}, "softmax needs output_index"),
     ({"name": "bad name"}, "must match"),
     ({"name": "injury\n"}, "must match"),  # `$` matches before a final newline: patterns are matched whole
+    # Accepted before, and each one silenced the detector: a NaN threshold flags nothing, and a target
+    # of 2 ("2%") is one the FNR alert can never see exceeded.
+    ({"threshold": float("nan"), "activation": "none"}, "NaN is not a JSON value"),
+    ({"threshold": float("inf"), "activation": "none"}, "Infinity is not a JSON value"),
+    ({"target_fnr": 2}, "target_fnr 2 must be a rate between 0 and 1 \\(0.02 for 2%\\)"),
+    ({"target_fnr": 0}, "target_fnr 0 must be a rate between 0 and 1"),
 ])
 def test_bad_model_json_names_file_and_field(tmp_path: Path, synthetic_models: Path, change: dict[str, object],
                                              message: str) -> None:
@@ -52,6 +58,31 @@ def test_a_model_json_saved_with_a_byte_order_mark_loads(tmp_path: Path, synthet
                   onnx=str(synthetic_models / "synthetic.onnx"), tokenizer=str(synthetic_models / "tokenizer.json"))
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     assert parse_model_json(path).threshold == 0.5
+
+
+def test_a_threshold_that_overflows_to_infinity_is_refused(tmp_path: Path, synthetic_models: Path) -> None:
+    path = _write(tmp_path, version="1", threshold=0.5, output="logits", activation="none",
+                  onnx=str(synthetic_models / "synthetic.onnx"), tokenizer=str(synthetic_models / "tokenizer.json"))
+    path.write_text(path.read_text().replace('"threshold": 0.5', '"threshold": 1e400'))
+    with pytest.raises(ConfigError, match="threshold inf is not a finite number"):
+        parse_model_json(path)
+
+
+def test_unknown_fields_are_named_in_a_warning(tmp_path: Path, synthetic_models: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    # "target_frn" was dropped in silence: the detector then had no target and no FNR alert.
+    path = _write(tmp_path, version="1", threshold=0.5, output="logits", target_frn=0.02,
+                  onnx=str(synthetic_models / "synthetic.onnx"), tokenizer=str(synthetic_models / "tokenizer.json"))
+    with caplog.at_level("WARNING", logger="service.detector_config"):
+        assert parse_model_json(path).target_fnr is None
+    assert f"{path}: unknown field(s) target_frn, ignored" in caplog.text
+
+
+def test_the_shipped_model_json_files_hold_only_known_fields(shipped_models: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="service.detector_config"):
+        assert sorted(load_configs([shipped_models])) == ["deception", "injury", "sycophancy"]
+    assert "unknown field" not in caplog.text
 
 
 def test_duplicate_names_rejected(tmp_path: Path, synthetic_models: Path) -> None:
