@@ -66,3 +66,30 @@ def test_a_misspelled_provider_is_named_in_a_warning(caplog: pytest.LogCaptureFi
     with caplog.at_level("WARNING", logger="workers.detector"):
         usable_providers(["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert "unknown" not in caplog.text
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"output": "probs"}, "has no output 'probs'"),
+    ({"output_index": 7}, "index 7 is out of bounds"),
+])
+def test_a_head_configured_wrong_fails_at_load_naming_the_detector(tmp_path: Path, change: dict[str, object],
+                                                                   message: str) -> None:
+    # Found before only when outputs were scored: every one failed, each with the same error.
+    import json
+
+    from models import synthetic
+    from service.errors import ConfigError
+
+    synthetic.build(tmp_path)
+    path = tmp_path / "injury" / "model.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(ConfigError, match=f"detector 'injury' .* failed its self-check on one text: .*{message}"):
+        load_detectors(load_configs([tmp_path]), ["CPUExecutionProvider"])
+
+
+def test_the_load_time_self_check_is_not_counted_as_a_batch(synthetic_models: Path) -> None:
+    fresh = load_detectors(load_configs([synthetic_models]), ["CPUExecutionProvider"])
+    model = fresh["injury"].model
+    assert model.calls == []  # the self-check's session call was cleared
+    fresh["injury"].predict([("", "hello")])
+    assert model.calls == [1]

@@ -20,6 +20,7 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from service.detector_config import DetectorConfig
+from service.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,34 @@ def load_detectors(configs: dict[str, DetectorConfig], providers: Sequence[str],
             models[key] = OnnxModel(path, cfg.tokenizer_path, cfg.max_length, cfg.input == "prompt_response",
                                     providers, intra_op_threads)
         detectors[name] = OnnxDetector(cfg, models[key])
+    self_check(detectors)
     return detectors
+
+
+# Run through every session once at load: it proves each head reads its model, and it pays onnxruntime's
+# first-call allocations here rather than in the first real batch.
+_CHECK_TEXT: TextPair = ("Is this a self-check?", "Yes: Redline scores this text once when a worker starts.")
+
+
+def self_check(detectors: dict[str, OnnxDetector]) -> None:
+    """One short text through each distinct model, then every head: each must give one finite score.
+    A head configured wrong (an output the graph lacks, a column past its width) was found only when
+    outputs were scored, each failing with the same error; it is a ConfigError at start instead."""
+    outputs: dict[int, dict[str, np.ndarray]] = {}
+    for name, det in detectors.items():
+        where = f"detector {name!r} ({det.config.onnx_path})"
+        try:
+            if id(det.model) not in outputs:
+                outputs[id(det.model)] = det.model.run([_CHECK_TEXT])
+            scores = np.asarray(det.head(outputs[id(det.model)]))
+        except Exception as exc:  # onnxruntime and numpy raise many kinds; each is a broken configuration here
+            raise ConfigError(f"{where} failed its self-check on one text: {exc}") from None
+        if scores.shape != (1,) or not np.isfinite(scores).all():
+            raise ConfigError(f"{where} failed its self-check: one text gave scores of shape {scores.shape} "
+                              f"({scores.ravel()[:4].tolist()}), not one finite score; check output "
+                              f"{det.config.output!r} and output_index {det.config.output_index}")
+    for det in detectors.values():
+        det.model.calls.clear()  # the check is no batch: its call must not appear in the first one's metrics
 
 
 def load_tokenizer(path: Path, max_length: int) -> tuple[Tokenizer, int]:
