@@ -17,7 +17,7 @@ from .monitoring import Monitor
 from .quality_snapshot import QualitySnapshots
 from .queueing import DEFAULT, HIGH, ScoreQueues, new_job_id
 from .settings import Settings
-from .store import QUEUED, NewOutput, OutputStore
+from .store import QUEUED, BacklogFull, NewOutput, OutputStore
 
 # A sync waiter re-reads statuses at least this often, covering outputs another request queued.
 _POLL_S = 0.25
@@ -38,16 +38,18 @@ class Redline:
 
     def submit(self, outputs: list[NewOutput], sync: bool = False) -> tuple[list[str], str | None]:
         """Store outputs and queue the new ones in one job; returns each output's state
-        ("new" or its existing status) and, for sync requests, the notification token. A deployed
-        model name not seen before is admitted with its first stored output, up to REDLINE_MAX_MODELS."""
-        pending = int(self.redis.zcard(self.keys.pending))
-        if pending + len(outputs) > self.settings.max_pending:
-            # Refuse before storing anything: memory stays bounded however far traffic overshoots.
-            raise Overloaded(f"{pending} outputs are waiting to be scored (REDLINE_MAX_PENDING="
-                             f"{self.settings.max_pending}); retry later", retry_after_s=self.settings.retry_after_s)
+        ("new" or its existing status) and, for sync requests, the notification token. New outputs
+        are refused past REDLINE_MAX_PENDING waiting ones (429), and a deployed model name not seen
+        before is admitted with its first stored output, up to REDLINE_MAX_MODELS (422)."""
         token = uuid.uuid4().hex if sync else None
         job_id = new_job_id()
-        states = self.store.create(outputs, job_id, notify=token)
+        try:
+            states = self.store.create(outputs, job_id, notify=token)
+        except BacklogFull as full:
+            # Nothing was stored: memory stays bounded however far traffic overshoots.
+            raise Overloaded(f"{full.pending} outputs are waiting to be scored (REDLINE_MAX_PENDING="
+                             f"{self.settings.max_pending}); retry later",
+                             retry_after_s=self.settings.retry_after_s) from None
         fresh = [o.id for o, s in zip(outputs, states, strict=True) if s == "new"]
         # Labels sent again with an output that already exists are applied like PUT .../labels.
         relabel = [(o.id, o.model, d, v) for o, s in zip(outputs, states, strict=True) if s != "new"

@@ -24,11 +24,13 @@ from .settings import Settings
 QUEUED, SCORED, FAILED = "queued", "scored", "failed"
 
 # KEYS[1] = pending zset, KEYS[2] = counters, KEYS[3] = deployed-model set. ARGV = ttl, now, prefix,
-# JSON list of records, most distinct models (-1: no bound). Checks every id, then the model bound,
-# before writing, so a refused batch stores nothing (not even its model names); returns per record
-# "new" or its current status, or {'conflict', id} / {'too_many_models', model, count}.
+# JSON list of records, most distinct models, most pending outputs (-1: no bound). Checks every id, then
+# the bounds, before writing, so a refused batch stores nothing (not even its model names); returns per
+# record "new" or its current status, or {'conflict', id} / {'overloaded', pending} /
+# {'too_many_models', model, count}.
 _CREATE = """
-local ttl, now, prefix, max_models = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[5])
+local ttl, now, prefix, max_models, max_pending = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[5]),
+  tonumber(ARGV[6])
 local records = cjson.decode(ARGV[4])
 local result = {}
 for i, rec in ipairs(records) do
@@ -40,6 +42,14 @@ for i, rec in ipairs(records) do
   else
     result[i] = 'new'
   end
+end
+-- The backlog bound counts only outputs this call would add (a resubmission adds none), and holds
+-- across API processes because nothing runs between this check and the writes.
+local adding = 0
+for i = 1, #records do if result[i] == 'new' then adding = adding + 1 end end
+local pending = redis.call('ZCARD', KEYS[1])
+if max_pending >= 0 and adding > 0 and pending + adding > max_pending then
+  return {'overloaded', tostring(pending)}
 end
 -- Model names become metric labels: admit a new one only with an output that is stored, and check the
 -- bound here, in the same atomic step as the SADD, so concurrent API processes cannot overshoot it.
@@ -199,6 +209,14 @@ class DetectorScore:
     version: str
 
 
+class BacklogFull(Exception):
+    """create() stored nothing: the outputs would take the backlog past `max_pending`."""
+
+    def __init__(self, pending: int) -> None:
+        super().__init__(pending)
+        self.pending = pending
+
+
 def redis_time(redis: Redis) -> float:
     """Redis's own clock, in Unix seconds.
 
@@ -216,7 +234,7 @@ class OutputStore:
 
     def __init__(self, redis: Redis, keys: Keys, ttl_s: int, retention_s: int = 15 * 86400,
                  window_cap: int = 100_000, clock: Callable[[], float] | None = None,
-                 max_models: int | None = None) -> None:
+                 max_models: int | None = None, max_pending: int | None = None) -> None:
         # Redis's clock (see redis_time); injectable so tests can place outputs and labels in time.
         self.clock: Callable[[], float] = clock or partial(redis_time, redis)
         self.redis = redis
@@ -225,6 +243,7 @@ class OutputStore:
         self.retention_s = retention_s
         self.window_cap = window_cap
         self.max_models = max_models  # distinct deployed-model names create() admits; None: no bound
+        self.max_pending = max_pending  # outputs waiting to be scored past which create() stores nothing
         self._random = random.Random()
         self._create = redis.register_script(_CREATE)
         self._finish = redis.register_script(_FINISH)
@@ -233,7 +252,7 @@ class OutputStore:
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> OutputStore:
         return cls(redis, Keys(settings.queue_prefix), settings.record_ttl_s, settings.window_retention_s,
-                   settings.window_max_entries, max_models=settings.max_models)
+                   settings.window_max_entries, max_models=settings.max_models, max_pending=settings.max_pending)
 
     def create(self, outputs: Sequence[NewOutput], job_id: str, notify: str | None = None) -> list[str]:
         """Store outputs atomically; returns "new" or the existing status for each.
@@ -258,10 +277,13 @@ class OutputStore:
                             "counters": [f"labeled|{d}|{out.model}" for d in out.labels]})
         result = self._create(keys=[self.keys.pending, self.keys.counters, self.keys.models],
                               args=[self.ttl_s, repr(now), self.keys.prefix, json.dumps(records),
-                                    -1 if self.max_models is None else self.max_models])
+                                    -1 if self.max_models is None else self.max_models,
+                                    -1 if self.max_pending is None else self.max_pending])
         states = [r.decode() for r in result]
         if states and states[0] == "conflict":
             raise Conflict(f"output id {states[1]!r} already exists with different content")
+        if states and states[0] == "overloaded":
+            raise BacklogFull(int(states[1]))
         if states and states[0] == "too_many_models":
             raise ValidationFailed(f"model {states[1]!r} would exceed REDLINE_MAX_MODELS={self.max_models} "
                                    f"distinct deployed models ({states[2]} known)", code="too_many_models")

@@ -77,6 +77,35 @@ def test_backpressure_429_with_retry_after_and_nothing_lost(redis_url: str, ship
         api.stop()
 
 
+def test_the_backlog_bound_counts_only_new_outputs_and_holds_across_api_processes(redis: Redis,
+                                                                                  settings: Settings) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.errors import Overloaded
+
+    bounded = dataclasses.replace(settings, max_pending=5)
+    cores = [Redline(bounded, Redis.from_url(settings.redis_url)) for _ in range(24)]
+    start = threading.Barrier(len(cores))
+
+    def submit(n: int) -> bool:  # API processes admitting at once; the check and the write were two steps
+        start.wait()
+        try:
+            cores[n].submit([NewOutput(id=f"o{n}", model="m", response=f"text {n}", detectors=["injury"])])
+        except Overloaded:
+            return False
+        return True
+
+    with ThreadPoolExecutor(len(cores)) as pool:
+        accepted = [n for n, ok in enumerate(pool.map(submit, range(len(cores)))) if ok]
+    assert len(accepted) == 5 and redis.zcard(cores[0].keys.pending) == 5
+    # Full: a resubmission stores nothing new, so it is answered (it was a 429), and a new output is not.
+    again = [NewOutput(id=f"o{n}", model="m", response=f"text {n}", detectors=["injury"]) for n in accepted]
+    assert cores[0].submit(again)[0] == ["queued"] * 5
+    with pytest.raises(Overloaded, match="5 outputs are waiting to be scored"):
+        cores[0].submit([NewOutput(id="one-more", model="m", response="x", detectors=["injury"])])
+    assert cores[0].output_view("one-more") is None
+
+
 def test_sigkilled_workers_lose_nothing_and_score_each_output_once(redis_url: str, shipped_models: Path,
                                                                    tmp_path: Path) -> None:
     prefix = "chaos" + uuid.uuid4().hex[:6]
