@@ -1,7 +1,7 @@
 """API keys, scopes and tenants.
 
 Keys live in `REDLINE_API_KEYS_FILE`, one per line: `<sha256 hex of the key> <tenant> <scope>[,<scope>...]`
-(keys are never stored in clear). Clients send `Authorization: Bearer <key>`.
+(keys are never stored in clear), then an optional `# comment`. Clients send `Authorization: Bearer <key>`.
 
 A tenant owns its outputs: inside Redis its output ids are `tenant~id` and its deployed-model names
 `tenant~model` ('~' is allowed in neither public name, so nothing collides), so ids, windows, counters
@@ -15,11 +15,13 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import os
 import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import ConfigError, Forbidden, NotFound, Unauthorized
@@ -27,6 +29,8 @@ from .errors import ConfigError, Forbidden, NotFound, Unauthorized
 log = logging.getLogger(__name__)
 
 SCOPES = ("outputs:write", "labels:write", "read")
+# Characters of a new key kept in its line's comment ("rl_" and four of its 43 random ones).
+KEY_HINT = 7
 DEFAULT_TENANT = "default"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 
@@ -161,20 +165,55 @@ def _parse(path: Path) -> dict[str, Principal]:
     return entries
 
 
-def create_key(path: Path, tenant: str, scopes: list[str]) -> str:
-    """Append a new key's line to `path` and return the key (shown once, never stored)."""
+def create_key(path: Path, tenant: str, scopes: list[str], note: str = "") -> str:
+    """Append a new key's line to `path` and return the key (shown once, never stored). The line ends
+    with a comment (the key's first characters, when it was made, `note`), so the key in someone's
+    hands can be matched to its line; the hash alone says nothing to a person."""
     if not re.fullmatch(TENANT_PATTERN, tenant):
         raise ConfigError(f"tenant {tenant!r} must match {TENANT_PATTERN}")
     unknown = set(scopes) - set(SCOPES)
     if unknown or not scopes:
         raise ConfigError(f"scopes must be among {', '.join(SCOPES)}")
+    if not note.isprintable():  # a newline would split the key's line in two
+        raise ConfigError("the note must be one line of printable text")
     key = "rl_" + secrets.token_urlsafe(32)
     digest = hashlib.sha256(key.encode()).hexdigest()
+    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    comment = f"key {key[:KEY_HINT]}..., created {created}" + (f": {note}" if note else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
-        f.write(f"{digest} {tenant} {','.join(sorted(set(scopes)))}\n")
+        f.write(f"{digest} {tenant} {','.join(sorted(set(scopes)))}  # {comment}\n")
     path.chmod(0o600)
     return key
+
+
+def describe_keys(path: Path) -> list[str]:
+    """One line per key in force: tenant, scopes and its comment; never the hash."""
+    _parse(path)  # refuse a file the API would refuse
+    rows = []
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
+        text, _, comment = line.partition("#")
+        if text.strip():
+            _, tenant, scopes = text.split()
+            rows.append(f"{tenant}\t{scopes}\t{comment.strip()}")
+    return rows
+
+
+def revoke_key(path: Path, key: str) -> int:
+    """Remove the line of `key` from `path`; returns how many lines went (a ConfigError if none).
+    Written to a new file then renamed over the old one, so an API process reading it meanwhile
+    sees the whole old file or the whole new one; each notices the change within RELOAD_CHECK_S."""
+    digest = hashlib.sha256(key.strip().encode()).hexdigest()
+    _parse(path)
+    lines = path.read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    kept = [line for line in lines if line.split("#", 1)[0].split()[:1] != [digest]]
+    if len(kept) == len(lines):
+        raise ConfigError(f"no such key in {path} (nothing changed)")
+    fresh = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fresh.write_text("".join(kept), encoding="utf-8")
+    fresh.chmod(0o600)
+    os.replace(fresh, path)
+    return len(lines) - len(kept)
 
 
 def is_loopback(host: str) -> bool:

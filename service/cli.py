@@ -37,7 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     create.add_argument("--tenant", required=True, help="tenant the key acts for (lowercase letters, digits, -)")
     create.add_argument("--scopes", default="outputs:write,labels:write,read",
                         help="comma-separated: outputs:write, labels:write, read (default: all)")
+    create.add_argument("--note", default="", help="who or what the key is for, kept in the file beside it")
     create.add_argument("--file", type=Path, help="keys file (default: REDLINE_API_KEYS_FILE)")
+    listing = keys.add_parser("list", help="the keys in force: tenant, scopes, and each key's comment")
+    listing.add_argument("--file", type=Path, help="keys file (default: REDLINE_API_KEYS_FILE)")
+    revoke = keys.add_parser("revoke", help="remove a key's line; running APIs stop accepting it within a second")
+    revoke.add_argument("key", help="the key (rl_...), or - to read it from stdin (keeps it out of shell history)")
+    revoke.add_argument("--file", type=Path, help="keys file (default: REDLINE_API_KEYS_FILE)")
     evaluate = sub.add_parser("evaluate", help="AUC, N-AUC, (N,M)-AUC and FNR of a file of scores and labels")
     evaluate.add_argument("file", help="CSV with 'score' and 'label' columns, or JSON Lines with those keys")
     evaluate.add_argument("--n", type=int, action="append", help="N of the N-AUC (repeatable; default 1, 5, 20)")
@@ -95,12 +101,22 @@ def _name_the_request(record: logging.LogRecord) -> bool:
 
 
 def create_key_command(settings: Settings, args: argparse.Namespace) -> int:
-    from .auth import create_key
+    """`redline keys create|list|revoke`."""
+    from .auth import create_key, describe_keys, revoke_key
 
     path = args.file or (Path(settings.api_keys_file) if settings.api_keys_file else None)
     if path is None:
         raise ConfigError("give --file or set REDLINE_API_KEYS_FILE")
-    key = create_key(path, args.tenant, [s.strip() for s in args.scopes.split(",") if s.strip()])
+    if args.keys_command == "list":
+        print("\n".join(describe_keys(path)))
+        return 0
+    if args.keys_command == "revoke":
+        key = sys.stdin.readline() if args.key == "-" else args.key
+        removed = revoke_key(path, key)
+        print(f"revoked: {removed} line(s) removed from {path}; running APIs reload it within a second",
+              file=sys.stderr)
+        return 0
+    key = create_key(path, args.tenant, [s.strip() for s in args.scopes.split(",") if s.strip()], args.note)
     print(key)
     print(f"(shown once; its SHA-256 was appended to {path} for tenant {args.tenant!r})", file=sys.stderr)
     return 0

@@ -190,9 +190,40 @@ def test_keys_create_command_prints_the_key_once_and_stores_its_hash(tmp_path: P
     assert r.returncode == 0, r.stderr
     key = r.stdout.strip()
     assert key.startswith("rl_") and key not in path.read_text()
-    digest, tenant, scopes = path.read_text().split()
+    entry, comment = path.read_text().split("#")
+    digest, tenant, scopes = entry.split()
     assert digest == hashlib.sha256(key.encode()).hexdigest() and tenant == "ops" and scopes == "labels:write,read"
     assert path.stat().st_mode & 0o777 == 0o600
+    # The comment names the key by its first characters, so a person can tell which line is whose.
+    assert comment.startswith(f" key {key[:7]}..., created 20") and key[:12] not in comment
+
+
+def test_keys_are_listed_and_revoked_by_the_cli(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+
+    def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "service.cli", "keys", *args, "--file", str(path)],
+                              input=stdin, capture_output=True, text=True, timeout=60)
+
+    ops = create_key(path, "ops", ["read"], note="grafana reader")
+    search = create_key(path, "search", ["outputs:write", "read"])
+    listed = cli("list")
+    assert listed.returncode == 0
+    rows = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert [r[:2] for r in rows] == [["ops", "read"], ["search", "outputs:write,read"]]
+    assert rows[0][2].startswith(f"key {ops[:7]}...") and rows[0][2].endswith(": grafana reader")
+    assert hashlib.sha256(ops.encode()).hexdigest() not in listed.stdout
+    revoked = cli("revoke", ops)
+    assert revoked.returncode == 0 and "1 line(s) removed" in revoked.stderr
+    assert set(KeyStore.load(path).entries.values()) == {KeyStore.load(path).authenticate(f"Bearer {search}")}
+    with pytest.raises(Unauthorized):
+        KeyStore.load(path).authenticate(f"Bearer {ops}")
+    assert path.stat().st_mode & 0o777 == 0o600
+    before = path.read_text()
+    again = cli("revoke", "-", stdin=ops + "\n")  # gone already: said so, and the file is left alone
+    assert again.returncode == 2 and "no such key" in again.stderr and path.read_text() == before
+    with pytest.raises(ConfigError, match="one line"):
+        create_key(path, "ops", ["read"], note="two\nlines")
 
 
 def test_refuses_public_address_without_keys(redis: Redis, settings: Settings, caplog: pytest.LogCaptureFixture,
@@ -231,8 +262,10 @@ def test_keys_are_added_and_revoked_without_a_restart_and_a_broken_file_changes_
         second = new_key("search")
         wait_for(lambda: answers(second) == {200}, timeout=15)
         assert "WARNING service.auth: keys file" in (tmp_path / "api.log").read_text()  # with time and source
-        # Revoke the first key: its line goes.
-        path.write_text("".join(line for line in path.read_text().splitlines(keepends=True) if "ops" not in line))
+        # Revoke the first key with the CLI, the key on stdin: its line goes.
+        subprocess.run([sys.executable, "-m", "service.cli", "keys", "revoke", "-", "--file", str(path)],
+                       input=first + "\n", capture_output=True, text=True, timeout=60, check=True)
+        assert "ops" not in path.read_text() and "search" in path.read_text()
         wait_for(lambda: answers(first) == {401}, timeout=15)
         assert answers(second) == {200}
         # A broken edit (a tenant the format forbids) is refused: the keys in force stay.
