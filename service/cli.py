@@ -130,6 +130,7 @@ def run_api(settings: Settings) -> int:
 
     open_or_keys(settings)  # fail here, before gunicorn, on a bad keys file or an open public address
     require_free_port(settings)
+    require_data_dir(settings)
     build_shipped_graphs(settings)
     # Request metrics of all gunicorn processes are merged through this directory (wiped at start).
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.data_dir / f"prometheus-api-{settings.port}"))
@@ -182,6 +183,18 @@ def require_free_port(settings: Settings) -> None:
                           "stop it or set REDLINE_PORT")
 
 
+def require_data_dir(settings: Settings) -> None:
+    """REDLINE_DATA_DIR holds the embedded Redis's files, gunicorn's control socket and the metrics
+    directory: one that cannot be made or written was a traceback from whichever needed it first."""
+    path = settings.data_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"REDLINE_DATA_DIR {path} cannot be created: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"REDLINE_DATA_DIR {path} is not writable by this user")
+
+
 def serve(settings: Settings) -> int:
     """Supervise Redis (if embedded), the API and the workers; restart a worker that dies.
     Ctrl-C or SIGTERM stops the API, then the workers (each finishes its batch), then Redis."""
@@ -189,6 +202,7 @@ def serve(settings: Settings) -> int:
     from .detector_config import load_configs
     from .embedded_redis import EmbeddedRedis
 
+    require_data_dir(settings)
     build_shipped_graphs(settings)  # before the workers start, so they never race to build it
     detectors = load_configs(settings.models_dirs)  # fail before starting anything
     open_or_keys(settings)

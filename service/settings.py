@@ -155,6 +155,11 @@ class Settings:
                 raise ConfigError(f"REDLINE_MONITOR_NM entry {pair!r} must look like N:M with N, M >= 1")
         if self.sync_timeout_ms > self.max_sync_timeout_ms:
             raise ConfigError("REDLINE_SYNC_TIMEOUT_MS exceeds REDLINE_MAX_SYNC_TIMEOUT_MS")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            # Only the scheme is echoed: the URL may hold a password. (redis-py refused it inside each
+            # gunicorn worker, which exited with "Worker failed to boot".)
+            scheme = self.redis_url.split("://", 1)[0] if "://" in self.redis_url else "no scheme"
+            raise ConfigError(f"REDLINE_REDIS_URL must start with redis://, rediss:// or unix:// (it has {scheme!r})")
         if not self.queue_prefix or ":" in self.queue_prefix:
             raise ConfigError("REDLINE_QUEUE_PREFIX must be non-empty and contain no ':'")
         if self.port > 65535:

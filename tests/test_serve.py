@@ -139,3 +139,18 @@ def test_serve_refuses_a_port_in_use_before_starting_anything(tmp_path: Path) ->
     assert run.returncode == 2, run.stderr
     assert f"redline: 127.0.0.1:{port} is in use (another Redline API, or another server)" in run.stderr
     assert not (tmp_path / "var" / "redis.sock").exists() and "embedded Redis" not in run.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "api"])
+def test_a_data_dir_that_cannot_be_made_is_named_before_starting_anything(tmp_path: Path, command: str) -> None:
+    # It was a traceback from the embedded Redis (serve) or from gunicorn's first hook (api).
+    (tmp_path / "a-file").write_text("")
+    data_dir = tmp_path / "a-file" / "var"  # under a regular file: not even root can make it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDLINE_")}
+    env.update({"REDLINE_DATA_DIR": str(data_dir), "REDLINE_REDIS_URL": "redis://127.0.0.1:1/0"} if command == "api"
+               else {"REDLINE_DATA_DIR": str(data_dir)})
+    run = subprocess.run([sys.executable, "-m", "service.cli", command], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().endswith(f"redline: REDLINE_DATA_DIR {data_dir} cannot be created: Not a directory")
+    assert "Traceback" not in run.stderr

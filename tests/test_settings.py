@@ -45,6 +45,10 @@ def test_reads_typed_values() -> None:
     ({"REDLINE_METRICS_REFRESH_S": "nan"}, "REDLINE_METRICS_REFRESH_S='nan' is not a valid finite number"),
     ({"REDLINE_MONITOR_CACHE_S": "inf"}, "REDLINE_MONITOR_CACHE_S='inf' is not a valid finite number"),
     ({"REDLINE_MONITOR_NM": "5:\u00b2"}, "REDLINE_MONITOR_NM entry '5:\u00b2' must look like N:M"),
+    # redis-py refused it inside every gunicorn worker ("Worker failed to boot"); the password stays unsaid.
+    ({"REDLINE_REDIS_URL": "http://user:secret@cache:6379"},
+     "REDLINE_REDIS_URL must start with redis://, rediss:// or unix:// (it has 'http')"),
+    ({"REDLINE_REDIS_URL": "cache:6379"}, "(it has 'no scheme')"),
 ])
 def test_bad_values_fail_fast_naming_the_variable(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(fragment)):
