@@ -10,7 +10,7 @@ _settings = Settings.from_env()
 # The app's own loggers (gunicorn configures only its own); set before fork, so every process has it.
 configure_logging(_settings.log_level)
 
-bind = f"{_settings.host}:{_settings.port}"
+bind = _settings.bind_address  # an IPv6 host in brackets: gunicorn read "::1:8080" as host "::1:8080", port ""
 workers = _settings.api_processes
 # Threads: POST /v1/score blocks while it waits for workers, so each process serves many waits.
 worker_class = "gthread"

@@ -119,9 +119,9 @@ def open_or_keys(settings: Settings) -> KeyStore | None:
     if settings.auth != "off" and not is_loopback(settings.host):
         raise ConfigError(f"refusing to serve on {settings.host} without API keys: set REDLINE_API_KEYS_FILE "
                           "(create keys with `redline keys create`) or, on a trusted network, REDLINE_AUTH=off")
-    log.warning("Redline API is OPEN (no REDLINE_API_KEYS_FILE): anyone who can reach %s:%d can read and "
+    log.warning("Redline API is OPEN (no REDLINE_API_KEYS_FILE): anyone who can reach %s can read and "
                 "write. Create keys with `redline keys create` and set REDLINE_API_KEYS_FILE.",
-                settings.host, settings.port)
+                settings.bind_address)
     return None
 
 

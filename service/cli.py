@@ -174,13 +174,17 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
 
 
 def require_free_port(settings: Settings) -> None:
-    """Refuse at once a port another server holds: gunicorn would retry for 5 s and then exit, after
-    `redline serve` had started Redis and the workers for nothing."""
-    from .processes import port_in_use
+    """Refuse at once an address gunicorn cannot bind (a port another server holds, a host that does
+    not resolve or is not this machine's): gunicorn would retry for 5 s and then exit, after `redline
+    serve` had started Redis and the workers for nothing."""
+    from .processes import IN_USE, bind_problem
 
-    if port_in_use(settings.host, settings.port):
-        raise ConfigError(f"{settings.host}:{settings.port} is in use (another Redline API, or another server): "
-                          "stop it or set REDLINE_PORT")
+    problem = bind_problem(settings.host, settings.port)
+    if problem == IN_USE:
+        raise ConfigError(f"{settings.bind_address} is {problem}: stop it or set REDLINE_PORT")
+    if problem:
+        raise ConfigError(f"REDLINE_HOST {settings.host!r} {problem}: give an address of this machine, "
+                          "or 0.0.0.0 / :: for all of them")
 
 
 def require_data_dir(settings: Settings) -> None:
@@ -241,7 +245,7 @@ def serve(settings: Settings) -> int:
 
     slots = [WorkerSlot(spawn) for _ in range(settings.workers)]
     api = spawn("api")
-    log.info("Redline API on http://%s:%d with %d scoring worker(s); Ctrl-C stops", settings.host, settings.port,
+    log.info("Redline API on http://%s with %d scoring worker(s); Ctrl-C stops", settings.bind_address,
              settings.workers)
     try:
         while not stopping:

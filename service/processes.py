@@ -18,16 +18,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def port_in_use(host: str, port: int) -> bool:
-    """Whether something already listens on host:port (bound as gunicorn binds, with SO_REUSEADDR, so a
-    port left in TIME_WAIT by a server just stopped does not count)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
+def bind_problem(host: str, port: int) -> str | None:
+    """Why gunicorn could not bind host:port, or None: bound here as gunicorn binds (with SO_REUSEADDR,
+    so a port left in TIME_WAIT by a server just stopped is free), and closed again."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host, port))
-        except OSError as exc:
-            return exc.errno == errno.EADDRINUSE
-    return False
+    except socket.gaierror as exc:  # a name that does not resolve
+        return f"does not resolve ({exc.strerror})"
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return IN_USE
+        return f"cannot be bound here ({exc.strerror})"  # e.g. an address of another machine
+    return None
+
+
+IN_USE = "in use (another Redline API, or another server)"
 
 
 def die_with_parent() -> None:

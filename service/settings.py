@@ -126,6 +126,11 @@ class Settings:
         settings.validate()
         return settings
 
+    @property
+    def bind_address(self) -> str:
+        """host:port as gunicorn's `bind` and URLs want it: an IPv6 address in brackets ([::1]:8080)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     def validate(self) -> None:
         """Reject values that would only fail later, far from their cause."""
         positive = ("port", "workers", "api_processes", "max_batch", "max_outputs_per_request",

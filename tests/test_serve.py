@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -154,3 +155,28 @@ def test_a_data_dir_that_cannot_be_made_is_named_before_starting_anything(tmp_pa
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().endswith(f"redline: REDLINE_DATA_DIR {data_dir} cannot be created: Not a directory")
     assert "Traceback" not in run.stderr
+
+
+def test_an_ipv6_host_is_bracketed_where_gunicorn_binds_it() -> None:
+    # "::1:8080" was read by gunicorn as host "::1:8080" with port "", and it refused to start.
+    from gunicorn.util import parse_address
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REDLINE_")}, "REDLINE_HOST": "::1"}
+    read_bind = "import runpy; print(runpy.run_path('deploy/gunicorn.conf.py')['bind'])"
+    bind = subprocess.run([sys.executable, "-c", read_bind], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=True).stdout.strip()
+    assert bind == "[::1]:8080" and parse_address(bind) == ("::1", 8080)
+
+
+@pytest.mark.parametrize("host, problem", [
+    ("redline.invalid", "does not resolve"),  # .invalid never resolves (RFC 6761)
+    ("192.0.2.1", "cannot be bound here (Cannot assign requested address)"),  # TEST-NET-1: no host has it
+])
+def test_an_address_gunicorn_cannot_bind_is_named_at_once(host: str, problem: str) -> None:
+    # gunicorn retried for 5 s and said "Can't connect to ('999.1.1.1', 8080)".
+    from service.cli import require_free_port
+    from service.errors import ConfigError
+    from service.settings import Settings
+
+    with pytest.raises(ConfigError, match=re.escape(f"REDLINE_HOST {host!r} {problem}")):
+        require_free_port(Settings(host=host, port=8080))
