@@ -150,6 +150,25 @@ return written
 """
 
 
+# KEYS[1] = pending zset. ARGV = prefix, job id, now, JSON list of output ids. Moves the outputs that
+# exist and are still queued to a new job (one more attempt); returns those ids. Checked here, not by
+# the caller's earlier read: a record that expired meanwhile would be recreated partially and without
+# a TTL by a plain HSET, and one scored meanwhile would be queued again for nothing.
+_REASSIGN = """
+local moved = {}
+for _, id in ipairs(cjson.decode(ARGV[4])) do
+  local key = ARGV[1] .. ':output:' .. id
+  if redis.call('HGET', key, 'status') == 'queued' then
+    redis.call('HSET', key, 'job', ARGV[2])
+    redis.call('HINCRBY', key, 'attempts', 1)
+    redis.call('ZADD', KEYS[1], ARGV[3], id)
+    table.insert(moved, id)
+  end
+end
+return moved
+"""
+
+
 # KEYS[1] = counters. ARGV = now, JSON list of {key, id, det, label, win...}.
 # Returns per item "new", "changed", "unchanged" or "missing". A changed label replaces the
 # window entry; counters count each (output, detector) labeled once.
@@ -248,6 +267,7 @@ class OutputStore:
         self._create = redis.register_script(_CREATE)
         self._finish = redis.register_script(_FINISH)
         self._label = redis.register_script(_LABEL)
+        self._reassign = redis.register_script(_REASSIGN)
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> OutputStore:
@@ -351,6 +371,15 @@ class OutputStore:
         payload = [{"id": i, "fields": ["status", FAILED, "error", reason, "scored_at", now], "counters": ["failed"],
                     "dets": []} for i, reason in reasons.items()]
         return self._run_finish(payload)
+
+    def reassign(self, output_ids: Sequence[str], job_id: str) -> list[str]:
+        """Move outputs still queued to `job_id` (an abandoned job's outputs, about to be queued again);
+        returns those moved, in order. Others (scored, failed or expired since they were read) are left."""
+        if not output_ids:
+            return []
+        moved = self._reassign(keys=[self.keys.pending],
+                               args=[self.keys.prefix, job_id, repr(self.clock()), json.dumps(list(output_ids))])
+        return [text(i) for i in moved]
 
     def _run_finish(self, payload: list[dict[str, Any]]) -> int:
         if not payload:

@@ -128,6 +128,32 @@ def test_reaper_requeues_outputs_whose_job_was_lost(redis: Redis, settings: Sett
     assert core.store.counters()["scored|injury|m"] == 3
 
 
+def test_the_reaper_leaves_outputs_that_expired_or_were_scored_after_it_read_them(
+        redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    core = Redline(settings, redis)
+    core.store.create([NewOutput(id=f"late{i}", model="m", response="hello", detectors=["injury"]) for i in range(3)],
+                      job_id="dead-job")
+    read = core.store.get_many
+
+    def read_then_change(ids: list[str], fields: list[str] | None = None) -> list[dict[str, object] | None]:
+        rows = read(ids, fields)
+        # Between the reaper's read and its write: late0's record expires, late1 is scored elsewhere.
+        redis.delete(core.keys.output("late0"))
+        redis.hset(core.keys.output("late1"), "status", "scored")
+        return rows
+
+    monkeypatch.setattr(core.store, "get_many", read_then_change)
+    assert requeue_abandoned(redis, core.store, core.queues, older_than_s=0, chunk=32) == 1
+    monkeypatch.undo()
+    # A plain HSET recreated late0 as a partial record with no TTL (never to expire); late1 went to a new job.
+    assert not redis.exists(core.keys.output("late0"))
+    assert redis.hget(core.keys.output("late1"), "job") == b"dead-job"
+    assert redis.hget(core.keys.output("late2"), "attempts") == b"1"
+    _run_burst(redis, settings)
+    assert core.store.get("late2")["status"] == "scored"  # type: ignore[index]
+    assert core.store.counters()["scored|injury|m"] == 1
+
+
 def test_a_worker_restarted_after_an_unclean_death_starts_at_once(redis: Redis, settings: Settings) -> None:
     # A container's restarted worker has the same hostname and PID (1) as the one that was killed
     # (OOM, SIGKILL) before RQ recorded its death; two workers built in one process are the same case.

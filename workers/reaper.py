@@ -51,19 +51,16 @@ def requeue_abandoned(redis: Redis, store: OutputStore, queues: ScoreQueues, old
         if store.finish_failed({record["id"]: reason}):
             redis.zadd(keys.dead, {record["id"]: now})
     orphans = [r["id"] for r in lost if r not in exhausted]
+    requeued = 0
     for start in range(0, len(orphans), chunk):
-        part = orphans[start:start + chunk]
         job_id = new_job_id()
-        with redis.pipeline() as pipe:
-            for output_id in part:
-                pipe.hset(keys.output(output_id), "job", job_id)
-                pipe.hincrby(keys.output(output_id), "attempts", 1)
-                pipe.zadd(keys.pending, {output_id: now})
-            pipe.execute()
-        queues.enqueue(part, job_id)
-    if orphans:
-        log.warning("requeued %d abandoned outputs", len(orphans))
-    return len(orphans)
+        part = store.reassign(orphans[start:start + chunk], job_id)  # those still queued, as of now
+        if part:
+            queues.enqueue(part, job_id)
+            requeued += len(part)
+    if requeued:
+        log.warning("requeued %d abandoned outputs", requeued)
+    return requeued
 
 
 def job_error(redis: Redis, job_id: str) -> str:
