@@ -148,10 +148,9 @@ def _parse(path: Path) -> dict[str, Principal]:
         raise ConfigError(f"REDLINE_API_KEYS_FILE {path}: {exc.strerror}") from None
     entries: dict[str, Principal] = {}
     for n, line in enumerate(lines, start=1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
+        parts, _ = _fields(line)
+        if not parts:
             continue
-        parts = text.split()
         if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{64}", parts[0]):
             raise ConfigError(f"{path}:{n}: expected '<sha256 hex> <tenant> <scope>[,<scope>...]'")
         digest, tenant, scopes = parts
@@ -163,6 +162,12 @@ def _parse(path: Path) -> dict[str, Principal]:
                               f"known: {', '.join(SCOPES)}")
         entries[digest] = Principal(tenant, wanted)
     return entries
+
+
+def _fields(line: str) -> tuple[list[str], str]:
+    """A keys-file line -> its fields (`<sha256> <tenant> <scopes>`, or none) and its comment."""
+    entry, _, comment = line.partition("#")
+    return entry.split(), comment.strip()
 
 
 def create_key(path: Path, tenant: str, scopes: list[str], note: str = "") -> str:
@@ -192,10 +197,9 @@ def describe_keys(path: Path) -> list[str]:
     _parse(path)  # refuse a file the API would refuse
     rows = []
     for line in path.read_text(encoding="utf-8-sig").splitlines():
-        text, _, comment = line.partition("#")
-        if text.strip():
-            _, tenant, scopes = text.split()
-            rows.append(f"{tenant}\t{scopes}\t{comment.strip()}")
+        parts, comment = _fields(line)
+        if parts:  # a line _parse accepted: hash, tenant, scopes
+            rows.append(f"{parts[1]}\t{parts[2]}\t{comment}")
     return rows
 
 
@@ -206,7 +210,7 @@ def revoke_key(path: Path, key: str) -> int:
     digest = hashlib.sha256(key.strip().encode()).hexdigest()
     _parse(path)
     lines = path.read_text(encoding="utf-8-sig").splitlines(keepends=True)
-    kept = [line for line in lines if line.split("#", 1)[0].split()[:1] != [digest]]
+    kept = [line for line in lines if _fields(line)[0][:1] != [digest]]
     if len(kept) == len(lines):
         raise ConfigError(f"no such key in {path} (nothing changed)")
     fresh = path.with_name(f".{path.name}.{secrets.token_hex(4)}")

@@ -256,13 +256,13 @@ def self_check(detectors: dict[str, OnnxDetector]) -> None:
     """One short text through each distinct model, then every head: each must give one finite score.
     A head configured wrong (an output the graph lacks, a column past its width) was found only when
     outputs were scored, each failing with the same error; it is a ConfigError at start instead."""
-    outputs: dict[int, dict[str, np.ndarray]] = {}
+    outputs: dict[OnnxModel, dict[str, np.ndarray]] = {}
     for name, det in detectors.items():
         where = f"detector {name!r} ({det.config.onnx_path})"
         try:
-            if id(det.model) not in outputs:
-                outputs[id(det.model)] = det.model.run([_CHECK_TEXT])
-            scores = np.asarray(det.head(outputs[id(det.model)]))
+            if det.model not in outputs:
+                outputs[det.model] = det.model.run([_CHECK_TEXT])
+            scores = np.asarray(det.head(outputs[det.model]))
         except Exception as exc:  # onnxruntime and numpy raise many kinds; each is a broken configuration here
             raise ConfigError(f"{where} failed its self-check on one text: {exc}") from None
         if scores.shape != (1,) or not np.isfinite(scores).all():
