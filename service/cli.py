@@ -30,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="start Redis (unless REDLINE_REDIS_URL is set), the API and the workers")
     sub.add_parser("api", help="start the API under gunicorn (needs REDLINE_REDIS_URL)")
+    sub.add_parser("monitor", help="keep the quality gauges and the listing fresh in a process of its own, so API "
+                                   "processes never compute them (needs REDLINE_REDIS_URL; optional)")
     worker = sub.add_parser("worker", help="start one scoring worker (needs REDLINE_REDIS_URL)")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
@@ -75,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(settings)
         if args.command == "api":
             return run_api(settings)
+        if args.command == "monitor":
+            return run_monitor(settings)
         return run_worker(settings, burst=args.burst)
     except ConfigError as exc:
         print(f"redline: {exc.message}", file=sys.stderr)
@@ -170,6 +174,28 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
         log.warning("%s", risk)
     worker = build_worker(redis, settings)
     worker.work(burst=burst, logging_level=settings.log_level)
+    return 0
+
+
+def run_monitor(settings: Settings) -> int:
+    """Refresh the quality snapshot until SIGTERM or Ctrl-C. At a few models a refresh takes milliseconds
+    and the API processes do it themselves; at hundreds it takes minutes of CPU, which this keeps off
+    the processes serving requests. Safe to run alongside them (a Redis lock) and to stop at any time."""
+    import threading
+
+    from redis import Redis
+
+    from .core import Redline
+
+    if not settings.redis_url:
+        raise ConfigError("REDLINE_REDIS_URL is not set")
+    core = Redline(settings, Redis.from_url(settings.redis_url))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("keeping the quality gauges fresh: refreshed once they are %g s old", settings.metrics_refresh_s / 2)
+    core.quality.keep_fresh(stop)
+    log.info("stopped")
     return 0
 
 

@@ -10,6 +10,7 @@ rendering and, once it is REDLINE_METRICS_REFRESH_S old, starts the next. Qualit
 lag by up to one refresh interval plus the time a refresh takes, both of which are exported. The
 listing of every pair (GET /v1/monitor without model and detector) cost the same, per request, and
 is served from the same computation, with its time; one pair's numbers are still computed on request.
+At scale, `redline monitor` runs the refreshes in a process of its own (`keep_fresh`).
 """
 
 from __future__ import annotations
@@ -117,9 +118,17 @@ class QualitySnapshots:
             self._refresh_in_background()
         return snapshot
 
-    def _due(self, computed_at: float) -> bool:
-        """Whether numbers computed at `computed_at` (Redis's clock) are `refresh_s` old."""
-        return self.clock() - computed_at >= self.refresh_s
+    def _due(self, computed_at: float, min_age_s: float | None = None) -> bool:
+        """Whether numbers computed at `computed_at` (Redis's clock) are `min_age_s` (`refresh_s`) old."""
+        return self.clock() - computed_at >= (self.refresh_s if min_age_s is None else min_age_s)
+
+    def keep_fresh(self, stop: threading.Event, poll_s: float = 1.0) -> None:
+        """`redline monitor`'s loop: refresh whenever the numbers are half `refresh_s` old. API processes
+        refresh only once they are a whole `refresh_s` old, so while this runs they find them fresh and
+        never compute in a process that serves requests; if it stops, they take over by themselves."""
+        while not stop.is_set():
+            self.refresh_if_due(min_age_s=self.refresh_s / 2)
+            stop.wait(poll_s)
 
     def _refresh_in_background(self) -> None:
         with self._guard:
@@ -128,8 +137,9 @@ class QualitySnapshots:
             self._thread = threading.Thread(target=self.refresh_if_due, name="redline-quality-refresh", daemon=True)
             self._thread.start()
 
-    def refresh_if_due(self) -> bool:
-        """Refresh unless another process holds the lock or has just refreshed; True if this one did."""
+    def refresh_if_due(self, min_age_s: float | None = None) -> bool:
+        """Refresh unless another process holds the lock or the numbers are younger than `min_age_s`
+        (`refresh_s`); True if this one did."""
         lock = self.redis.lock(self.keys.quality_refresh_lock, timeout=LOCK_S, blocking=False)
         try:
             if not lock.acquire():
@@ -139,7 +149,7 @@ class QualitySnapshots:
             return False
         try:
             latest = self.latest()  # another process may have refreshed since this scrape looked
-            if latest is not None and not self._due(latest.computed_at):
+            if latest is not None and not self._due(latest.computed_at, min_age_s):
                 return False
             snapshot = self.refresh(after_pair=lock.reacquire)
             log.debug("quality gauges refreshed in %.2f s", snapshot.duration_s)

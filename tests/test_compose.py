@@ -68,12 +68,12 @@ def test_services_reach_each_other_by_the_names_and_ports_they_listen_on() -> No
     sources = yaml.safe_load(in_container("grafana", GRAFANA_PROVISIONING / "datasources" / "prometheus.yml")
                              .read_text())["datasources"]
     assert [urlsplit(s["url"]).netloc for s in sources] == ["prometheus:9090"]
-    for service in ("api", "worker"):
+    for service in ("api", "worker", "monitor"):
         assert urlsplit(SERVICES[service]["environment"]["REDLINE_REDIS_URL"]).netloc == "redis:6379"
     assert "--appendonly" in SERVICES["redis"]["command"]  # accepted outputs survive a Redis restart
 
 
-@pytest.mark.parametrize("service", ["api", "worker"])
+@pytest.mark.parametrize("service", ["api", "worker", "monitor"])
 def test_redline_containers_are_built_from_the_repository_and_start_with_their_settings(service: str) -> None:
     spec = SERVICES[service]
     assert (DEPLOY / spec["build"] / "Dockerfile").resolve() == (DEPLOY.parent / "Dockerfile").resolve()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,6 +21,8 @@ from service.monitoring import Window
 from service.settings import Settings
 from service.store import NewOutput
 from workers.runtime import build_scorer
+
+from .procs import Proc, redline_env, wait_for
 
 TEXTS = ["blood and a broken arm", "bleeding wound", "stabbed hurt", "a calm day", "hello world", "the park"]
 
@@ -294,6 +298,42 @@ def test_one_api_process_refreshes_at_a_time(redis: Redis, scored: Redline) -> N
     clock.now += 1
     assert other.quality.refresh_if_due() is True
     assert other.quality.latest().computed_at == done.computed_at + scored.settings.metrics_refresh_s  # type: ignore[union-attr]
+
+
+def test_a_monitor_process_refreshes_early_so_api_processes_never_do(redis: Redis, scored: Redline) -> None:
+    # An API process refreshes the numbers once they are REDLINE_METRICS_REFRESH_S old; `redline monitor`
+    # at half that, so while it runs the API processes always find them fresh.
+    monitor, api = Redline(scored.settings, redis), Redline(scored.settings, redis)
+    monitor.quality.clock = api.quality.clock = clock = Clock()
+    half = scored.settings.metrics_refresh_s / 2
+    assert monitor.quality.refresh_if_due(min_age_s=half) is True  # none yet
+    first = monitor.quality.latest()
+    clock.now += half - 0.01
+    assert monitor.quality.refresh_if_due(min_age_s=half) is False
+    clock.now += 0.01
+    assert api.quality.refresh_if_due() is False  # half an interval old: not due for an API process
+    assert monitor.quality.refresh_if_due(min_age_s=half) is True
+    assert monitor.quality.latest().computed_at == first.computed_at + half  # type: ignore[union-attr]
+    stop = threading.Event()
+    stop.set()
+    monitor.quality.keep_fresh(stop)  # returns at once when asked to stop
+
+
+def test_redline_monitor_keeps_the_numbers_fresh_and_stops_on_sigterm(redis: Redis, scored: Redline,
+                                                                       tmp_path: Path) -> None:
+    env = redline_env(scored.settings.redis_url, list(scored.settings.models_dirs), scored.settings.queue_prefix,
+                      metrics_refresh_s=2, monitor_windows="24h", log_level="INFO")
+    proc = Proc([sys.executable, "-m", "service.cli", "monitor"], env, tmp_path / "monitor.log")
+    try:
+        wait_for(lambda: scored.quality.latest() is not None, timeout=30)
+        first = scored.quality.latest()
+        assert first is not None and b'redline_window_positives{detector="injury",model="bot",window="24h"} 3.0' \
+            in first.text, proc.log()
+        wait_for(lambda: scored.quality.latest().computed_at > first.computed_at, timeout=30)  # type: ignore[union-attr]
+        assert proc.alive(), proc.log()
+    finally:
+        code = proc.stop()
+    assert code == 0 and "keeping the quality gauges fresh: refreshed once they are 1 s old" in proc.log()
 
 
 def test_with_redis_down_metrics_still_answer_and_say_so(own_redis) -> None:  # type: ignore[no-untyped-def]
