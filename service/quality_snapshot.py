@@ -126,8 +126,19 @@ class QualitySnapshots:
         """`redline monitor`'s loop: refresh whenever the numbers are half `refresh_s` old. API processes
         refresh only once they are a whole `refresh_s` old, so while this runs they find them fresh and
         never compute in a process that serves requests; if it stops, they take over by themselves."""
+        away = False
         while not stop.is_set():
-            self.refresh_if_due(min_age_s=self.refresh_s / 2)
+            try:
+                self.redis.ping()
+            except RedisError as exc:  # said once per outage, not once a second
+                if not away:
+                    log.warning("waiting for Redis: %s", exc)
+                away = True
+            else:
+                if away:
+                    log.warning("Redis is back; refreshing the quality gauges again")
+                away = False
+                self.refresh_if_due(min_age_s=self.refresh_s / 2)
             stop.wait(poll_s)
 
     def _refresh_in_background(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -317,6 +318,27 @@ def test_a_monitor_process_refreshes_early_so_api_processes_never_do(redis: Redi
     stop = threading.Event()
     stop.set()
     monitor.quality.keep_fresh(stop)  # returns at once when asked to stop
+
+
+def test_the_monitor_loop_waits_out_a_redis_outage_saying_so_once(own_redis, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    server, core = own_redis
+    core.submit([NewOutput(id="o1", model="bot", response="calm", detectors=["injury"])])
+    server.stop()
+    stop = threading.Event()
+    loop = threading.Thread(target=core.quality.keep_fresh, args=(stop, 0.02))
+    with caplog.at_level("WARNING", logger="service.quality_snapshot"):
+        loop.start()
+        try:
+            wait_for(lambda: "waiting for Redis" in caplog.text, timeout=20)
+            time.sleep(0.3)  # some fifteen polls more with Redis still away
+            assert caplog.text.count("waiting for Redis") == 1  # said once per outage, not once a poll
+            assert "not refreshed" not in caplog.text
+            server.start()
+            wait_for(lambda: core.quality.latest() is not None, timeout=20)
+        finally:
+            stop.set()
+            loop.join(10)
+    assert "Redis is back; refreshing the quality gauges again" in caplog.text
 
 
 def test_redline_monitor_keeps_the_numbers_fresh_and_stops_on_sigterm(redis: Redis, scored: Redline,
