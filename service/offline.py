@@ -97,8 +97,9 @@ def _score(raw: Any, line: int) -> float:
 
 def _label(raw: Any, line: int) -> int:
     text = raw.strip() if isinstance(raw, str) else raw
-    if text in (0, 1, "0", "1") and not isinstance(text, bool):
-        return int(text)
+    # "1.0": pandas writes an integer column with a missing value in it as floats, and JSON's 1.0 is 1.
+    if text in (0, 1, "0", "1", "0.0", "1.0") and not isinstance(text, bool):
+        return int(float(text))
     raise BadRow(line, f"label {raw!r} must be 0 or 1")
 
 

@@ -96,6 +96,19 @@ def test_a_byte_order_mark_is_not_part_of_the_data(tmp_path: Path, suffix: str, 
     assert json.loads(got.stdout) == json.loads(run(str(plain)).stdout)
 
 
+def test_labels_written_as_floats_are_read(tmp_path: Path) -> None:
+    # pandas writes an integer column holding a missing value as floats ("1.0"): such a file was refused.
+    ints, floats = tmp_path / "ints.csv", tmp_path / "floats.csv"
+    ints.write_text("score,label\n0.9,1\n0.2,0\n0.4,1\n")
+    floats.write_text("score,label\n0.9,1.0\n0.2,0.0\n0.4,1.0\n")
+    got = run(str(floats))
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout) == json.loads(run(str(ints)).stdout)
+    bad = tmp_path / "half.csv"
+    bad.write_text("score,label\n0.9,1\n0.2,0.5\n")
+    assert "line 3: label '0.5' must be 0 or 1" in run(str(bad)).stderr
+
+
 def test_one_class_gives_null_not_zero(tmp_path: Path) -> None:
     path = tmp_path / "pos.csv"
     path.write_text("score,label\n0.2,1\n0.9,1\n")
