@@ -57,10 +57,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "evaluate":
         from . import offline
+        from .evaluation import check_order
 
         bad = [v for v in (args.n or []) + (args.m or []) if v < 1]
         if bad or (args.target_fnr is not None and not 0 <= args.target_fnr < 1):
             parser.error("--n and --m must be >= 1 and --target-fnr in [0, 1)")
+        for n in args.n or offline.DEFAULT_NS:
+            for m in args.m or offline.DEFAULT_MS:
+                try:
+                    check_order(n, m)
+                except ValueError as exc:
+                    parser.error(str(exc))
         return offline.main(args)
     try:
         settings = Settings.from_env()

@@ -31,6 +31,10 @@ class BadRow(ValueError):
         self.line = line
 
 
+# N and M reported when the command line gives none.
+DEFAULT_NS, DEFAULT_MS = (1, 5, 20), (1,)
+
+
 def read_file(path: Path, progress: TextIO | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scores and labels from CSV or JSON Lines (by extension; `.csv` is CSV, anything else JSON Lines)."""
     size = path.stat().st_size
@@ -103,7 +107,7 @@ def _label(raw: Any, line: int) -> int:
     raise BadRow(line, f"label {raw!r} must be 0 or 1")
 
 
-def report(scores: np.ndarray, labels: np.ndarray, ns: Sequence[int] = (1, 5, 20), ms: Sequence[int] = (1,),
+def report(scores: np.ndarray, labels: np.ndarray, ns: Sequence[int] = DEFAULT_NS, ms: Sequence[int] = DEFAULT_MS,
            threshold: float | None = None, target_fnr: float | None = None) -> dict[str, Any]:
     """The JSON report of `redline evaluate` (see README)."""
     groups = ev.tie_groups(scores, labels)
@@ -189,7 +193,7 @@ def main(args: Any) -> int:
     except OSError as exc:
         print(f"redline evaluate: {exc}", file=sys.stderr)
         return 2
-    rep = report(scores, labels, args.n or (1, 5, 20), args.m or (1,), args.threshold, args.target_fnr)
+    rep = report(scores, labels, args.n or DEFAULT_NS, args.m or DEFAULT_MS, args.threshold, args.target_fnr)
     print(json.dumps(rep, indent=2) if args.format == "json" else as_text(rep))
     if args.plot:
         sensitivity = 1 - (args.target_fnr if args.target_fnr is not None else 0.1)

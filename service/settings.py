@@ -153,11 +153,16 @@ class Settings:
             raise ConfigError("REDLINE_AUDIT_RATE must be between 0 and 1")
         if not self.monitor_ns or min(self.monitor_ns) < 1:
             raise ConfigError("REDLINE_MONITOR_NS must list integers >= 1")
+        from .evaluation import MAX_NM_ORDER  # here, not at the top: settings is read where numpy is not needed
+
         for pair in self.monitor_nm:
             n, _, m = pair.partition(":")
             # ASCII digits: str.isdigit() accepts "²", which int() refuses with a bare ValueError.
             if not (re.fullmatch("[0-9]{1,6}", n) and re.fullmatch("[0-9]{1,6}", m) and int(n) >= 1 and int(m) >= 1):
                 raise ConfigError(f"REDLINE_MONITOR_NM entry {pair!r} must look like N:M with N, M >= 1")
+            if int(m) > 1 and int(n) + int(m) > MAX_NM_ORDER:  # each refresh of the gauges would compute it
+                raise ConfigError(f"REDLINE_MONITOR_NM entry {pair!r}: with M > 1, N + M must be at most "
+                                  f"{MAX_NM_ORDER}")
         if self.sync_timeout_ms > self.max_sync_timeout_ms:
             raise ConfigError("REDLINE_SYNC_TIMEOUT_MS exceeds REDLINE_MAX_SYNC_TIMEOUT_MS")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -74,6 +74,43 @@ def test_n_auc_closed_form_per_tie_group() -> None:
     assert ev.nm_auc(s, y, N, 1) == pytest.approx(expected, abs=1e-12)
 
 
+def test_n_auc_at_a_very_large_n_is_exact() -> None:
+    # The quadrature needed (N+1)/2 nodes: N = 100,000 took ~24 GB in numpy's leggauss and was killed.
+    # Three positives on top, one positive and one negative tied, two negatives below (P = 4, Q = 3).
+    s = np.array([10, 10, 10, 5, 5, 1, 1])
+    y = np.array([1, 1, 1, 1, 0, 0, 0])
+    N, P, Q = 100_000, 4, 3
+    exact = Fraction(1, Q) * Fraction(4 ** (N + 1) - 3 ** (N + 1), (N + 1) * P ** N) + Fraction(2, Q)
+    assert ev.nm_auc(s, y, N, 1) == pytest.approx(float(exact), rel=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 1)), min_size=2, max_size=300)
+       .filter(lambda xs: {y for _, y in xs} == {0, 1}), st.sampled_from([2, 7, 50, 300]))
+def test_the_n_auc_closed_form_equals_the_quadrature(data: list[tuple[int, int]], n: int) -> None:
+    g = ev.tie_groups(np.array([x for x, _ in data], float), np.array([y for _, y in data]))
+    keep = g.d > 0
+    a, b, c, d = g.a[keep], g.b[keep], g.c[keep], g.d[keep]
+    assert ev._n_auc_segments(a, c, d, g.P, g.Q, n) == pytest.approx(
+        ev._nm_auc_segments(a, b, c, d, g.P, g.Q, n, 1), abs=1e-12)
+
+
+def test_the_quadrature_gives_the_same_value_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    s, y = np.round(rng.normal(size=2000), 2), rng.integers(0, 2, 2000)
+    whole = ev.nm_auc(s, y, 20, 5)
+    monkeypatch.setattr(ev, "_CHUNK_CELLS", 7)  # one segment at a time
+    assert ev.nm_auc(s, y, 20, 5) == pytest.approx(whole, abs=1e-13)
+
+
+def test_an_nm_order_past_the_limit_is_refused_by_name() -> None:
+    s, y = np.array([0.9, 0.1]), np.array([1, 0])
+    assert ev.nm_auc(s, y, ev.MAX_NM_ORDER - 2, 2) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=f"needs N \\+ M <= {ev.MAX_NM_ORDER} \\(got N={ev.MAX_NM_ORDER - 1}, M=2\\)"):
+        ev.nm_auc(s, y, ev.MAX_NM_ORDER - 1, 2)
+    assert ev.nm_auc(s, y, 10 * ev.MAX_NM_ORDER, 1) == pytest.approx(1.0)  # N-AUC: no limit
+
+
 def test_empty_class_has_no_value() -> None:
     assert ev.nm_auc(np.array([0.1, 0.2]), np.array([1, 1]), 5) is None
     assert ev.fnr_at(np.array([0.1]), np.array([0]), 0.5).value is None

@@ -96,6 +96,12 @@ def test_a_byte_order_mark_is_not_part_of_the_data(tmp_path: Path, suffix: str, 
     assert json.loads(got.stdout) == json.loads(run(str(plain)).stdout)
 
 
+def test_an_n_m_order_past_the_limit_is_refused_before_reading(data_file: Path) -> None:
+    r = run(str(data_file), "--n", "3000", "--m", "2")
+    assert r.returncode == 2 and "needs N + M <= 2000 (got N=3000, M=2)" in r.stderr and r.stdout == ""
+    assert run(str(data_file), "--n", "100000").returncode == 0  # N-AUC: any N
+
+
 def test_labels_written_as_floats_are_read(tmp_path: Path) -> None:
     # pandas writes an integer column holding a missing value as floats ("1.0"): such a file was refused.
     ints, floats = tmp_path / "ints.csv", tmp_path / "floats.csv"

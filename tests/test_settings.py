@@ -49,6 +49,7 @@ def test_reads_typed_values() -> None:
     ({"REDLINE_REDIS_URL": "http://user:secret@cache:6379"},
      "REDLINE_REDIS_URL must start with redis://, rediss:// or unix:// (it has 'http')"),
     ({"REDLINE_REDIS_URL": "cache:6379"}, "(it has 'no scheme')"),
+    ({"REDLINE_MONITOR_NM": "1999:2"}, "REDLINE_MONITOR_NM entry '1999:2': with M > 1, N + M must be at most 2000"),
 ])
 def test_bad_values_fail_fast_naming_the_variable(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(fragment)):
