@@ -78,22 +78,30 @@ def test_dashboard_counts_each_output_once_with_two_api_replicas(tmp_path: Path)
     assert spec and spec.loader
     dashboard = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dashboard)
-    queries = {t["legendFormat"]: t["expr"].replace("$model", ".*").replace("$detector", ".*")
-               for p in dashboard.PANELS for t in p["targets"]}
+    queries = {(p["title"], t["legendFormat"]): t["expr"].replace("$model", ".*").replace("$detector", ".*")
+               .replace("$window", "24h") for p in dashboard.PANELS for t in p["targets"]}
     series = {"redline_outputs_scored_total": "0+60x20", "redline_outputs_flagged_total": "0+30x20",
               "redline_labels_total": "0+6x20"}
     inputs = [{"series": f'{name}{{job="redline",instance="{i}",model="bot",detector="injury"}}', "values": values}
               for name, values in series.items() for i in "ab"]
     inputs += [{"series": f'redline_detector_target_fnr_ratio{{job="redline",instance="{i}",detector="injury"}}',
                 "values": "0.02x20"} for i in "ab"]
-    expected = {"scored/s {{detector}}": ('{detector="injury"}', 1.0),
-                "labels/s {{detector}}": ('{detector="injury"}', 0.1),
-                "{{model}} {{detector}}": ('{model="bot", detector="injury"}', 0.5),  # the flagged rate
-                "{{detector}} target": ('{detector="injury"}', 0.02)}
+    inputs += [{"series": f'redline_n_auc{{job="redline",instance="{i}",model="bot",detector="injury",window="24h",'
+                          f'n="5"}}', "values": "0.93x20"} for i in "ab"]
+    inputs += [{"series": f'redline_workers_alive{{job="redline",instance="{i}"}}', "values": "2x20"} for i in "ab"]
+    fnr_panel = "False-negative rate with 95% Wilson band, and target"
+    expected = {("Throughput", "scored/s {{detector}}"): ('{detector="injury"}', 1.0),
+                ("Throughput", "labels/s {{detector}}"): ('{detector="injury"}', 0.1),
+                ("Flagged rate", "{{model}} {{detector}}"): ('{model="bot", detector="injury"}', 0.5),
+                (fnr_panel, "{{detector}} target"): ('{detector="injury"}', 0.02),
+                # Gauges: one line per model and detector (it was one per replica, each legend twice).
+                ("High-sensitivity N-AUC", "{{model}} {{detector}} N={{n}}"):
+                    ('{model="bot", detector="injury", n="5"}', 0.93),
+                ("Workers alive, batch size and Redis", "workers alive"): ("{}", 2.0)}
     case = {"interval": "1m", "input_series": inputs,
-            "promql_expr_test": [{"expr": queries[legend], "eval_time": "10m",
+            "promql_expr_test": [{"expr": queries[target], "eval_time": "10m",
                                   "exp_samples": [{"labels": labels, "value": value}]}
-                                 for legend, (labels, value) in expected.items()]}
+                                 for target, (labels, value) in expected.items()]}
     (tmp_path / "dashboard_test.yml").write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m",
                                                                  "tests": [case]}))
     test = subprocess.run([_tool("promtool"), "test", "rules", "dashboard_test.yml"], cwd=tmp_path,

@@ -29,6 +29,11 @@ def panel(pid: int, title: str, targets: list[tuple[str, str]], x: int, y: int, 
     }
 
 
+def one(gauge: str) -> str:
+    """A gauge by (model, detector), once: every API replica exports the same value (see `once`)."""
+    return f"max by (model, detector) ({gauge})"
+
+
 def once(counter: str) -> str:
     """Per-second rate of a counter Redline keeps in Redis, by (model, detector). Every API replica
     exports the same totals under its own `instance` label: `max` counts them once, where `sum`
@@ -43,32 +48,32 @@ def variable(name: str, query: str) -> dict:
 
 
 PANELS = [
-    panel(1, "High-sensitivity N-AUC", [(f"redline_n_auc{{{WIN}}}", "{{model}} {{detector}} N={{n}}")], 0, 0,
+    panel(1, "High-sensitivity N-AUC", [(f"max by (model, detector, n) (redline_n_auc{{{WIN}}})", "{{model}} {{detector}} N={{n}}")], 0, 0,
           description="P(N random positives all outscore a random negative). N=1 is the ROC AUC.", max_=1),
     panel(2, "False-negative rate with 95% Wilson band, and target", [
-        (f"redline_fnr_ratio{{{WIN}}}", "{{model}} {{detector}} FNR"),
-        (f'redline_fnr_lower_ratio{{{WIN}, interval="wilson"}}', "{{model}} {{detector}} lower"),
-        (f'redline_fnr_upper_ratio{{{WIN}, interval="wilson"}}', "{{model}} {{detector}} upper"),
+        (one(f"redline_fnr_ratio{{{WIN}}}"), "{{model}} {{detector}} FNR"),
+        (one(f'redline_fnr_lower_ratio{{{WIN}, interval="wilson"}}'), "{{model}} {{detector}} lower"),
+        (one(f'redline_fnr_upper_ratio{{{WIN}, interval="wilson"}}'), "{{model}} {{detector}} upper"),
         ('max by (detector) (redline_detector_target_fnr_ratio{detector=~"$detector"})', "{{detector}} target"),
     ], 12, 0, unit="percentunit",
         description="The FNR alert fires when the lower bound stays above the target."),
-    panel(3, "(N,M)-AUC", [(f"redline_nm_auc{{{WIN}}}", "{{model}} {{detector}} N={{n}} M={{m}}")], 0, 8, max_=1),
+    panel(3, "(N,M)-AUC", [(f"max by (model, detector, n, m) (redline_nm_auc{{{WIN}}})", "{{model}} {{detector}} N={{n}} M={{m}}")], 0, 8, max_=1),
     panel(4, "Audit-weighted FNR and FPR", [
-        (f"redline_fnr_weighted_ratio{{{WIN}}}", "{{model}} {{detector}} FNR (audit-weighted)"),
-        (f"redline_fpr_ratio{{{WIN}}}", "{{model}} {{detector}} FPR"),
+        (one(f"redline_fnr_weighted_ratio{{{WIN}}}"), "{{model}} {{detector}} FNR (audit-weighted)"),
+        (one(f"redline_fpr_ratio{{{WIN}}}"), "{{model}} {{detector}} FPR"),
     ], 12, 8, unit="percentunit"),
-    panel(5, "Label coverage", [(f"redline_label_coverage_ratio{{{WIN}}}", "{{model}} {{detector}}")], 0, 16,
+    panel(5, "Label coverage", [(one(f"redline_label_coverage_ratio{{{WIN}}}"), "{{model}} {{detector}}")], 0, 16,
           unit="percentunit", description="Labeled / scored outputs in the window."),
     panel(6, "Labeled positives and negatives in window", [
-        (f"redline_window_positives{{{WIN}}}", "{{model}} {{detector}} positives"),
-        (f"redline_window_negatives{{{WIN}}}", "{{model}} {{detector}} negatives"),
+        (one(f"redline_window_positives{{{WIN}}}"), "{{model}} {{detector}} positives"),
+        (one(f"redline_window_negatives{{{WIN}}}"), "{{model}} {{detector}} negatives"),
     ], 12, 16),
     panel(7, "Flagged rate", [(
         f"{once('redline_outputs_flagged_total')} / {once('redline_outputs_scored_total')}", "{{model}} {{detector}}")],
         0, 24, unit="percentunit"),
     panel(8, "Score drift (PSI and KS vs the previous span)", [
-        (f"redline_score_psi{{{WIN}}}", "{{model}} {{detector}} PSI"),
-        (f"redline_score_ks{{{WIN}}}", "{{model}} {{detector}} KS"),
+        (one(f"redline_score_psi{{{WIN}}}"), "{{model}} {{detector}} PSI"),
+        (one(f"redline_score_ks{{{WIN}}}"), "{{model}} {{detector}} KS"),
     ], 12, 24),
     panel(9, "Throughput", [
         (f"sum by (detector) ({once('redline_outputs_scored_total')})", "scored/s {{detector}}"),
@@ -84,17 +89,17 @@ PANELS = [
         ("histogram_quantile(0.99, sum by (le) (rate(redline_queue_wait_seconds_bucket[5m])))", "queue wait p99"),
     ], 12, 32, unit="s"),
     panel(11, "Queue depth and pending outputs", [
-        ("redline_queue_depth", "jobs queued ({{priority}})"),
-        ("redline_outputs_pending", "outputs pending"),
+        ("max by (priority) (redline_queue_depth)", "jobs queued ({{priority}})"),
+        ("max(redline_outputs_pending)", "outputs pending"),
     ], 0, 40),
     panel(12, "Workers alive, batch size and Redis", [
-        ("redline_workers_alive", "workers alive"),
+        ("max(redline_workers_alive)", "workers alive"),
         ("histogram_quantile(0.5, sum by (le) (rate(redline_batch_size_bucket[5m])))", "batch size p50"),
         ("max(redline_redis_up)", "Redis up"),
     ], 12, 40, description="While Redis is unreachable (Redis up 0) the Redis-backed series, workers alive "
                            "among them, are absent: the API cannot read them."),
     panel(13, "Detector versions served", [
-        ('redline_detector_info{detector=~"$detector"}', "{{detector}} {{version}}"),
+        ('max by (detector, version) (redline_detector_info{detector=~"$detector"})', "{{detector}} {{version}}"),
     ], 0, 48, w=24, h=5, description="Quality windows are per detector version: where a version's line starts, "
                                      "its N-AUC and FNR start again and stay withheld until enough labels arrive."),
     panel(14, "Quality gauges: age and refresh time", [
