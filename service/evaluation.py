@@ -76,7 +76,6 @@ def descending_order(scores: np.ndarray) -> np.ndarray:
 def nm_auc(scores: np.ndarray, labels: np.ndarray, n: int = 1, m: int = 1,
            weights: np.ndarray | None = None) -> float | None:
     """(N,M)-AUC; None when either class is empty (no value, not 0)."""
-    check_order(n, m)
     g = tie_groups(scores, labels, weights)
     return nm_auc_from_groups(g, n, m)
 
