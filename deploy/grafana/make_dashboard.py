@@ -48,7 +48,8 @@ def variable(name: str, query: str) -> dict:
 
 
 PANELS = [
-    panel(1, "High-sensitivity N-AUC", [(f"max by (model, detector, n) (redline_n_auc{{{WIN}}})", "{{model}} {{detector}} N={{n}}")], 0, 0,
+    panel(1, "High-sensitivity N-AUC",
+          [(f"max by (model, detector, n) (redline_n_auc{{{WIN}}})", "{{model}} {{detector}} N={{n}}")], 0, 0,
           description="P(N random positives all outscore a random negative). N=1 is the ROC AUC.", max_=1),
     panel(2, "False-negative rate with 95% Wilson band, and target", [
         (one(f"redline_fnr_ratio{{{WIN}}}"), "{{model}} {{detector}} FNR"),
@@ -57,7 +58,9 @@ PANELS = [
         ('max by (detector) (redline_detector_target_fnr_ratio{detector=~"$detector"})', "{{detector}} target"),
     ], 12, 0, unit="percentunit",
         description="The FNR alert fires when the lower bound stays above the target."),
-    panel(3, "(N,M)-AUC", [(f"max by (model, detector, n, m) (redline_nm_auc{{{WIN}}})", "{{model}} {{detector}} N={{n}} M={{m}}")], 0, 8, max_=1),
+    panel(3, "(N,M)-AUC",
+          [(f"max by (model, detector, n, m) (redline_nm_auc{{{WIN}}})", "{{model}} {{detector}} N={{n}} M={{m}}")],
+          0, 8, max_=1),
     panel(4, "Audit-weighted FNR and FPR", [
         (one(f"redline_fnr_weighted_ratio{{{WIN}}}"), "{{model}} {{detector}} FNR (audit-weighted)"),
         (one(f"redline_fpr_ratio{{{WIN}}}"), "{{model}} {{detector}} FPR"),
