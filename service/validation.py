@@ -253,13 +253,14 @@ def single_query_value(values: list[str], name: str) -> str | None:
 
 
 def parse_id_list(ids: list[str], settings: Settings) -> list[str]:
-    """`?id=a&id=b` -> [a, b], in order, repeats dropped; at most REDLINE_MAX_OUTPUTS_PER_REQUEST."""
+    """`?id=a&id=b` -> [a, b], in order, repeats dropped; at most REDLINE_MAX_OUTPUTS_PER_REQUEST given
+    (counted as sent, repeats included, as the OpenAPI document's maxItems counts them)."""
     if not ids:
         raise ValidationFailed("give the outputs to read as id parameters: ?id=<id>&id=<id>")
-    unique = list(dict.fromkeys(ids))
-    if len(unique) > settings.max_outputs_per_request:
-        raise TooLarge(f"{len(unique)} ids; the limit is {settings.max_outputs_per_request} "
+    if len(ids) > settings.max_outputs_per_request:
+        raise TooLarge(f"{len(ids)} ids; the limit is {settings.max_outputs_per_request} "
                        "(REDLINE_MAX_OUTPUTS_PER_REQUEST)")
+    unique = list(dict.fromkeys(ids))
     for i in unique:
         if not re.fullmatch(ID_PATTERN, i):
             raise ValidationFailed(f"id {i[:40]!r} must match {ID_PATTERN}")

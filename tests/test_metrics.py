@@ -182,6 +182,7 @@ def test_monitor_query_parameters(scored: Redline) -> None:
         assert response.status_code == 422
         assert response.get_json()["error"]["message"] == f"query parameter {name!r} is given 2 times; give it once"
     assert client.get("/v1/dead-letters?limit=5&limit=6").status_code == 422
+    assert client.get("/v1/dead-letters?limit=").status_code == 422  # empty is a bad value, not "absent"
     # "²" passes str.isdigit() and then int() raised: a 500.
     response = client.get("/v1/dead-letters?limit=\u00b2")
     assert response.status_code == 422

@@ -26,7 +26,8 @@ def dead_letters() -> dict[str, Any]:
     job registry, with the exception) while some of their outputs are still unscored. Newest first;
     `limit` (default 100, at most 1000)."""
     redline, who = core(), caller()
-    raw = single_query_value(request.args.getlist("limit"), "limit") or "100"
+    given = single_query_value(request.args.getlist("limit"), "limit")
+    raw = "100" if given is None else given  # `limit=` (empty) is a bad value, not an absent one
     # ASCII digits only: str.isdigit() accepts "²", which int() then refuses (a 500).
     if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= 1000:
         raise ValidationFailed("'limit' must be an integer from 1 to 1000")
