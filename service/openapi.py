@@ -79,7 +79,11 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
                                 "schema": {"type": "array", "minItems": 1,
                                            "maxItems": settings.max_outputs_per_request,
                                            "items": {"type": "string", "pattern": s.ID_PATTERN}}}],
-                "responses": {"200": _json(_ref(s.OutputList)), **_errors(401, 403, 422, 503)}}},
+                "responses": {"200": _json(_ref(s.OutputList)), **_errors(401, 403, 422, 503),
+                              # gunicorn's own answer, before the app: its limit_request_line (deploy/gunicorn.conf.py).
+                              "414": {"description": "Request line over 8,190 bytes: ask for fewer ids per request "
+                                                     "(an HTML page from gunicorn, not JSON)",
+                                      "content": {"text/html": {"schema": {"type": "string"}}}}}}},
         "/v1/score": {"post": {
             "summary": "Submit and wait for scores", "security": security,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(s.ScoreRequest)}}},
