@@ -49,6 +49,11 @@ class Window:
         raise ValidationFailed(f"window {text!r} must be count:<W> (e.g. count:1000) or a duration like 1h, 24h, 7d")
 
 
+# Windows one GET /v1/monitor may name: each one nothing computes in the background is evaluated for
+# every pair on the request's time.
+MAX_WINDOWS_PER_REQUEST = 8
+
+
 @dataclass
 class Entries:
     """One window's labeled outputs as arrays."""

@@ -9,6 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from . import __version__
 from . import schemas as s
+from .monitoring import MAX_WINDOWS_PER_REQUEST
 from .settings import Settings
 
 REF = "#/components/schemas/{model}"
@@ -109,7 +110,8 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
                            {"name": "window", "in": "query", "required": False, "style": "form", "explode": True,
                             "description": "count:<W> or a duration (90s, 15m, 1h, 24h, 7d); repeat it for "
                                            "several windows; default: every configured window",
-                            "schema": {"type": "array", "items": {"type": "string"}}}],
+                            "schema": {"type": "array", "maxItems": MAX_WINDOWS_PER_REQUEST,
+                                       "items": {"type": "string"}}}],
             "responses": {"200": _json({"oneOf": [_ref(s.Monitor), _ref(s.MonitorWindows), _ref(s.MonitorList)]}),
                           **_errors(401, 403, 404, 422, 503)}}},
         "/v1/detectors": {"get": {"summary": "Configured detectors", "security": security,

@@ -176,6 +176,16 @@ def test_monitor_query_parameters(scored: Redline) -> None:
     assert [w["negatives"] for w in body["windows"]] == [3, 3]
     listing = client.get("/v1/monitor?window=24h&window=1h").get_json()["monitors"]
     assert sorted(r["window"] for r in listing) == ["1h", "24h"]
+    # Each window nothing computes in the background costs a pass over every pair: a request names at most 8.
+    nine = "&".join(f"window={n}m" for n in range(1, 10))
+    response = client.get("/v1/monitor?" + nine)
+    assert response.status_code == 422
+    assert response.get_json()["error"]["message"] == "9 windows in one request; the limit is 8"
+    assert client.get("/v1/monitor?" + nine.replace("&window=9m", "")).status_code == 200  # eight
+    assert client.get("/v1/monitor?" + "&".join(["window=1h"] * 9)).status_code == 422  # counted as sent
+    many = dataclasses.replace(scored.settings, monitor_windows=tuple(f"{n}h" for n in range(1, 11)))
+    configured = create_app(many, scored.redis).test_client().get(one_pair).get_json()
+    assert len(configured["windows"]) == 10  # the configured windows are not bounded by it
     # A parameter that takes one value, given twice, was answered for the first: refused, naming it.
     for query, name in ((one_pair + "&model=other", "model"), (one_pair + "&detector=injury", "detector")):
         response = client.get(query)

@@ -9,7 +9,7 @@ from flask import Blueprint, request
 from ..app import caller, core
 from ..core import iso
 from ..errors import ValidationFailed
-from ..monitoring import Window, listing_row
+from ..monitoring import MAX_WINDOWS_PER_REQUEST, Window, listing_row
 from ..validation import single_query_value
 
 bp = Blueprint("monitor", __name__)
@@ -20,9 +20,12 @@ def monitor() -> dict[str, Any]:
     redline, who = core(), caller()
     model = single_query_value(request.args.getlist("model"), "model")
     detector = single_query_value(request.args.getlist("detector"), "detector")
-    # `window` may repeat (`window=1h&window=24h`): those windows, each once, in the order asked.
-    asked = list(dict.fromkeys(request.args.getlist("window"))) or redline.settings.monitor_windows
-    windows = [Window.parse(w) for w in asked]
+    # `window` may repeat (`window=1h&window=24h`): those windows, each once, in the order asked. Bounded:
+    # a window nothing computes in the background is evaluated for every pair on this request's time.
+    given = request.args.getlist("window")
+    if len(given) > MAX_WINDOWS_PER_REQUEST:  # counted as sent, as the OpenAPI document's maxItems counts
+        raise ValidationFailed(f"{len(given)} windows in one request; the limit is {MAX_WINDOWS_PER_REQUEST}")
+    windows = [Window.parse(w) for w in list(dict.fromkeys(given)) or redline.settings.monitor_windows]
     if model and detector:
         internal = who.model(model)
         results = [{**r, "model": model} for r in redline.monitor.evaluate_windows(internal, detector, windows)]
