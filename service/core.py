@@ -34,7 +34,7 @@ class Redline:
         self.queues = ScoreQueues(redis, settings)
         self.detectors: dict[str, DetectorConfig] = load_configs(settings.models_dirs)
         self.monitor = Monitor(redis, settings, self.detectors)
-        self.quality = QualitySnapshots(redis, settings, self.monitor, self.detectors, lambda: self.store.clock())
+        self.quality = QualitySnapshots(redis, settings, self.monitor, lambda: self.store.clock())
 
     def submit(self, outputs: list[NewOutput], sync: bool = False) -> tuple[list[str], str | None]:
         """Store outputs and queue the new ones in one job; returns each output's state

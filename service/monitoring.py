@@ -96,6 +96,17 @@ class Monitor:
         raw = self.redis.smembers(self.keys.monitored)
         return sorted((model, detector) for model, detector in (text(m).split("|", 1) for m in raw))
 
+    def evaluate_pairs(self, windows: Sequence[Window], owns: Callable[[str], bool] = lambda model: True,
+                       after_pair: Callable[[], object] = lambda: None) -> list[dict[str, Any]]:
+        """`evaluate_windows` for every monitored pair whose model `owns` accepts, skipping detectors since
+        removed from the configuration; `after_pair` runs after each (the refresher extends its lock)."""
+        results: list[dict[str, Any]] = []
+        for model, detector in self.pairs():
+            if detector in self.detectors and owns(model):
+                results += self.evaluate_windows(model, detector, windows)
+                after_pair()
+        return results
+
     def entries(self, model: str, detector: str, version: str, windows: Sequence[Window], now: float) -> Entries:
         """The labeled outputs that any of `windows` holds, oldest first (the sorted set's order), in one
         read: a duration window is a suffix of the longest one, a count window the last W of it."""

@@ -56,14 +56,12 @@ class Snapshot:
 class QualitySnapshots:
     """Renders, stores and serves the quality gauges and the listing of one deployment (one per API process)."""
 
-    def __init__(self, redis: Redis, settings: Settings, monitor: Any, detectors: dict[str, Any],
-                 clock: Callable[[], float]) -> None:
+    def __init__(self, redis: Redis, settings: Settings, monitor: Any, clock: Callable[[], float]) -> None:
         self.redis = redis
         self.keys = Keys(settings.queue_prefix)
         self.refresh_s = settings.metrics_refresh_s
         self.windows = [Window.parse(w) for w in settings.monitor_windows]
         self.monitor = monitor  # service.monitoring.Monitor
-        self.detectors = detectors
         self.clock = clock  # the store's clock: every API process ages a snapshot alike
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -80,12 +78,7 @@ class QualitySnapshots:
     def refresh(self, after_pair: Callable[[], object] = lambda: None) -> Snapshot:
         """Evaluate every pair and window now and store the gauges and the listing for every API process."""
         started = time.perf_counter()
-        results = []
-        for model, detector in self.monitor.pairs():
-            if detector not in self.detectors:
-                continue  # a detector since removed from the configuration
-            results += self.monitor.evaluate_windows(model, detector, self.windows)
-            after_pair()
+        results = self.monitor.evaluate_pairs(self.windows, after_pair=after_pair)
         registry = CollectorRegistry()
         registry.register(QualityCollector(results))
         snapshot = Snapshot(generate_latest(registry), self.clock(), time.perf_counter() - started,

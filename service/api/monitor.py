@@ -40,10 +40,8 @@ def monitor() -> dict[str, Any]:
         # computing them here took seconds per request at a few dozen pairs.
         rows, computed_at = redline.quality.listing()
     else:  # a window nothing computes in the background: this request computes it, for this caller's pairs
-        rows, computed_at = [], redline.store.clock()
-        for m, d in redline.monitor.pairs():
-            if d in redline.detectors and who.owns(m):
-                rows += [listing_row(r) for r in redline.monitor.evaluate_windows(m, d, windows)]
+        computed_at = redline.store.clock()
+        rows = [listing_row(r) for r in redline.monitor.evaluate_pairs(windows, owns=who.owns)]
     return {"monitors": [{**row, "model": who.public_model(row["model"])} for row in rows
                          if row["window"] in names and row["detector"] in redline.detectors and who.owns(row["model"])],
             "computed_at": iso(computed_at)}
