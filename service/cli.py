@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("ignoring unknown setting %s (typo?)", name)
     try:
         if args.command == "keys":
-            return create_key_command(settings, args)
+            return keys_command(settings, args)
         if args.command == "serve":
             return serve(settings)
         if args.command == "api":
@@ -111,7 +111,7 @@ def _name_the_request(record: logging.LogRecord) -> bool:
     return True
 
 
-def create_key_command(settings: Settings, args: argparse.Namespace) -> int:
+def keys_command(settings: Settings, args: argparse.Namespace) -> int:
     """`redline keys create|list|revoke`."""
     from .auth import create_key, describe_keys, revoke_key
 
