@@ -59,7 +59,8 @@ class Keys:
 
     @property
     def dead(self) -> str:
-        """Sorted set: outputs given up on after REDLINE_MAX_ATTEMPTS scoring attempts, by time."""
+        """Sorted set: failed outputs (given up on after REDLINE_MAX_ATTEMPTS attempts, or failed on their
+        own: a detector the worker lacks, inference that raised) by time of failure; kept as long as records."""
         return f"{self.prefix}:dead"
 
     @property

@@ -112,19 +112,25 @@ local function design_weight(flagged, audit, rate)
 end
 """
 
-# KEYS[1] = pending zset, KEYS[2] = counters hash, KEYS[3] = monitored set.
-# ARGV = prefix, JSON list of results, notify TTL. Writes only records still queued; for each
-# scored detector records the score (drift) and joins a label already given (window).
+# KEYS[1] = pending zset, KEYS[2] = counters hash, KEYS[3] = monitored set, KEYS[4] = dead-letter zset.
+# ARGV = prefix, JSON list of results, notify TTL, now, dead-letter horizon. Writes only records still
+# queued; for each scored detector records the score (drift) and joins a label already given (window).
+# A failure is listed as a dead letter in the same step, so no failed output goes unlisted; entries
+# older than the records themselves (the record TTL) are dropped, which keeps the set bounded.
 _FINISH = _WINDOW_PUT + """
 local prefix = ARGV[1]
 local results = cjson.decode(ARGV[2])
-local written = 0
+local written, failed = 0, 0
 for _, r in ipairs(results) do
   local key = prefix .. ':output:' .. r.id
   local cur = redis.call('HMGET', key, 'status', 'model', 'notify', 'created_at')
   if cur[1] == 'queued' then
     redis.call('HSET', key, unpack(r.fields))
     redis.call('ZREM', KEYS[1], r.id)
+    if r.dead then
+      redis.call('ZADD', KEYS[4], ARGV[4], r.id)
+      failed = failed + 1
+    end
     for _, c in ipairs(r.counters) do
       redis.call('HINCRBY', KEYS[2], c .. '|' .. cur[2], 1)
     end
@@ -146,6 +152,7 @@ for _, r in ipairs(results) do
     written = written + 1
   end
 end
+if failed > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[5]) end
 return written
 """
 
@@ -366,10 +373,11 @@ class OutputStore:
                 "horizon": repr(now - self.retention_s), "cap": self.window_cap}
 
     def finish_failed(self, reasons: Mapping[str, str]) -> int:
-        """Mark outputs failed, each with its reason (only those still queued), in one script call."""
+        """Mark outputs failed, each with its reason (only those still queued), and list them as dead
+        letters, in one script call."""
         now = repr(self.clock())
         payload = [{"id": i, "fields": ["status", FAILED, "error", reason, "scored_at", now], "counters": ["failed"],
-                    "dets": []} for i, reason in reasons.items()]
+                    "dets": [], "dead": True} for i, reason in reasons.items()]
         return self._run_finish(payload)
 
     def reassign(self, output_ids: Sequence[str], job_id: str) -> list[str]:
@@ -384,8 +392,10 @@ class OutputStore:
     def _run_finish(self, payload: list[dict[str, Any]]) -> int:
         if not payload:
             return 0
-        return int(self._finish(keys=[self.keys.pending, self.keys.counters, self.keys.monitored],
-                                args=[self.keys.prefix, json.dumps(payload), NOTIFY_TTL_S]))
+        now = self.clock()
+        return int(self._finish(keys=[self.keys.pending, self.keys.counters, self.keys.monitored, self.keys.dead],
+                                args=[self.keys.prefix, json.dumps(payload), NOTIFY_TTL_S, repr(now),
+                                      repr(now - self.ttl_s)]))
 
     def counters(self) -> dict[str, int]:
         """Exactly-once counters keyed `event|detector|model` (e.g. `scored|injury|gpt-x`) or `failed|model`."""

@@ -277,3 +277,21 @@ def test_keys_are_added_and_revoked_without_a_restart_and_a_broken_file_changes_
         assert answers(first) == {401} and "Bad_Tenant" in log.read_text()
     finally:
         api.stop()
+
+
+def test_a_tenants_dead_letters_are_found_behind_many_newer_ones_of_another(client, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    # The dead-letter set holds every tenant's failures, and is read a page at a time: team-a's two
+    # older failures must still be listed behind 600 newer ones of team-b (more than a page).
+    core = client.application.extensions["redline"]
+    from service.store import NewOutput
+
+    mine = [NewOutput(id=f"team-a~lost-{i}", model="team-a~bot", response="x", detectors=["injury"]) for i in range(2)]
+    theirs = [NewOutput(id=f"team-b~lost-{i}", model="team-b~bot", response="x", detectors=["injury"])
+              for i in range(600)]
+    core.store.create(mine + theirs, job_id="never-run")
+    core.store.finish_failed({o.id: "boom" for o in mine})
+    core.store.finish_failed({o.id: "boom" for o in theirs})
+    listed = client.get("/v1/dead-letters?limit=5", headers=auth(keys["a"])).get_json()["outputs"]
+    assert sorted(o["id"] for o in listed) == ["lost-0", "lost-1"]
+    assert {o["model"] for o in listed} == {"bot"}
+    assert len(client.get("/v1/dead-letters?limit=1000", headers=auth(keys["b"])).get_json()["outputs"]) == 600

@@ -298,6 +298,21 @@ def test_dead_letters_list_failed_jobs_and_given_up_outputs(redis: Redis, settin
     assert redis.zcard(core.keys.pending) == 0
 
 
+def test_an_output_that_fails_on_its_own_is_a_dead_letter(redis: Redis, settings: Settings) -> None:
+    # A detector the API knows and this worker lacks (a rollout half done): the output fails at once,
+    # alone, and GET /v1/dead-letters lists it with its reason, as it lists outputs given up on.
+    core = Redline(settings, redis)
+    core.store.create([NewOutput(id="half-rolled", model="m", response="x", detectors=["injury", "ghost"]),
+                       NewOutput(id="fine", model="m", response="x", detectors=["injury"])], job_id="j-half")
+    core.queues.enqueue(["half-rolled", "fine"], "j-half")
+    worker = build_worker(redis, settings)
+    worker.work(burst=True)
+    assert [r["status"] for r in core.store.get_many(["half-rolled", "fine"]) if r] == ["failed", "scored"]
+    [dead] = create_app(settings, redis).test_client().get("/v1/dead-letters").get_json()["outputs"]
+    assert dead["id"] == "half-rolled" and dead["model"] == "m" and dead["status"] == "failed"
+    assert dead["error"] == f"detectors not loaded by worker {worker.scorer.worker}: ghost"
+
+
 def test_a_redis_that_stops_answering_is_a_prompt_503_not_a_hung_request(
         own_redis: tuple[EmbeddedRedis, Redline], synthetic_models: Path, tmp_path: Path) -> None:
     # SIGSTOP: connections stay open and nothing answers, as when the network path to Redis black-holes.

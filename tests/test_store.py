@@ -53,3 +53,19 @@ def test_finish_is_exactly_once(store: OutputStore) -> None:
     assert store.finish_failed({"a": "boom", "b": "boom"}) == 1  # only b was still queued
     assert store.get("b")["error"] == "boom"  # type: ignore[index]
     assert store.redis.zcard(store.keys.pending) == 0
+
+
+def test_every_failure_is_a_dead_letter_kept_as_long_as_records(redis: Redis, prefix: str) -> None:
+    now = [1_000_000.0]
+    store = OutputStore(redis, Keys(prefix), ttl_s=3600, clock=lambda: now[0])
+    store.create([_out("old"), _out("new"), _out("fine")], job_id="j1")
+    assert store.finish_failed({"old": "boom"}) == 1
+    assert store.finish_failed({"old": "again"}) == 0  # no longer queued: not listed twice
+    assert redis.zrange(store.keys.dead, 0, -1, withscores=True) == [(b"old", 1_000_000.0)]
+    now[0] += 3601  # "old" is past the record TTL now: its dead-letter entry goes with the next failure
+    assert store.finish_failed({"new": "boom"}) == 1
+    assert redis.zrange(store.keys.dead, 0, -1) == [b"new"]
+    record = store.get("fine")
+    assert record is not None
+    store.finish_scored([(record, {}, {})])
+    assert redis.zrange(store.keys.dead, 0, -1) == [b"new"]  # a score is no dead letter

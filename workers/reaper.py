@@ -48,8 +48,7 @@ def requeue_abandoned(redis: Redis, store: OutputStore, queues: ScoreQueues, old
     exhausted = [r for r in lost if int(r.get("attempts", 1)) >= max_attempts]
     for record in exhausted:
         reason = f"gave up after {max_attempts} scoring attempts; last error: {job_error(redis, record.get('job', ''))}"
-        if store.finish_failed({record["id"]: reason}):
-            redis.zadd(keys.dead, {record["id"]: now})
+        store.finish_failed({record["id"]: reason})  # lists it as a dead letter too
     orphans = [r["id"] for r in lost if r not in exhausted]
     requeued = 0
     for start in range(0, len(orphans), chunk):

@@ -6,11 +6,13 @@ import re
 from typing import Any, cast
 
 from flask import Blueprint, request
+from redis import Redis
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from ..app import caller, core
+from ..auth import Principal
 from ..core import iso
 from ..errors import ValidationFailed
 from ..keys import text
@@ -32,8 +34,7 @@ def dead_letters() -> dict[str, Any]:
     if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= 1000:
         raise ValidationFailed("'limit' must be an integer from 1 to 1000")
     limit = int(raw)
-    replies = cast("list[tuple[bytes, float]]", redline.redis.zrevrange(redline.keys.dead, 0, -1, withscores=True))
-    dead = [(text(i), t) for i, t in replies if who.owns(text(i))][:limit]
+    dead = _newest_dead(redline.redis, redline.keys.dead, who, limit)
     records = redline.store.get_many([i for i, _ in dead], ["id", "status", "error", "model"])
     outputs = [{"id": who.public_id(r["id"]), "model": who.public_model(r.get("model", "")), "status": r.get("status"),
                 "error": r.get("error"), "failed_at": iso(t)} for r, (_, t) in zip(records, dead, strict=True) if r]
@@ -64,3 +65,17 @@ def dead_letters() -> dict[str, Any]:
                      "output_ids": [who.public_id(i) for i in owned],
                      "failed_at": iso(job.ended_at.timestamp()) if job.ended_at else None})
     return {"outputs": outputs, "jobs": jobs[:limit]}
+
+
+def _newest_dead(redis: Redis, key: str, who: Principal, limit: int) -> list[tuple[str, float]]:
+    """The caller's `limit` newest dead letters, read a page at a time: the set holds every tenant's
+    failures for as long as records are kept, and reading it whole on every request would grow with it."""
+    found: list[tuple[str, float]] = []
+    start, page = 0, max(limit, 500)
+    while len(found) < limit:
+        replies = cast("list[tuple[bytes, float]]", redis.zrevrange(key, start, start + page - 1, withscores=True))
+        found += [(text(i), t) for i, t in replies if who.owns(text(i))]
+        if len(replies) < page:
+            break
+        start += page
+    return found[:limit]
