@@ -128,7 +128,8 @@ def open_or_keys(settings: Settings) -> KeyStore | None:
 # Scope needed per (method, URL rule); /healthz, /readyz and /metrics stay open.
 _OPEN_ROUTES = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
 _WRITE_SCOPES = {("POST", "/v1/outputs"): "outputs:write", ("POST", "/v1/score"): "outputs:write",
-                 ("PUT", "/v1/outputs/<output_id>/labels"): "labels:write", ("POST", "/v1/labels"): "labels:write"}
+                 ("PUT", "/v1/outputs/<output_id>/labels"): "labels:write", ("POST", "/v1/labels"): "labels:write",
+                 ("POST", "/v1/dead-letters/retry"): "outputs:write"}
 
 
 def _register_auth(app: Flask) -> None:

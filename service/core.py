@@ -47,9 +47,7 @@ class Redline:
             states = self.store.create(outputs, job_id, notify=token)
         except BacklogFull as full:
             # Nothing was stored: memory stays bounded however far traffic overshoots.
-            raise Overloaded(f"{full.pending} outputs are waiting to be scored (REDLINE_MAX_PENDING="
-                             f"{self.settings.max_pending}); retry later",
-                             retry_after_s=self.settings.retry_after_s) from None
+            raise self._overloaded(full) from None
         fresh = [o.id for o, s in zip(outputs, states, strict=True) if s == "new"]
         # Labels sent again with an output that already exists are applied like PUT .../labels.
         relabel = [(o.id, o.model, d, v) for o, s in zip(outputs, states, strict=True) if s != "new"
@@ -60,6 +58,28 @@ class Redline:
             # If we die between create and enqueue, the reaper queues these outputs again.
             self.queues.enqueue(fresh, job_id, HIGH if sync else DEFAULT)
         return states, token
+
+    def retry_failed(self, ids: list[str], who: Principal = OPEN) -> dict[str, Any]:
+        """Queue `who`'s failed outputs (public ids) for scoring again, once the cause is fixed (a worker
+        with the missing detector deployed, say). Outputs not failed are left as they are, so a retry
+        sent twice scores nothing twice. Refused, changing nothing, past REDLINE_MAX_PENDING (429)."""
+        job_id = new_job_id()
+        try:
+            states = self.store.retry_failed([who.output_id(i) for i in ids], job_id)
+        except BacklogFull as full:
+            raise self._overloaded(full) from None
+        requeued = [i for i, s in zip(ids, states, strict=True) if s == "requeued"]
+        if requeued:
+            # If we die between the script and the enqueue, the reaper queues these outputs again.
+            self.queues.enqueue([who.output_id(i) for i in requeued], job_id, DEFAULT)
+        return {"requeued": requeued,
+                "skipped": [{"id": i, "status": s} for i, s in zip(ids, states, strict=True)
+                            if s not in ("requeued", "missing")],
+                "missing": [i for i, s in zip(ids, states, strict=True) if s == "missing"]}
+
+    def _overloaded(self, full: BacklogFull) -> Overloaded:
+        return Overloaded(f"{full.pending} outputs are waiting to be scored (REDLINE_MAX_PENDING="
+                          f"{self.settings.max_pending}); retry later", retry_after_s=self.settings.retry_after_s)
 
     def wait(self, ids: list[str], token: str, timeout_s: float) -> set[str]:
         """Block until every id is no longer queued or the timeout passes; returns ids still queued."""

@@ -13,10 +13,10 @@ from .monitoring import MAX_WINDOWS_PER_REQUEST
 from .settings import Settings
 
 REF = "#/components/schemas/{model}"
-_REQUESTS = (s.SubmitRequest, s.ScoreRequest, s.LabelBatch)
+_REQUESTS = (s.SubmitRequest, s.ScoreRequest, s.LabelBatch, s.RetryRequest)
 _RESPONSES = (s.SubmitResponse, s.ScoreResponse, s.OutputRecord, s.OutputList, s.PutLabelsResponse,
               s.LabelBatchResponse, s.DetectorsResponse, s.Monitor, s.MonitorWindows, s.MonitorList, s.DeadLetters,
-              s.Error, s.Health, s.Ready)
+              s.RetryResponse, s.Error, s.Health, s.Ready)
 
 
 _REQUEST_ID_HEADER = {
@@ -61,6 +61,8 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
         defs[name]["properties"]["outputs"]["maxItems"] = settings.max_outputs_per_request
     defs["ScoreRequest"]["properties"]["timeout_ms"]["anyOf"][0]["maximum"] = settings.max_sync_timeout_ms
     defs["LabelBatch"]["properties"]["labels"]["maxItems"] = settings.max_labels_per_request
+    defs["RetryRequest"]["properties"]["ids"]["maxItems"] = settings.max_outputs_per_request
+    defs["RetryRequest"]["properties"]["ids"]["items"]["pattern"] = s.ID_PATTERN
     defs["LabelItem"]["properties"]["detector"]["enum"] = detectors
     label_map = {"type": "object", "minProperties": 1, "propertyNames": {"enum": detectors},
                  "additionalProperties": {"enum": [0, 1]}}
@@ -121,6 +123,10 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
             "parameters": [{"name": "limit", "in": "query", "required": False,
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
             "responses": {"200": _json(_ref(s.DeadLetters)), **_errors(401, 403, 422, 503)}}},
+        "/v1/dead-letters/retry": {"post": {
+            "summary": "Score failed outputs again", "security": security,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(s.RetryRequest)}}},
+            "responses": {"200": _json(_ref(s.RetryResponse)), **_errors(400, 401, 403, 413, 415, 422, 429, 503)}}},
         "/healthz": {"get": {"summary": "Process up", "responses": {"200": _json(_ref(s.Health))}}},
         "/readyz": {"get": {"summary": "Able to take requests (Redis reachable); live workers reported",
                             "responses": {"200": _json(_ref(s.Ready)), "503": _json(_ref(s.Ready), "Not ready")}}},

@@ -229,6 +229,21 @@ class DeadLetters(BaseModel):
     jobs: list[DeadJob]
 
 
+
+class RetryRequest(Strict):
+    ids: list[str] = Field(min_length=1, description="Failed outputs to score again (repeats count once)")
+
+
+class RetrySkipped(BaseModel):
+    id: str
+    status: Literal["queued", "scored"] = Field(description="Not failed, so left as it is")
+
+
+class RetryResponse(BaseModel):
+    requeued: list[str] = Field(description="Failed outputs queued for scoring again, in the order asked")
+    skipped: list[RetrySkipped]
+    missing: list[str] = Field(description="Ids not stored: never submitted, another tenant's, or expired")
+
 # What proxies and tracers send as X-Request-ID (nginx's $request_id, UUIDs, AWS trace ids) and is safe
 # to echo in a header and write to a log line.
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:=+/-]{1,128}$"

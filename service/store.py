@@ -176,6 +176,38 @@ return moved
 """
 
 
+# KEYS[1] = pending zset, KEYS[2] = dead-letter zset. ARGV = prefix, job id, now, JSON list of output ids,
+# most pending outputs (-1: no bound). Moves failed outputs back to queued, under a new job with a fresh
+# count of attempts, and off the dead-letter list; returns per id "requeued", its status when it is not
+# failed, or "missing"; or {'overloaded', pending}, having changed nothing. Failed outputs hold no
+# score, so scoring them now is their first and only score.
+_RETRY = """
+local prefix, job, now, max_pending = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
+local ids = cjson.decode(ARGV[4])
+local out, adding = {}, 0
+for i, id in ipairs(ids) do
+  local status = redis.call('HGET', prefix .. ':output:' .. id, 'status')
+  if not status then out[i] = 'missing'
+  elseif status == 'failed' then out[i] = 'requeued'; adding = adding + 1
+  else out[i] = status end
+end
+local pending = redis.call('ZCARD', KEYS[1])
+if max_pending >= 0 and adding > 0 and pending + adding > max_pending then
+  return {'overloaded', tostring(pending)}
+end
+for i, id in ipairs(ids) do
+  if out[i] == 'requeued' then
+    local key = prefix .. ':output:' .. id
+    redis.call('HSET', key, 'status', 'queued', 'job', job)
+    redis.call('HDEL', key, 'error', 'scored_at', 'attempts', 'notify')
+    redis.call('ZADD', KEYS[1], now, id)
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+return out
+"""
+
+
 # KEYS[1] = counters. ARGV = now, JSON list of {key, id, det, label, win...}.
 # Returns per item "new", "changed", "unchanged" or "missing". A changed label replaces the
 # window entry; counters count each (output, detector) labeled once.
@@ -275,6 +307,7 @@ class OutputStore:
         self._finish = redis.register_script(_FINISH)
         self._label = redis.register_script(_LABEL)
         self._reassign = redis.register_script(_REASSIGN)
+        self._retry = redis.register_script(_RETRY)
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> OutputStore:
@@ -388,6 +421,18 @@ class OutputStore:
         moved = self._reassign(keys=[self.keys.pending],
                                args=[self.keys.prefix, job_id, repr(self.clock()), json.dumps(list(output_ids))])
         return [text(i) for i in moved]
+
+    def retry_failed(self, output_ids: Sequence[str], job_id: str) -> list[str]:
+        """Queue failed outputs again under `job_id` (the caller enqueues it); returns "requeued", the
+        current status ("queued", "scored") or "missing" for each id. Raises BacklogFull, changing
+        nothing, when they would take the backlog past `max_pending`."""
+        result = self._retry(keys=[self.keys.pending, self.keys.dead],
+                             args=[self.keys.prefix, job_id, repr(self.clock()), json.dumps(list(output_ids)),
+                                   -1 if self.max_pending is None else self.max_pending])
+        states = [text(r) for r in result]
+        if states and states[0] == "overloaded":
+            raise BacklogFull(int(states[1]))
+        return states
 
     def _run_finish(self, payload: list[dict[str, Any]]) -> int:
         if not payload:

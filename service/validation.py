@@ -267,6 +267,19 @@ def parse_id_list(ids: list[str], settings: Settings) -> list[str]:
     return unique
 
 
+def parse_retry(body: dict[str, Any], settings: Settings) -> list[str]:
+    """`{"ids": [...]}` of POST /v1/dead-letters/retry -> the ids, in order, repeats dropped."""
+    unknown = set(body) - {"ids"}
+    if unknown:
+        raise ValidationFailed(f"unknown field(s) in body: {', '.join(sorted(unknown))}")
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValidationFailed("'ids' must be a list of output ids (strings)")
+    if not ids:
+        raise ValidationFailed("'ids' is empty: name the failed outputs to score again")
+    return parse_id_list(ids, settings)
+
+
 def parse_label_batch(body: dict[str, Any], settings: Settings,
                       detectors: Collection[str]) -> list[tuple[str, str, int]]:
     """`{"labels": [{"id", "detector", "label"}, ...]}` -> [(id, detector, label)]."""

@@ -68,6 +68,7 @@ ENDPOINTS = [  # method, path, body, scope needed
     ("GET", "/v1/monitor", None, "read"),
     ("GET", "/v1/detectors", None, "read"),
     ("GET", "/v1/dead-letters", None, "read"),
+    ("POST", "/v1/dead-letters/retry", {"ids": ["x1"]}, "outputs:write"),
 ]
 
 
@@ -295,3 +296,10 @@ def test_a_tenants_dead_letters_are_found_behind_many_newer_ones_of_another(clie
     assert sorted(o["id"] for o in listed) == ["lost-0", "lost-1"]
     assert {o["model"] for o in listed} == {"bot"}
     assert len(client.get("/v1/dead-letters?limit=1000", headers=auth(keys["b"])).get_json()["outputs"]) == 600
+    # A retry names the caller's own outputs: team-b's "lost-0" is not team-a's.
+    retried = client.post("/v1/dead-letters/retry", json={"ids": ["lost-0"]}, headers=auth(keys["a"])).get_json()
+    assert retried == {"requeued": ["lost-0"], "skipped": [], "missing": []}
+    assert core.store.get("team-a~lost-0")["status"] == "queued"  # type: ignore[index]
+    assert core.store.get("team-b~lost-0")["status"] == "failed"  # type: ignore[index]
+    assert client.post("/v1/dead-letters/retry", json={"ids": ["a-only"]},
+                       headers=auth(keys["b"])).get_json()["missing"] == ["a-only"]

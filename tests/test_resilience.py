@@ -313,6 +313,52 @@ def test_an_output_that_fails_on_its_own_is_a_dead_letter(redis: Redis, settings
     assert dead["error"] == f"detectors not loaded by worker {worker.scorer.worker}: ghost"
 
 
+def test_failed_outputs_retried_once_the_cause_is_fixed_are_scored_exactly_once(
+        redis: Redis, settings: Settings, user_models: Path) -> None:
+    # The API serves a user's "profanity" detector before any worker has it: outputs asking for it
+    # fail. Once a worker that loads it runs, a retry scores them, once, and they leave the dead letters.
+    api_settings = dataclasses.replace(settings, models_dirs=(*settings.models_dirs, user_models), max_pending=4)
+    client = create_app(api_settings, redis).test_client()
+    outputs = [{"id": f"p{i}", "model": "m", "response": "well damn", "detectors": ["profanity"]} for i in range(3)]
+    assert client.post("/v1/outputs", json={"outputs": outputs}).status_code == 202
+    assert client.post("/v1/outputs", json={"outputs": [{"id": "ok", "model": "m", "response": "hi",
+                                                         "detectors": ["injury"]}]}).status_code == 202
+    build_worker(redis, settings).work(burst=True)  # lacks profanity
+    dead = client.get("/v1/dead-letters").get_json()["outputs"]
+    assert sorted(o["id"] for o in dead) == ["p0", "p1", "p2"]
+    # Over the backlog bound: refused, nothing changed.
+    client.post("/v1/outputs", json={"outputs": [{"id": f"w{i}", "model": "m", "response": "hi",
+                                                  "detectors": ["injury"]} for i in range(3)]})
+    full = client.post("/v1/dead-letters/retry", json={"ids": ["p0", "p1"]})
+    assert full.status_code == 429 and full.headers["Retry-After"] and full.get_json()["error"]["code"] == "overloaded"
+    assert client.get("/v1/outputs/p0").get_json()["status"] == "failed"
+    build_worker(redis, settings).work(burst=True)  # scores the w outputs
+    r = client.post("/v1/dead-letters/retry", json={"ids": ["p0", "p1", "p0", "ok", "nope"]})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json() == {"requeued": ["p0", "p1"], "skipped": [{"id": "ok", "status": "scored"}],
+                            "missing": ["nope"]}
+    again = client.post("/v1/dead-letters/retry", json={"ids": ["p0"]}).get_json()
+    assert again == {"requeued": [], "skipped": [{"id": "p0", "status": "queued"}], "missing": []}
+    assert [o["id"] for o in client.get("/v1/dead-letters").get_json()["outputs"]] == ["p2"]
+    fixed = build_worker(redis, dataclasses.replace(settings, models_dirs=api_settings.models_dirs))
+    fixed.work(burst=True)
+    for i in ("p0", "p1"):
+        record = client.get(f"/v1/outputs/{i}").get_json()
+        assert record["status"] == "scored" and "error" not in record, record
+        assert record["scores"]["profanity"]["version"] == "user-7" and record["scores"]["profanity"]["flagged"]
+    assert client.get("/v1/outputs/p2").get_json()["status"] == "failed"  # not asked for: left alone
+    assert client.post("/v1/dead-letters/retry", json={"ids": ["p0"]}).get_json()["skipped"] == [
+        {"id": "p0", "status": "scored"}]
+    fixed.work(burst=True)
+    counters = Redline(api_settings, redis).store.counters()
+    assert counters["scored|profanity|m"] == 2 and counters["failed|m"] == 3
+    assert redis.zcard(Keys(settings.queue_prefix).pending) == 0
+    for body, what in (({"ids": []}, "empty"), ({"ids": [7]}, "strings"), ({"ids": ["a b"]}, "must match"),
+                       ({"ids": ["p2"], "all": True}, "unknown field"), ({}, "strings")):
+        bad = client.post("/v1/dead-letters/retry", json=body)
+        assert bad.status_code == 422 and what in bad.get_json()["error"]["message"], (body, bad.get_json())
+
+
 def test_a_redis_that_stops_answering_is_a_prompt_503_not_a_hung_request(
         own_redis: tuple[EmbeddedRedis, Redline], synthetic_models: Path, tmp_path: Path) -> None:
     # SIGSTOP: connections stay open and nothing answers, as when the network path to Redis black-holes.

@@ -1,4 +1,4 @@
-"""GET /v1/dead-letters: what could not be scored, and why."""
+"""GET /v1/dead-letters: what could not be scored, and why; POST /v1/dead-letters/retry: score it again."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from ..app import caller, core
+from ..app import caller, core, json_body
 from ..auth import Principal
 from ..core import iso
 from ..errors import ValidationFailed
 from ..keys import text
 from ..store import SCORED
-from ..validation import single_query_value
+from ..validation import parse_retry, single_query_value
 
 bp = Blueprint("dead_letters", __name__)
 
@@ -66,6 +66,13 @@ def dead_letters() -> dict[str, Any]:
                      "failed_at": iso(job.ended_at.timestamp()) if job.ended_at else None})
     return {"outputs": outputs, "jobs": jobs[:limit]}
 
+
+
+@bp.post("/v1/dead-letters/retry")
+def retry() -> dict[str, Any]:
+    """Failed outputs, named by id, are queued for scoring again (see `Redline.retry_failed`)."""
+    redline = core()
+    return redline.retry_failed(parse_retry(json_body(), redline.settings), caller())
 
 def _newest_dead(redis: Redis, key: str, who: Principal, limit: int) -> list[tuple[str, float]]:
     """The caller's `limit` newest dead letters, read a page at a time: the set holds every tenant's
