@@ -125,12 +125,17 @@ class RedlineCollector(Collector):
                     for event, (name, doc) in _COUNTERS.items()}
         failed = CounterMetricFamily("redline_outputs_failed_total", "Outputs that could not be scored",
                                      labels=["model"])
+        # Every deployed model's failure count, 0 until its first: Prometheus's increase() cannot see
+        # the first failure of a series that appears already at 1, so RedlineOutputsFailing would miss it.
+        failures = {text(m): 0.0 for m in r.smembers(keys.models)}
         for field, value in r.hgetall(keys.counters).items():
             parts = text(field).split("|")
             if parts[0] in families and len(parts) == 3:
                 families[parts[0]].add_metric([parts[2], parts[1]], float(value))
             elif parts[0] == "failed" and len(parts) == 2:
-                failed.add_metric([parts[1]], float(value))
+                failures[parts[1]] = float(value)
+        for model, count in sorted(failures.items()):
+            failed.add_metric([model], count)
         yield from families.values()
         yield failed
 

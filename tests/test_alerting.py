@@ -89,9 +89,12 @@ def test_dashboard_counts_each_output_once_with_two_api_replicas(tmp_path: Path)
     inputs += [{"series": f'redline_n_auc{{job="redline",instance="{i}",model="bot",detector="injury",window="24h",'
                           f'n="5"}}', "values": "0.93x20"} for i in "ab"]
     inputs += [{"series": f'redline_workers_alive{{job="redline",instance="{i}"}}', "values": "2x20"} for i in "ab"]
+    inputs += [{"series": f'redline_outputs_failed_total{{job="redline",instance="{i}",model="bot"}}',
+                "values": "0+3x20"} for i in "ab"]
     fnr_panel = "False-negative rate with 95% Wilson band, and target"
     expected = {("Throughput", "scored/s {{detector}}"): ('{detector="injury"}', 1.0),
                 ("Throughput", "labels/s {{detector}}"): ('{detector="injury"}', 0.1),
+                ("Throughput", "failed/s"): ("{}", 0.05),
                 ("Flagged rate", "{{model}} {{detector}}"): ('{model="bot", detector="injury"}', 0.5),
                 (fnr_panel, "{{detector}} target"): ('{detector="injury"}', 0.02),
                 # Gauges: one line per model and detector (it was one per replica, each legend twice).

@@ -79,6 +79,15 @@ def test_counters_come_from_the_exactly_once_counts(scored: Redline) -> None:
     assert reg.get_sample_value("redline_detector_info", {"detector": "injury", "version": version}) == 1
 
 
+def test_failures_are_counted_from_zero_for_every_deployed_model(scored: Redline) -> None:
+    # The series exists at 0 before the first failure, so Prometheus's increase() sees that failure
+    # (RedlineOutputsFailing); a series that first appeared at 1 would look like no change.
+    assert _registry(scored).get_sample_value("redline_outputs_failed_total", {"model": "bot"}) == 0
+    scored.submit([NewOutput(id="f1", model="bot", response="x", detectors=["injury"])])
+    scored.store.finish_failed({"f1": "boom"})
+    assert _registry(scored).get_sample_value("redline_outputs_failed_total", {"model": "bot"}) == 1
+
+
 def test_worker_histograms_are_shared_through_redis(scored: Redline) -> None:
     reg = _registry(scored)
     assert reg.get_sample_value("redline_batch_size_count") == 1

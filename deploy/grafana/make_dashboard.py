@@ -82,7 +82,10 @@ PANELS = [
         (f"sum by (detector) ({once('redline_outputs_scored_total')})", "scored/s {{detector}}"),
         ("sum by (route) (rate(redline_http_requests_total[5m]))", "requests/s {{route}}"),
         (f"sum by (detector) ({once('redline_labels_total')})", "labels/s {{detector}}"),
-    ], 0, 32, unit="reqps"),
+        # Counted per model only (an output fails as a whole); `max` again counts the replicas once.
+        ('sum(max by (model) (rate(redline_outputs_failed_total{model=~"$model"}[5m])))', "failed/s"),
+    ], 0, 32, unit="reqps", description="failed/s: outputs that could not be scored (GET /v1/dead-letters "
+                                        "says why; POST /v1/dead-letters/retry once fixed)."),
     panel(10, "Latency percentiles", [
         ("histogram_quantile(0.5, sum by (le) (rate(redline_http_request_duration_seconds_bucket[5m])))", "API p50"),
         ("histogram_quantile(0.99, sum by (le) (rate(redline_http_request_duration_seconds_bucket[5m])))", "API p99"),
