@@ -37,9 +37,9 @@ def create_app(settings: Settings | None = None, redis: Redis | None = None) -> 
     app.extensions["redline"] = Redline(settings, redis)
     app.extensions["redline.keys"] = open_or_keys(settings)
 
-    from .api import dead_letters, detectors, health, labels, metrics, monitor, outputs
+    from .api import dead_letters, detectors, health, labels, metrics, monitor, outputs, review
 
-    for module in (outputs, labels, monitor, detectors, dead_letters, health, metrics):
+    for module in (outputs, labels, review, monitor, detectors, dead_letters, health, metrics):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
     _register_request_ids(app)  # before auth: its log lines (a keys-file reload) name the request too

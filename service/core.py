@@ -119,6 +119,23 @@ class Redline:
         return [{"id": i, "detector": d, "label": v, "result": s}
                 for (i, d, v), s in zip(items, states, strict=True)]
 
+    def review_queue(self, model: str, detector: str, limit: int, who: Principal = OPEN) -> dict[str, Any]:
+        """The oldest of `who`'s outputs of `model` still awaiting a label for `detector`: those it flagged
+        and those in the audit sample, exactly the ones the audit-weighted metrics need labeled."""
+        if detector not in self.detectors:
+            raise NotFound(f"no detector {detector!r}")
+        internal = who.model(model)
+        ids, waiting = self.store.awaiting_review(internal, detector, limit)
+        records = self.store.get_many(ids)
+        self.store.forget_review(internal, detector, [i for i, r in zip(ids, records, strict=True) if r is None])
+        outputs = []
+        for record in records:
+            if record is None or detector in record.get("labels", {}):  # expired, or labeled just now
+                continue
+            flagged = bool(record.get("scores", {}).get(detector, {}).get("flagged"))
+            outputs.append({**public_view(record, who), "reason": "flagged" if flagged else "audit"})
+        return {"model": model, "detector": detector, "waiting": waiting, "outputs": outputs}
+
     def _still_queued(self, ids: set[str]) -> set[str]:
         order = sorted(ids)
         rows = self.store.get_many(order, ["status"])

@@ -108,6 +108,11 @@ class Keys:
         """Sorted set by created_at: every scored output, member `id|` + score as a little-endian double."""
         return f"{self.prefix}:scores:{model}|{detector}|{version}"
 
+    def review(self, model: str, detector: str) -> str:
+        """Sorted set by created_at: ids of scored outputs awaiting a reviewer's label for this detector
+        (it flagged them, or they are in the audit sample); their label removes them."""
+        return f"{self.prefix}:review:{model}|{detector}"
+
     @property
     def monitored(self) -> str:
         """Set: "model|detector" pairs that have scores."""

@@ -113,6 +113,7 @@ class RedlineCollector(Collector):
                                 value=r.zcard(keys.pending))
         yield GaugeMetricFamily("redline_workers_alive", "Scoring workers with a recent heartbeat",
                                 value=self.redline.workers_alive())
+        yield self._review_waiting(r, keys)
         if self.quality is not None:
             yield GaugeMetricFamily("redline_quality_computed_timestamp_seconds",
                                     "When the quality gauges served were computed (unix seconds, Redis clock)",
@@ -138,6 +139,19 @@ class RedlineCollector(Collector):
             failed.add_metric([model], count)
         yield from families.values()
         yield failed
+
+    def _review_waiting(self, r: Redis, keys: Keys) -> GaugeMetricFamily:
+        family = GaugeMetricFamily("redline_review_waiting", "Outputs awaiting a reviewer's label (GET /v1/review)",
+                                   labels=["model", "detector"])
+        pairs = sorted(text(p).split("|", 1) for p in r.smembers(keys.monitored))  # bounded: models x detectors
+        with r.pipeline(transaction=False) as pipe:
+            for model, detector in pairs:
+                pipe.zcard(keys.review(model, detector))
+            counts = pipe.execute()
+        for (model, detector), count in zip(pairs, counts, strict=True):
+            if detector in self.redline.detectors:
+                family.add_metric([model, detector], count)
+        return family
 
     def _detectors(self) -> Iterator[Any]:
         threshold = GaugeMetricFamily("redline_detector_threshold", "Operating threshold", labels=["detector"])

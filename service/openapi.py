@@ -16,7 +16,7 @@ REF = "#/components/schemas/{model}"
 _REQUESTS = (s.SubmitRequest, s.ScoreRequest, s.LabelBatch, s.RetryRequest)
 _RESPONSES = (s.SubmitResponse, s.ScoreResponse, s.OutputRecord, s.OutputList, s.PutLabelsResponse,
               s.LabelBatchResponse, s.DetectorsResponse, s.Monitor, s.MonitorWindows, s.MonitorList, s.DeadLetters,
-              s.RetryResponse, s.Error, s.Health, s.Ready)
+              s.RetryResponse, s.ReviewQueue, s.Error, s.Health, s.Ready)
 
 
 _REQUEST_ID_HEADER = {
@@ -116,6 +116,15 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
                                        "items": {"type": "string"}}}],
             "responses": {"200": _json({"oneOf": [_ref(s.Monitor), _ref(s.MonitorWindows), _ref(s.MonitorList)]}),
                           **_errors(401, 403, 404, 422, 503)}}},
+        "/v1/review": {"get": {
+            "summary": "Outputs awaiting a reviewer's label: flagged by the detector, or audit-sampled",
+            "security": security,
+            "parameters": [*({"name": n, "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}}
+                             for n in ("model", "detector")),
+                           {"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1,
+                                       "maximum": settings.max_outputs_per_request}}],
+            "responses": {"200": _json(_ref(s.ReviewQueue)), **_errors(401, 403, 404, 422, 503)}}},
         "/v1/detectors": {"get": {"summary": "Configured detectors", "security": security,
                                   "responses": {"200": _json(_ref(s.DetectorsResponse)), **_errors(401, 403)}}},
         "/v1/dead-letters": {"get": {

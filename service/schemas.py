@@ -84,6 +84,17 @@ class OutputList(BaseModel):
     missing: list[str] = Field(description="Ids asked for that are not (or no longer) stored")
 
 
+class ReviewItem(OutputRecord):
+    reason: Literal["flagged", "audit"] = Field(description="Flagged by this detector, or picked for the audit "
+                                                            "sample of what no detector flagged")
+
+
+class ReviewQueue(BaseModel):
+    model: str
+    detector: str
+    waiting: int = Field(description="Outputs awaiting this detector's label in all (this page included)")
+    outputs: list[ReviewItem] = Field(description="The oldest waiting, oldest first")
+
 class ScoreResponse(BaseModel):
     outputs: list[OutputRecord]
     pending: list[Queued] | None = None

@@ -142,6 +142,12 @@ for _, r in ipairs(results) do
       local lab = redis.call('HMGET', key, 'label:' .. d.name, 'labeled_at:' .. d.name)
       if lab[1] then
         window_put(d, d.version, r.id, d.score, lab[1], design_weight(d.flagged, r.audit, r.rate), lab[2], cur[4])
+      elseif d.flagged or r.audit == '1' then
+        -- What reviewers must label for the weighted metrics: flagged, or in the audit sample. Kept as
+        -- long as records, and at most `cap` (the oldest go first: nobody works through more).
+        redis.call('ZADD', d.rv, cur[4], r.id)
+        redis.call('ZREMRANGEBYSCORE', d.rv, '-inf', '(' .. d.rv_horizon)
+        redis.call('ZREMRANGEBYRANK', d.rv, 0, -(d.cap + 1))
       end
     end
     if cur[3] then
@@ -226,6 +232,7 @@ for i, it in ipairs(items) do
     out[i] = cur[2] and 'changed' or 'new'
     local labeled_at = cur[3] or now
     redis.call('HSET', it.key, 'label:' .. it.det, it.label, 'labeled_at:' .. it.det, labeled_at)
+    redis.call('ZREM', it.rv, it.id)
     if not cur[2] then redis.call('HINCRBY', KEYS[1], 'labeled|' .. it.det .. '|' .. cur[1], 1) end
     if cur[4] then
       local s = cjson.decode(cur[4])[it.det]
@@ -384,7 +391,7 @@ class OutputStore:
                       "scores": json.dumps({d: s.__dict__ for d, s in scores.items()}),
                       "audit": "1" if audit else "0", "audit_rate": repr(audit_rate)}
             dets = [{"name": d, "score": repr(s.score), "flagged": s.flagged, "version": s.version,
-                     "sc": self.keys.scores(record["model"], d, s.version),
+                     "sc": self.keys.scores(record["model"], d, s.version), "rv_horizon": repr(now - self.ttl_s),
                      **self._window_keys(record["model"], d, now)} for d, s in scores.items()]
             payload.append({"id": record["id"], "fields": [x for kv in fields.items() for x in kv],
                             "counters": counters, "dets": dets, "audit": "1" if audit else "0",
@@ -403,7 +410,8 @@ class OutputStore:
     def _window_keys(self, model: str, detector: str, now: float) -> dict[str, Any]:
         # Bases: the scripts append the version of the detector that scored the output.
         return {"win": self.keys.window_base(model, detector), "idx": self.keys.window_index_base(model, detector),
-                "horizon": repr(now - self.retention_s), "cap": self.window_cap}
+                "rv": self.keys.review(model, detector), "horizon": repr(now - self.retention_s),
+                "cap": self.window_cap}
 
     def finish_failed(self, reasons: Mapping[str, str]) -> int:
         """Mark outputs failed, each with its reason (only those still queued), and list them as dead
@@ -433,6 +441,21 @@ class OutputStore:
         if states and states[0] == "overloaded":
             raise BacklogFull(int(states[1]))
         return states
+
+    def awaiting_review(self, model: str, detector: str, limit: int) -> tuple[list[str], int]:
+        """The `limit` oldest outputs awaiting a label for `detector` (flagged by it, or audit-sampled),
+        and how many await one in all."""
+        key = self.keys.review(model, detector)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(key, 0, limit - 1)
+            pipe.zcard(key)
+            ids, waiting = pipe.execute()
+        return [text(i) for i in ids], int(waiting)
+
+    def forget_review(self, model: str, detector: str, output_ids: Sequence[str]) -> None:
+        """Drop ids from a review queue (their records expired)."""
+        if output_ids:
+            self.redis.zrem(self.keys.review(model, detector), *output_ids)
 
     def _run_finish(self, payload: list[dict[str, Any]]) -> int:
         if not payload:

@@ -451,3 +451,47 @@ def test_many_outputs_are_read_in_one_request(stack: Stack) -> None:
                             ("?id=a%20b", "must match")]:
         r = stack.get("/v1/outputs" + query)
         assert r.status_code == 422 and fragment in r.json()["error"]["message"], (query, r.text)
+
+
+def test_the_review_queue_lists_what_reviewers_must_label(stack: Stack, detectors: dict[str, OnnxDetector]) -> None:
+    # GET /v1/review: the outputs the audit-weighted metrics need labeled (flagged by the detector, or
+    # audit-sampled), oldest first, until a label arrives. Scored by the real worker, shipped detector.
+    model = "review-" + uuid.uuid4().hex[:8]
+    texts = ["He was stabbed in the chest and bled heavily before the ambulance arrived.",
+             "The meeting moved to Thursday.", "She fractured her skull in the fall and is in intensive care.",
+             "Water the tomatoes every other day.", "The driver was critically injured when the truck rolled over."]
+    ids = [f"{model}-{n}" for n in range(len(texts))]
+    for i, t in zip(ids, texts, strict=True):  # one at a time, so their order of arrival is defined
+        r = stack.post("/v1/score", {"outputs": [{"id": i, "model": model, "response": t, "detectors": ["injury"]}],
+                                     "timeout_ms": 20000})
+        assert r.status_code == 200, r.text
+    records = {o["id"]: o for o in stack.get("/v1/outputs?" + "&".join(f"id={i}" for i in ids)).json()["outputs"]}
+    threshold = detectors["injury"].threshold
+    flagged = [i for i, t in zip(ids, texts, strict=True) if expected(detectors, "injury", t) >= threshold]
+    assert flagged == [ids[0], ids[2], ids[4]]  # the shipped detector catches these, passes the others
+    # The audit sample is random (REDLINE_AUDIT_RATE): it is whatever the stored records say.
+    want = [i for i in ids if i in flagged or records[i]["audit"]]
+    queue = stack.get(f"/v1/review?model={model}&detector=injury").json()
+    assert queue["model"] == model and queue["detector"] == "injury" and queue["waiting"] == len(want)
+    assert [o["id"] for o in queue["outputs"]] == want
+    for item in queue["outputs"]:
+        assert item["reason"] == ("flagged" if item["id"] in flagged else "audit")
+        assert {k: v for k, v in item.items() if k != "reason"} == records[item["id"]]  # the record, as read
+    assert [o["id"] for o in stack.get(f"/v1/review?model={model}&detector=injury&limit=2").json()["outputs"]] == \
+        want[:2]
+    r = requests.put(f"{stack.base}/v1/outputs/{ids[0]}/labels", json={"injury": 1}, timeout=30)
+    assert r.status_code == 200
+    after = stack.get(f"/v1/review?model={model}&detector=injury").json()
+    assert [o["id"] for o in after["outputs"]] == want[1:] and after["waiting"] == len(want) - 1
+    assert stack.get(f"/v1/review?model={model}&detector=deception").json() == {
+        "model": model, "detector": "deception", "waiting": 0, "outputs": []}  # not scored by it
+    metrics = stack.get("/metrics").text
+    assert f'redline_review_waiting{{detector="injury",model="{model}"}} {len(want) - 1}.0' in metrics
+    for query, status, fragment in [("?model=m", 422, "detector="), ("?detector=injury", 422, "model="),
+                                    ("?model=m&detector=nope", 404, "no detector 'nope'"),
+                                    ("?model=m&detector=injury&limit=0", 422, "from 1 to 50"),
+                                    ("?model=m&detector=injury&limit=51", 422, "from 1 to 50"),
+                                    ("?model=m&detector=injury&limit=", 422, "'limit'"),
+                                    ("?model=m&model=n&detector=injury", 422, "given 2 times")]:
+        r = stack.get("/v1/review" + query)
+        assert r.status_code == status and fragment in r.json()["error"]["message"], (query, r.text)

@@ -68,6 +68,7 @@ ENDPOINTS = [  # method, path, body, scope needed
     ("GET", "/v1/monitor", None, "read"),
     ("GET", "/v1/detectors", None, "read"),
     ("GET", "/v1/dead-letters", None, "read"),
+    ("GET", "/v1/review?model=bot&detector=injury", None, "read"),
     ("POST", "/v1/dead-letters/retry", {"ids": ["x1"]}, "outputs:write"),
 ]
 
@@ -99,6 +100,12 @@ def test_tenants_never_see_each_other(client, keys: dict[str, str]) -> None:  # 
                           "labels": {"injury": 0}}]}
     assert client.post("/v1/outputs", json=other, headers=b).status_code == 202
     score_all(client)
+    # Review queues are per tenant: team-a's flagged x1 awaits a label; team-b's x1 came labeled.
+    review = "/v1/review?model=bot&detector=injury"
+    assert [(o["id"], o["model"], o["reason"]) for o in client.get(review, headers=a).get_json()["outputs"]] == [
+        ("x1", "bot", "flagged")]
+    assert client.get(review, headers=b).get_json() == {"model": "bot", "detector": "injury", "waiting": 0,
+                                                        "outputs": []}
     mine = client.get("/v1/outputs/x1", headers=a).get_json()
     theirs = client.get("/v1/outputs/x1", headers=b).get_json()
     assert (mine["id"], mine["model"], mine["response"]) == ("x1", "bot", "blood everywhere")

@@ -69,3 +69,33 @@ def test_every_failure_is_a_dead_letter_kept_as_long_as_records(redis: Redis, pr
     assert record is not None
     store.finish_scored([(record, {}, {})])
     assert redis.zrange(store.keys.dead, 0, -1) == [b"new"]  # a score is no dead letter
+
+
+def test_the_review_queue_holds_flagged_and_audited_outputs_until_labeled(redis: Redis, prefix: str) -> None:
+    now = [1_000_000.0]
+    store = OutputStore(redis, Keys(prefix), ttl_s=3600, window_cap=3, clock=lambda: now[0])
+    hit = {"injury": DetectorScore(score=0.9, flagged=True, threshold=0.5, version="v1")}
+    miss = {"injury": DetectorScore(score=0.1, flagged=False, threshold=0.5, version="v1")}
+
+    def scored(i: str, scores: dict[str, DetectorScore], audit_rate: float = 0.0, **labels: int) -> None:
+        store.create([NewOutput(id=i, model="m1", response=i, detectors=["injury"], labels=dict(labels))], "j")
+        record = store.get(i)
+        assert record is not None
+        store.finish_scored([(record, scores, {})], audit_rate=audit_rate)
+        now[0] += 1
+
+    scored("flagged", hit)
+    scored("audited", miss, audit_rate=1.0)  # every unflagged output is audit-sampled at rate 1
+    scored("passed", miss)  # neither flagged nor audited: nobody is asked to label it
+    scored("known", hit, injury=1)  # labeled when submitted: nothing left to review
+    assert store.awaiting_review("m1", "injury", 10) == (["flagged", "audited"], 2)
+    assert store.apply_labels([("flagged", "m1", "injury", 1)]) == ["new"]
+    assert store.apply_labels([("flagged", "m1", "injury", 0)]) == ["changed"]  # still labeled: not back
+    assert store.awaiting_review("m1", "injury", 10) == (["audited"], 1)
+    for i in range(3):  # at most window_cap waiting: the oldest go first
+        scored(f"new-{i}", hit)
+    assert store.awaiting_review("m1", "injury", 10) == (["new-0", "new-1", "new-2"], 3)
+    assert store.awaiting_review("m1", "injury", 2) == (["new-0", "new-1"], 3)
+    now[0] += 3600  # past the record TTL: those records are gone, and so are their queue entries
+    scored("latest", hit)
+    assert store.awaiting_review("m1", "injury", 10) == (["latest"], 1)

@@ -67,10 +67,11 @@ PANELS = [
     ], 12, 8, unit="percentunit"),
     panel(5, "Label coverage", [(one(f"redline_label_coverage_ratio{{{WIN}}}"), "{{model}} {{detector}}")], 0, 16,
           unit="percentunit", description="Labeled / scored outputs in the window."),
-    panel(6, "Labeled positives and negatives in window", [
+    panel(6, "Labeled positives and negatives in window, and the review queue", [
         (one(f"redline_window_positives{{{WIN}}}"), "{{model}} {{detector}} positives"),
         (one(f"redline_window_negatives{{{WIN}}}"), "{{model}} {{detector}} negatives"),
-    ], 12, 16),
+        (one(f"redline_review_waiting{{{SEL}}}"), "{{model}} {{detector}} awaiting review"),
+    ], 12, 16, description="awaiting review: flagged or audit-sampled outputs with no label yet (GET /v1/review)."),
     panel(7, "Flagged rate", [(
         f"{once('redline_outputs_flagged_total')} / {once('redline_outputs_scored_total')}", "{{model}} {{detector}}")],
         0, 24, unit="percentunit"),
