@@ -95,6 +95,7 @@ class ReviewQueue(BaseModel):
     waiting: int = Field(description="Outputs awaiting this detector's label in all (this page included)")
     outputs: list[ReviewItem] = Field(description="The oldest waiting, oldest first")
 
+
 class ScoreResponse(BaseModel):
     outputs: list[OutputRecord]
     pending: list[Queued] | None = None
@@ -240,7 +241,6 @@ class DeadLetters(BaseModel):
     jobs: list[DeadJob]
 
 
-
 class RetryRequest(Strict):
     ids: list[str] = Field(min_length=1, description="Failed outputs to score again (repeats count once)")
 
@@ -254,6 +254,7 @@ class RetryResponse(BaseModel):
     requeued: list[str] = Field(description="Failed outputs queued for scoring again, in the order asked")
     skipped: list[RetrySkipped]
     missing: list[str] = Field(description="Ids not stored: never submitted, another tenant's, or expired")
+
 
 # What proxies and tracers send as X-Request-ID (nginx's $request_id, UUIDs, AWS trace ids) and is safe
 # to echo in a header and write to a log line.

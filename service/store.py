@@ -114,7 +114,8 @@ end
 
 # KEYS[1] = pending zset, KEYS[2] = counters hash, KEYS[3] = monitored set, KEYS[4] = dead-letter zset.
 # ARGV = prefix, JSON list of results, notify TTL, now, dead-letter horizon. Writes only records still
-# queued; for each scored detector records the score (drift) and joins a label already given (window).
+# queued; for each scored detector records the score (drift) and joins a label already given (window),
+# or, without one, queues the output for review when the detector flagged it or it is audit-sampled.
 # A failure is listed as a dead letter in the same step, so no failed output goes unlisted; entries
 # older than the records themselves (the record TTL) are dropped, which keeps the set bounded.
 _FINISH = _WINDOW_PUT + """
@@ -216,7 +217,8 @@ return out
 
 # KEYS[1] = counters. ARGV = now, JSON list of {key, id, det, label, win...}.
 # Returns per item "new", "changed", "unchanged" or "missing". A changed label replaces the
-# window entry; counters count each (output, detector) labeled once.
+# window entry; counters count each (output, detector) labeled once; a label takes the output off
+# the detector's review queue.
 _LABEL = _WINDOW_PUT + """
 local now = ARGV[1]
 local items = cjson.decode(ARGV[2])

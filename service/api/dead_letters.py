@@ -67,12 +67,12 @@ def dead_letters() -> dict[str, Any]:
     return {"outputs": outputs, "jobs": jobs[:limit]}
 
 
-
 @bp.post("/v1/dead-letters/retry")
 def retry() -> dict[str, Any]:
     """Failed outputs, named by id, are queued for scoring again (see `Redline.retry_failed`)."""
     redline = core()
     return redline.retry_failed(parse_retry(json_body(), redline.settings), caller())
+
 
 def _newest_dead(redis: Redis, key: str, who: Principal, limit: int) -> list[tuple[str, float]]:
     """The caller's `limit` newest dead letters, read a page at a time: the set holds every tenant's
