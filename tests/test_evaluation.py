@@ -176,3 +176,10 @@ def test_clopper_pearson_matches_scipy(kn: tuple[int, int]) -> None:
     lo, hi = ev.clopper_pearson_interval(k, n)
     assert lo == pytest.approx(0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1), abs=1e-10)
     assert hi == pytest.approx(1.0 if k == n else beta.ppf(0.975, k + 1, n - k), abs=1e-10)
+
+
+@pytest.mark.parametrize("n", [1, 20, 149, 1000])
+def test_wilson_bounds_are_exact_at_no_misses_and_all_misses(n: int) -> None:
+    # 0 of 149 left a lower bound of 1.7e-18 in floating point, exported as such to Prometheus.
+    assert ev.wilson_interval(0, n)[0] == 0.0 and ev.wilson_interval(n, n)[1] == 1.0
+    assert 0.0 < ev.wilson_interval(0, n)[1] < 1.0 and 0.0 < ev.wilson_interval(n, n)[0] < 1.0

@@ -4,8 +4,9 @@
 
 Starts Redis, the API and a worker (shipped detectors), submits 600 validation texts of the
 injury set (550 validation rows, generated and hand-written, and the 50 validation-only sentences),
-labels up to 200 of them through POST /v1/labels as a reviewer would (every flagged output plus the
-30% audit sample of the rest), then prints GET /v1/monitor for 24h.
+labels the first 200 of its review queue (GET /v1/review: every flagged output plus the 30% audit
+sample of the rest, oldest first) through POST /v1/labels as a reviewer would, then prints GET
+/v1/monitor for 24h.
 """
 
 from __future__ import annotations
@@ -38,15 +39,14 @@ with tempfile.TemporaryDirectory() as tmp:
             batch = [{"model": "support-bot-v3", "prompt": r.prompt, "response": r.response,
                       "detectors": ["injury"]} for r in rows[start:start + 100]]
             ids += [o["id"] for o in s.post(service.base + "/v1/outputs", json={"outputs": batch}).json()["outputs"]]
-        records = []
         for i in ids:
-            while (body := s.get(f"{service.base}/v1/outputs/{i}").json())["status"] == "queued":
+            while s.get(f"{service.base}/v1/outputs/{i}").json()["status"] == "queued":
                 time.sleep(0.05)
-            records.append(body)
         time.sleep(1)
-        reviewed = [(i, r) for i, r, b in zip(ids, rows, records, strict=True)
-                    if b["scores"]["injury"]["flagged"] or b["audit"]][:200]
-        labels = [{"id": i, "detector": "injury", "label": r.label} for i, r in reviewed]
+        truth = {i: r.label for i, r in zip(ids, rows, strict=True)}
+        queue = s.get(service.base + "/v1/review", params={"model": "support-bot-v3", "detector": "injury",
+                                                           "limit": 200}).json()
+        labels = [{"id": o["id"], "detector": "injury", "label": truth[o["id"]]} for o in queue["outputs"]]
         s.post(service.base + "/v1/labels", json={"labels": labels}).raise_for_status()
         out = s.get(service.base + "/v1/monitor", params={"model": "support-bot-v3", "detector": "injury",
                                                           "window": "24h"}).json()
