@@ -119,8 +119,9 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
         "/v1/review": {"get": {
             "summary": "Outputs awaiting a reviewer's label: flagged by the detector, or audit-sampled",
             "security": security,
-            "parameters": [*({"name": n, "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}}
-                             for n in ("model", "detector")),
+            "parameters": [{"name": "model", "in": "query", "required": True,
+                            "schema": {"type": "string", "minLength": 1}},
+                           {"name": "detector", "in": "query", "required": True, "schema": {"enum": detectors}},
                            {"name": "limit", "in": "query", "required": False,
                             "schema": {"type": "integer", "minimum": 1,
                                        "maximum": settings.max_outputs_per_request}}],
