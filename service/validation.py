@@ -252,6 +252,17 @@ def single_query_value(values: list[str], name: str) -> str | None:
     return values[0] if values else None
 
 
+def query_limit(values: list[str], default: int, most: int, setting: str = "") -> int:
+    """`?limit=` (`request.args.getlist("limit")`): an integer from 1 to `most`, `default` when absent.
+    `limit=` (empty) is a bad value, not an absent one; only ASCII digits, since str.isdigit() accepts
+    "²", which int() then refuses (a 500)."""
+    given = single_query_value(values, "limit")
+    raw = str(default) if given is None else given
+    if not re.fullmatch(r"[0-9]{1,9}", raw) or not 1 <= int(raw) <= most:
+        raise ValidationFailed(f"'limit' must be an integer from 1 to {most}" + (f" ({setting})" if setting else ""))
+    return int(raw)
+
+
 def parse_id_list(ids: list[str], settings: Settings) -> list[str]:
     """`?id=a&id=b` -> [a, b], in order, repeats dropped; at most REDLINE_MAX_OUTPUTS_PER_REQUEST given
     (counted as sent, repeats included, as the OpenAPI document's maxItems counts them)."""

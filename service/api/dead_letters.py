@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, cast
 
 from flask import Blueprint, request
@@ -14,10 +13,9 @@ from rq.serializers import JSONSerializer
 from ..app import caller, core, json_body
 from ..auth import Principal
 from ..core import iso
-from ..errors import ValidationFailed
 from ..keys import text
 from ..store import SCORED
-from ..validation import parse_retry, single_query_value
+from ..validation import parse_retry, query_limit
 
 bp = Blueprint("dead_letters", __name__)
 
@@ -28,12 +26,7 @@ def dead_letters() -> dict[str, Any]:
     job registry, with the exception) while some of their outputs are still unscored. Newest first;
     `limit` (default 100, at most 1000)."""
     redline, who = core(), caller()
-    given = single_query_value(request.args.getlist("limit"), "limit")
-    raw = "100" if given is None else given  # `limit=` (empty) is a bad value, not an absent one
-    # ASCII digits only: str.isdigit() accepts "²", which int() then refuses (a 500).
-    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= 1000:
-        raise ValidationFailed("'limit' must be an integer from 1 to 1000")
-    limit = int(raw)
+    limit = query_limit(request.args.getlist("limit"), default=100, most=1000)
     dead = _newest_dead(redline.redis, redline.keys.dead, who, limit)
     records = redline.store.get_many([i for i, _ in dead], ["id", "status", "error", "model"])
     outputs = [{"id": who.public_id(r["id"]), "model": who.public_model(r.get("model", "")), "status": r.get("status"),
