@@ -119,6 +119,11 @@ class Redline:
         return [{"id": i, "detector": d, "label": v, "result": s}
                 for (i, d, v), s in zip(items, states, strict=True)]
 
+    def delete_output(self, output_id: str, who: Principal = OPEN) -> None:
+        """Erase one of `who`'s outputs (a privacy request, say): NotFound if there is none."""
+        if not self.store.delete(who.output_id(output_id)):
+            raise NotFound(f"no output with id {output_id!r}")
+
     def review_queue(self, model: str, detector: str, limit: int, who: Principal = OPEN) -> dict[str, Any]:
         """The oldest of `who`'s outputs of `model` still awaiting a label for `detector`: those it flagged
         and those in the audit sample, exactly the ones the audit-weighted metrics need labeled."""

@@ -104,9 +104,12 @@ class Keys:
         """Hash: output id -> its member in `window`, so a changed label replaces the old entry."""
         return self.window_index_base(model, detector) + version
 
+    def scores_base(self, model: str, detector: str) -> str:
+        return f"{self.prefix}:scores:{model}|{detector}|"
+
     def scores(self, model: str, detector: str, version: str) -> str:
         """Sorted set by created_at: every scored output, member `id|` + score as a little-endian double."""
-        return f"{self.prefix}:scores:{model}|{detector}|{version}"
+        return self.scores_base(model, detector) + version
 
     def review(self, model: str, detector: str) -> str:
         """Sorted set by created_at: ids of scored outputs awaiting a reviewer's label for this detector

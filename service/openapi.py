@@ -16,7 +16,7 @@ REF = "#/components/schemas/{model}"
 _REQUESTS = (s.SubmitRequest, s.ScoreRequest, s.LabelBatch, s.RetryRequest)
 _RESPONSES = (s.SubmitResponse, s.ScoreResponse, s.OutputRecord, s.OutputList, s.PutLabelsResponse,
               s.LabelBatchResponse, s.DetectorsResponse, s.Monitor, s.MonitorWindows, s.MonitorList, s.DeadLetters,
-              s.RetryResponse, s.ReviewQueue, s.Error, s.Health, s.Ready)
+              s.RetryResponse, s.ReviewQueue, s.Deleted, s.Error, s.Health, s.Ready)
 
 
 _REQUEST_ID_HEADER = {
@@ -94,7 +94,11 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
                           "202": _json(_ref(s.ScoreResponse), "Some not scored in time (see pending)"), **write}}},
         "/v1/outputs/{output_id}": {"get": {
             "summary": "An output and its scores", "security": security, "parameters": [output_id],
-            "responses": {"200": _json(_ref(s.OutputRecord)), **_errors(401, 403, 404, 503)}}},
+            "responses": {"200": _json(_ref(s.OutputRecord)), **_errors(401, 403, 404, 503)}},
+            "delete": {
+                "summary": "Erase an output: its texts, scores and labels, and its entries in windows and queues",
+                "security": security, "parameters": [output_id],
+                "responses": {"200": _json(_ref(s.Deleted)), **_errors(401, 403, 404, 503)}}},
         "/v1/outputs/{output_id}/labels": {"put": {
             "summary": "Set ground-truth labels of one output", "security": security, "parameters": [output_id],
             "requestBody": {"required": True, "content": {"application/json": {"schema": label_map}}},

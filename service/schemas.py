@@ -96,6 +96,10 @@ class ReviewQueue(BaseModel):
     outputs: list[ReviewItem] = Field(description="The oldest waiting, oldest first")
 
 
+class Deleted(BaseModel):
+    id: str
+    deleted: Literal[True]
+
 class ScoreResponse(BaseModel):
     outputs: list[OutputRecord]
     pending: list[Queued] | None = None

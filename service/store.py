@@ -215,6 +215,39 @@ return out
 """
 
 
+# KEYS[1] = the output's record, KEYS[2] = pending zset, KEYS[3] = dead-letter zset. ARGV = output id,
+# JSON {detector: {win, idx, sc, rv}} key bases for the output's detectors. Erases the output: its
+# record (texts, metadata, scores, labels) and every entry naming its id (pending, dead letters,
+# review queues, and, for the detector version that scored it, its window entry and score history).
+# Counters keep counting what happened. Returns 1, or 0 when there is no such record.
+_DELETE = """
+local id = ARGV[1]
+local cur = redis.call('HMGET', KEYS[1], 'id', 'scores', 'created_at')
+if not cur[1] then return 0 end
+local scores = cur[2] and cjson.decode(cur[2]) or {}
+for name, d in pairs(cjson.decode(ARGV[2])) do
+  redis.call('ZREM', d.rv, id)
+  local s = scores[name]
+  if s then
+    local v = tostring(s.version)
+    local member = redis.call('HGET', d.idx .. v, id)
+    if member then
+      redis.call('ZREM', d.win .. v, member)
+      redis.call('HDEL', d.idx .. v, id)
+    end
+    -- Score-history members are `id|` + the score, at the output's created_at.
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', d.sc .. v, cur[3], cur[3])) do
+      if string.sub(m, 1, #id + 1) == id .. '|' then redis.call('ZREM', d.sc .. v, m) end
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], id)
+redis.call('ZREM', KEYS[3], id)
+return 1
+"""
+
+
 # KEYS[1] = counters. ARGV = now, JSON list of {key, id, det, label, win...}.
 # Returns per item "new", "changed", "unchanged" or "missing". A changed label replaces the
 # window entry; counters count each (output, detector) labeled once; a label takes the output off
@@ -317,6 +350,7 @@ class OutputStore:
         self._label = redis.register_script(_LABEL)
         self._reassign = redis.register_script(_REASSIGN)
         self._retry = redis.register_script(_RETRY)
+        self._delete = redis.register_script(_DELETE)
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> OutputStore:
@@ -443,6 +477,20 @@ class OutputStore:
         if states and states[0] == "overloaded":
             raise BacklogFull(int(states[1]))
         return states
+
+    def delete(self, output_id: str) -> bool:
+        """Erase an output and every entry naming it (see _DELETE); False if there is none. A job still
+        holding its id later finds nothing to score and writes nothing."""
+        [record] = self.get_many([output_id], ["model", "detectors"])
+        if record is None:
+            return False
+        model = record.get("model", "")
+        # The detectors an output is scored with are fixed when it is created: reading them first is safe.
+        bases = {d: {"win": self.keys.window_base(model, d), "idx": self.keys.window_index_base(model, d),
+                     "sc": self.keys.scores_base(model, d), "rv": self.keys.review(model, d)}
+                 for d in record.get("detectors", [])}
+        return bool(self._delete(keys=[self.keys.output(output_id), self.keys.pending, self.keys.dead],
+                                 args=[output_id, json.dumps(bases)]))
 
     def awaiting_review(self, model: str, detector: str, limit: int) -> tuple[list[str], int]:
         """The `limit` oldest outputs awaiting a label for `detector` (flagged by it, or audit-sampled),

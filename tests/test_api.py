@@ -495,3 +495,26 @@ def test_the_review_queue_lists_what_reviewers_must_label(stack: Stack, detector
                                     ("?model=m&model=n&detector=injury", 422, "given 2 times")]:
         r = stack.get("/v1/review" + query)
         assert r.status_code == status and fragment in r.json()["error"]["message"], (query, r.text)
+
+
+def test_an_output_is_erased_on_request(stack: Stack) -> None:
+    tag = uuid.uuid4().hex[:8]
+    out = {"id": f"erase-{tag}-1", "model": f"erase-model-{tag}", "prompt": "my name is Ana Lopez",
+           "response": "I broke my arm, Ana", "detectors": ["injury"], "labels": {"injury": 1}}
+    assert stack.post("/v1/score", {"outputs": [out], "timeout_ms": 20000}).status_code == 200
+    r = requests.delete(f"{stack.base}/v1/outputs/{out['id']}", timeout=30)
+    assert r.status_code == 200 and r.json() == {"id": out["id"], "deleted": True}
+    assert stack.get(f"/v1/outputs/{out['id']}").status_code == 404
+    again = requests.delete(f"{stack.base}/v1/outputs/{out['id']}", timeout=30)
+    assert again.status_code == 404 and again.json()["error"]["code"] == "not_found"
+    # Nothing of Redline's in Redis holds its text or its id any more (RQ's job records hold ids, no text,
+    # and expire on RQ's schedule).
+    for key in stack.redis.scan_iter(f"{stack.prefix}:*"):
+        kind = stack.redis.type(key)
+        dump = b"".join(stack.redis.zrange(key, 0, -1) if kind == b"zset" else
+                        stack.redis.hkeys(key) + stack.redis.hvals(key) if kind == b"hash" else
+                        stack.redis.smembers(key) if kind == b"set" else [])
+        assert b"Ana" not in dump and out["id"].encode() not in dump, key
+    # The same id may be used again, as a new output.
+    assert stack.post("/v1/outputs", {"outputs": [{**out, "response": "fine"}]}).json()["outputs"][0]["status"] == \
+        "queued"

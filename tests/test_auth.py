@@ -70,6 +70,7 @@ ENDPOINTS = [  # method, path, body, scope needed
     ("GET", "/v1/dead-letters", None, "read"),
     ("GET", "/v1/review?model=bot&detector=injury", None, "read"),
     ("POST", "/v1/dead-letters/retry", {"ids": ["x1"]}, "outputs:write"),
+    ("DELETE", "/v1/outputs/x1", None, "outputs:write"),  # last: its holder erases x1
 ]
 
 
@@ -116,6 +117,7 @@ def test_tenants_never_see_each_other(client, keys: dict[str, str]) -> None:  # 
     assert client.get("/v1/outputs?id=a-only", headers=b).get_json() == {"outputs": [], "missing": ["a-only"]}
     assert [o["id"] for o in client.get("/v1/outputs?id=a-only", headers=a).get_json()["outputs"]] == ["a-only"]
     assert client.put("/v1/outputs/a-only/labels", json={"injury": 1}, headers=b).status_code == 404
+    assert client.delete("/v1/outputs/a-only", headers=b).status_code == 404  # not theirs to erase
     labeled = client.put("/v1/outputs/x1/labels", json={"injury": 1}, headers=a).get_json()
     assert labeled["labels"]["injury"]["result"] == "new"
     # Windows and monitor are per tenant: each sees its own one label under its own model name.
@@ -126,6 +128,10 @@ def test_tenants_never_see_each_other(client, keys: dict[str, str]) -> None:  # 
         assert one["model"] == "bot" and one["labeled"] == 1 and one["positives"] == label
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'model="team-a~bot"' in metrics and 'model="team-b~bot"' in metrics
+    # Each erases its own x1 only.
+    assert client.delete("/v1/outputs/x1", headers=a).get_json() == {"id": "x1", "deleted": True}
+    assert client.get("/v1/outputs/x1", headers=a).status_code == 404
+    assert client.get("/v1/outputs/x1", headers=b).get_json()["response"] == "a quiet day"
 
 
 def test_the_unprefixed_default_tenant_cannot_reach_other_tenants_ids(client, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]

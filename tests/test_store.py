@@ -99,3 +99,32 @@ def test_the_review_queue_holds_flagged_and_audited_outputs_until_labeled(redis:
     now[0] += 3600  # past the record TTL: those records are gone, and so are their queue entries
     scored("latest", hit)
     assert store.awaiting_review("m1", "injury", 10) == (["latest"], 1)
+
+
+def test_delete_erases_an_output_and_every_entry_naming_it(redis: Redis, prefix: str) -> None:
+    store = OutputStore(redis, Keys(prefix), ttl_s=3600)
+    hit = {"injury": DetectorScore(score=0.9, flagged=True, threshold=0.5, version="v1")}
+    store.create([_out("labeled"), _out("waiting"), _out("failed"), _out("queued"), _out("kept")], job_id="j1")
+    for i in ("labeled", "waiting", "kept"):
+        record = store.get(i)
+        assert record is not None
+        store.finish_scored([(record, hit, {})])
+    store.apply_labels([("labeled", "m1", "injury", 1), ("kept", "m1", "injury", 0)])
+    store.finish_failed({"failed": "boom"})
+    stale = store.get("queued")  # as a worker read it, before the delete
+    counters = store.counters()
+    keys = store.keys
+    window, scores = keys.window("m1", "injury", "v1"), keys.scores("m1", "injury", "v1")
+    assert redis.zcard(window) == 2 and redis.zcard(scores) == 3 and redis.zcard(keys.review("m1", "injury")) == 1
+    for i in ("labeled", "waiting", "failed", "queued"):
+        assert store.delete(i) is True
+        assert store.get(i) is None and store.delete(i) is False
+    # What names "kept" stays; nothing names the erased outputs any more.
+    assert [m.split(b"|")[0] for m in redis.zrange(window, 0, -1)] == [b"kept"]
+    assert redis.hkeys(keys.window_index("m1", "injury", "v1")) == [b"kept"]
+    assert [m.split(b"|")[0] for m in redis.zrange(scores, 0, -1)] == [b"kept"]
+    for key in (keys.review("m1", "injury"), keys.dead, keys.pending):
+        assert redis.zcard(key) == 0, key
+    assert stale is not None and store.finish_scored([(stale, hit, {})]) == 0  # its job, run late, writes nothing
+    assert store.get("queued") is None
+    assert store.counters() == counters  # what happened is still counted

@@ -1,4 +1,5 @@
-"""POST /v1/outputs, POST /v1/score, GET /v1/outputs/<id>, GET /v1/outputs?id=...&id=..."""
+"""POST /v1/outputs, POST /v1/score, GET /v1/outputs/<id>, GET /v1/outputs?id=...&id=...,
+DELETE /v1/outputs/<id>."""
 
 from __future__ import annotations
 
@@ -67,6 +68,12 @@ def get_output(output_id: str) -> dict[str, Any]:
         raise NotFound(f"no output with id {output_id!r}")
     return view
 
+
+
+@bp.delete("/v1/outputs/<output_id>")
+def delete_output(output_id: str) -> dict[str, Any]:
+    core().delete_output(output_id, caller())
+    return {"id": output_id, "deleted": True}
 
 def _queued_item(output_id: str, state: str) -> dict[str, str]:
     return {"id": output_id, "status": "queued" if state == "new" else state, "url": f"/v1/outputs/{output_id}"}
