@@ -272,7 +272,9 @@ for i, it in ipairs(items) do
     if cur[4] then
       local s = cjson.decode(cur[4])[it.det]
       if s then
-        window_put(it, s.version, it.id, it.score_text or tostring(s.score), it.label,
+        -- The number itself: tostring() keeps 14 digits, so a label arriving after its score stored a
+        -- rounded score (two scores 1e-15 apart became a tie).
+        window_put(it, s.version, it.id, s.score, it.label,
                    design_weight(s.flagged, cur[6], cur[7]), labeled_at, cur[5])
       end
     end

@@ -1,5 +1,7 @@
 """Output records against a real Redis: atomic create, idempotent finish, exact counters."""
 
+import struct
+
 import pytest
 from redis import Redis
 
@@ -128,3 +130,17 @@ def test_delete_erases_an_output_and_every_entry_naming_it(redis: Redis, prefix:
     assert stale is not None and store.finish_scored([(stale, hit, {})]) == 0  # its job, run late, writes nothing
     assert store.get("queued") is None
     assert store.counters() == counters  # what happened is still counted
+
+
+def test_a_label_after_its_score_keeps_the_score_exact_in_the_window(store: OutputStore) -> None:
+    score = 0.8807970779778823  # 16 significant digits
+    store.create([_out("late"), _out("early")], job_id="j1")
+    store.apply_labels([("early", "m1", "injury", 1)])  # before the score: joined by the finish script
+    for i in ("late", "early"):
+        record = store.get(i)
+        assert record is not None
+        store.finish_scored([(record, {"injury": DetectorScore(score=score, flagged=True, threshold=0.5,
+                                                               version="v1")}, {})])
+    store.apply_labels([("late", "m1", "injury", 1)])  # after the score: joined by the label script
+    members = store.redis.zrange(store.keys.window("m1", "injury", "v1"), 0, -1)
+    assert [struct.unpack("<d", m.split(b"|", 1)[1][:8])[0] for m in members] == [score, score]
