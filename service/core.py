@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from datetime import UTC, datetime
@@ -9,11 +10,12 @@ from typing import Any
 
 from redis import Redis
 
+from . import export
 from .auth import OPEN, Principal
 from .detector_config import DetectorConfig, load_configs
 from .errors import NotFound, Overloaded, ValidationFailed
 from .keys import Keys, text
-from .monitoring import Monitor
+from .monitoring import Monitor, Window
 from .quality_snapshot import QualitySnapshots
 from .queueing import DEFAULT, HIGH, ScoreQueues, new_job_id
 from .settings import Settings
@@ -118,6 +120,32 @@ class Redline:
                                           for i, d, v in items])
         return [{"id": i, "detector": d, "label": v, "result": s}
                 for (i, d, v), s in zip(items, states, strict=True)]
+
+    def labeled(self, model: str, detector: str, window: str | None, version: str | None, cursor: str | None,
+                limit: int, who: Principal = OPEN) -> dict[str, Any]:
+        """A page of `who`'s labeled outputs of `model` for `detector`, oldest first, with their texts: the
+        window of `version` (default: the version served), within a duration `window` (default: all kept)."""
+        if detector not in self.detectors:
+            raise NotFound(f"no detector {detector!r}")
+        version = version or self.detectors[detector].version
+        start = -math.inf
+        if window is not None:
+            span = Window.parse(window)
+            if span.seconds is None:
+                raise ValidationFailed("'window' here is a duration (1h, 24h, 7d): page through a count with 'limit'")
+            start = self.store.clock() - span.seconds
+        after = export.decode_cursor(cursor) if cursor is not None else None
+        entries, following = export.labeled_page(self.redis, self.keys, who.model(model), detector, version, start,
+                                                 after, limit)
+        outputs = []
+        for entry, record in zip(entries, export.records(self.store, entries), strict=True):
+            stored = (record or {}).get("scores", {}).get(detector, {})
+            outputs.append({"id": who.public_id(entry.id), "label": entry.label, "score": entry.score,
+                            "flagged": stored.get("flagged"), "weight": entry.weight,
+                            "created_at": iso(entry.created_at), "labeled_at": iso(entry.labeled_at),
+                            **{k: (record or {}).get(k) for k in ("prompt", "response", "metadata")}})
+        return {"model": model, "detector": detector, "version": version, "window": window, "outputs": outputs,
+                "next": export.encode_cursor(following) if following else None}
 
     def delete_output(self, output_id: str, who: Principal = OPEN) -> None:
         """Erase one of `who`'s outputs (a privacy request, say): NotFound if there is none."""

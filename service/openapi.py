@@ -16,7 +16,7 @@ REF = "#/components/schemas/{model}"
 _REQUESTS = (s.SubmitRequest, s.ScoreRequest, s.LabelBatch, s.RetryRequest)
 _RESPONSES = (s.SubmitResponse, s.ScoreResponse, s.OutputRecord, s.OutputList, s.PutLabelsResponse,
               s.LabelBatchResponse, s.DetectorsResponse, s.Monitor, s.MonitorWindows, s.MonitorList, s.DeadLetters,
-              s.RetryResponse, s.ReviewQueue, s.Deleted, s.Error, s.Health, s.Ready)
+              s.RetryResponse, s.ReviewQueue, s.Deleted, s.LabeledPage, s.Error, s.Health, s.Ready)
 
 
 _REQUEST_ID_HEADER = {
@@ -69,6 +69,11 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
     write = _errors(400, 401, 403, 409, 413, 415, 422, 429, 503)
     output_id = {"name": "output_id", "in": "path", "required": True,
                  "schema": {"type": "string", "pattern": s.ID_PATTERN}}
+    # One deployed model and one of this server's detectors (the review queue, the labeled outputs).
+    pair = [{"name": "model", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}},
+            {"name": "detector", "in": "query", "required": True, "schema": {"enum": detectors}}]
+    page_limit = {"name": "limit", "in": "query", "required": False,
+                  "schema": {"type": "integer", "minimum": 1, "maximum": settings.max_outputs_per_request}}
     # Declared only where the server enforces it, so the document matches the running configuration.
     security: list[dict[str, list[str]]] = [{"bearer": []}] if keys_required else []
     paths = {
@@ -108,7 +113,21 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
             "summary": "Set labels in bulk (all or nothing)", "security": security,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(s.LabelBatch)}}},
             "responses": {"200": _json(_ref(s.LabelBatchResponse)),
-                          **_errors(400, 401, 403, 404, 413, 415, 422, 503)}}},
+                          **_errors(400, 401, 403, 404, 413, 415, 422, 503)}},
+            "get": {
+                "summary": "Labeled outputs of a deployed model for a detector, with texts, a page at a time",
+                "security": security,
+                "parameters": [*pair,
+                               {"name": "window", "in": "query", "required": False,
+                                "description": "a duration (90s, 15m, 1h, 24h, 7d); default: everything kept",
+                                "schema": {"type": "string", "pattern": "^[0-9]{1,6}[smhdw]$"}},
+                               {"name": "version", "in": "query", "required": False,
+                                "description": "detector version; default: the one served",
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 128}},
+                               {"name": "cursor", "in": "query", "required": False,
+                                "description": "`next` of the previous page", "schema": {"type": "string"}},
+                               page_limit],
+                "responses": {"200": _json(_ref(s.LabeledPage)), **_errors(401, 403, 404, 422, 503)}}},
         "/v1/monitor": {"get": {
             "summary": "Rolling quality per deployed model, detector and window", "security": security,
             "parameters": [*({"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
@@ -123,12 +142,7 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
         "/v1/review": {"get": {
             "summary": "Outputs awaiting a reviewer's label: flagged by the detector, or audit-sampled",
             "security": security,
-            "parameters": [{"name": "model", "in": "query", "required": True,
-                            "schema": {"type": "string", "minLength": 1}},
-                           {"name": "detector", "in": "query", "required": True, "schema": {"enum": detectors}},
-                           {"name": "limit", "in": "query", "required": False,
-                            "schema": {"type": "integer", "minimum": 1,
-                                       "maximum": settings.max_outputs_per_request}}],
+            "parameters": [*pair, page_limit],
             "responses": {"200": _json(_ref(s.ReviewQueue)), **_errors(401, 403, 404, 422, 503)}}},
         "/v1/detectors": {"get": {"summary": "Configured detectors", "security": security,
                                   "responses": {"200": _json(_ref(s.DetectorsResponse)), **_errors(401, 403)}}},

@@ -129,6 +129,27 @@ class LabelBatchResponse(BaseModel):
     unchanged: int
 
 
+class LabeledOutput(BaseModel):
+    id: str
+    label: Label
+    score: float
+    flagged: bool | None = Field(description="As stored with the score (null if the record has expired)")
+    weight: float = Field(description="Audit design weight: 1 flagged, 1/audit rate audit-sampled, 0 neither")
+    created_at: str | None
+    labeled_at: str | None
+    prompt: str | None
+    response: str | None
+    metadata: dict[str, Any] | None
+
+
+class LabeledPage(BaseModel):
+    model: str
+    detector: str
+    version: str
+    window: str | None
+    outputs: list[LabeledOutput] = Field(description="Oldest first")
+    next: str | None = Field(description="Cursor of the next page (pass as `cursor`); null on the last page")
+
 class LabelState(BaseModel):
     label: Label
     result: Literal["new", "changed", "unchanged"]

@@ -69,6 +69,7 @@ ENDPOINTS = [  # method, path, body, scope needed
     ("GET", "/v1/detectors", None, "read"),
     ("GET", "/v1/dead-letters", None, "read"),
     ("GET", "/v1/review?model=bot&detector=injury", None, "read"),
+    ("GET", "/v1/labels?model=bot&detector=injury", None, "read"),
     ("POST", "/v1/dead-letters/retry", {"ids": ["x1"]}, "outputs:write"),
     ("DELETE", "/v1/outputs/x1", None, "outputs:write"),  # last: its holder erases x1
 ]
@@ -128,6 +129,10 @@ def test_tenants_never_see_each_other(client, keys: dict[str, str]) -> None:  # 
         assert one["model"] == "bot" and one["labeled"] == 1 and one["positives"] == label
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'model="team-a~bot"' in metrics and 'model="team-b~bot"' in metrics
+    # Each exports its own labels only: the same model name, the other tenant's label.
+    for key, label in ((a, 1), (b, 0)):
+        exported = client.get("/v1/labels?model=bot&detector=injury", headers=key).get_json()
+        assert [(o["id"], o["label"]) for o in exported["outputs"]] == [("x1", label)] and exported["model"] == "bot"
     # Each erases its own x1 only.
     assert client.delete("/v1/outputs/x1", headers=a).get_json() == {"id": "x1", "deleted": True}
     assert client.get("/v1/outputs/x1", headers=a).status_code == 404

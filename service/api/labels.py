@@ -1,13 +1,15 @@
-"""PUT /v1/outputs/<id>/labels and POST /v1/labels: reviewers' ground truth."""
+"""PUT /v1/outputs/<id>/labels and POST /v1/labels: reviewers' ground truth; GET /v1/labels: the labeled
+outputs, a page at a time."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, request
 
 from ..app import caller, core, json_body
-from ..validation import parse_label_batch, parse_label_map
+from ..errors import ValidationFailed
+from ..validation import parse_label_batch, parse_label_map, query_limit, single_query_value
 
 bp = Blueprint("labels", __name__)
 
@@ -27,3 +29,18 @@ def post_labels() -> dict[str, Any]:
     results = redline.apply_labels(items, caller())
     counts = {k: sum(r["result"] == k for r in results) for k in ("new", "changed", "unchanged")}
     return {"labels": results, **counts}
+
+
+@bp.get("/v1/labels")
+def get_labels() -> dict[str, Any]:
+    redline = core()
+    one = {name: single_query_value(request.args.getlist(name), name)
+           for name in ("model", "detector", "window", "version", "cursor")}
+    if not one["model"] or not one["detector"]:
+        raise ValidationFailed("give the labeled outputs to read as ?model=<deployed model>&detector=<detector>")
+    if one["version"] is not None and not 1 <= len(one["version"]) <= 128:
+        raise ValidationFailed("'version' must be 1 to 128 characters")
+    limit = query_limit(request.args.getlist("limit"), default=100, most=redline.settings.max_outputs_per_request,
+                        setting="REDLINE_MAX_OUTPUTS_PER_REQUEST")
+    return redline.labeled(one["model"], one["detector"], one["window"], one["version"], one["cursor"], limit,
+                           caller())
