@@ -422,8 +422,8 @@ def test_gzip_request_bodies(stack: Stack) -> None:
 def test_a_wrong_method_is_a_405_that_says_what_is_allowed(stack: Stack) -> None:
     r = requests.delete(stack.base + "/v1/labels", timeout=30)
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
-    assert {m.strip() for m in r.headers["Allow"].split(",")} == {"OPTIONS", "POST"}
-    assert r.json()["error"]["message"] == "DELETE is not allowed on /v1/labels; allowed: OPTIONS, POST"
+    assert {m.strip() for m in r.headers["Allow"].split(",")} == {"GET", "HEAD", "OPTIONS", "POST"}
+    assert r.json()["error"]["message"] == "DELETE is not allowed on /v1/labels; allowed: GET, HEAD, OPTIONS, POST"
 
 
 def test_many_outputs_are_read_in_one_request(stack: Stack) -> None:
