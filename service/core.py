@@ -79,6 +79,10 @@ class Redline:
                             if s not in ("requeued", "missing")],
                 "missing": [i for i, s in zip(ids, states, strict=True) if s == "missing"]}
 
+    def _require_detector(self, detector: str) -> None:
+        if detector not in self.detectors:
+            raise NotFound(f"no detector {detector!r}")
+
     def _overloaded(self, full: BacklogFull) -> Overloaded:
         return Overloaded(f"{full.pending} outputs are waiting to be scored (REDLINE_MAX_PENDING="
                           f"{self.settings.max_pending}); retry later", retry_after_s=self.settings.retry_after_s)
@@ -125,8 +129,7 @@ class Redline:
                 limit: int, who: Principal = OPEN) -> dict[str, Any]:
         """A page of `who`'s labeled outputs of `model` for `detector`, oldest first, with their texts: the
         window of `version` (default: the version served), within a duration `window` (default: all kept)."""
-        if detector not in self.detectors:
-            raise NotFound(f"no detector {detector!r}")
+        self._require_detector(detector)
         version = version or self.detectors[detector].version
         start = -math.inf
         if window is not None:
@@ -155,8 +158,7 @@ class Redline:
     def review_queue(self, model: str, detector: str, limit: int, who: Principal = OPEN) -> dict[str, Any]:
         """The oldest of `who`'s outputs of `model` still awaiting a label for `detector`: those it flagged
         and those in the audit sample, exactly the ones the audit-weighted metrics need labeled."""
-        if detector not in self.detectors:
-            raise NotFound(f"no detector {detector!r}")
+        self._require_detector(detector)
         internal = who.model(model)
         ids, waiting = self.store.awaiting_review(internal, detector, limit)
         records = self.store.get_many(ids)

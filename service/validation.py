@@ -252,6 +252,15 @@ def single_query_value(values: list[str], name: str) -> str | None:
     return values[0] if values else None
 
 
+def query_pair(args: Any, what: str) -> tuple[str, str]:
+    """The required `?model=<m>&detector=<d>` of a per-pair read (each given once); `what` names the read."""
+    model = single_query_value(args.getlist("model"), "model")
+    detector = single_query_value(args.getlist("detector"), "detector")
+    if not model or not detector:
+        raise ValidationFailed(f"give the {what} to read as ?model=<deployed model>&detector=<detector>")
+    return model, detector
+
+
 def query_limit(values: list[str], default: int, most: int, setting: str = "") -> int:
     """`?limit=` (`request.args.getlist("limit")`): an integer from 1 to `most`, `default` when absent.
     `limit=` (empty) is a bad value, not an absent one; only ASCII digits, since str.isdigit() accepts

@@ -9,7 +9,7 @@ from flask import Blueprint, request
 
 from ..app import caller, core, json_body
 from ..errors import ValidationFailed
-from ..validation import parse_label_batch, parse_label_map, query_limit, single_query_value
+from ..validation import parse_label_batch, parse_label_map, query_limit, query_pair, single_query_value
 
 bp = Blueprint("labels", __name__)
 
@@ -34,13 +34,10 @@ def post_labels() -> dict[str, Any]:
 @bp.get("/v1/labels")
 def get_labels() -> dict[str, Any]:
     redline = core()
-    one = {name: single_query_value(request.args.getlist(name), name)
-           for name in ("model", "detector", "window", "version", "cursor")}
-    if not one["model"] or not one["detector"]:
-        raise ValidationFailed("give the labeled outputs to read as ?model=<deployed model>&detector=<detector>")
+    model, detector = query_pair(request.args, "labeled outputs")
+    one = {name: single_query_value(request.args.getlist(name), name) for name in ("window", "version", "cursor")}
     if one["version"] is not None and not 1 <= len(one["version"]) <= 128:
         raise ValidationFailed("'version' must be 1 to 128 characters")
     limit = query_limit(request.args.getlist("limit"), default=100, most=redline.settings.max_outputs_per_request,
                         setting="REDLINE_MAX_OUTPUTS_PER_REQUEST")
-    return redline.labeled(one["model"], one["detector"], one["window"], one["version"], one["cursor"], limit,
-                           caller())
+    return redline.labeled(model, detector, one["window"], one["version"], one["cursor"], limit, caller())
