@@ -6,6 +6,7 @@ list and validate detectors without loading any model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -149,6 +150,29 @@ def load_configs(models_dirs: Iterable[Path]) -> dict[str, DetectorConfig]:
                 raise ConfigError(f"detector {config.name!r} is defined twice (second in {model_json})")
             configs[config.name] = config
     return configs
+
+
+def fingerprints(configs: Iterable[DetectorConfig]) -> dict[str, str]:
+    """A sha256 per detector name of what makes its scores: the bytes of its graph and tokenizer and the
+    fields that turn their output into a score and a flag. Windows and counters are kept per version, so
+    two workers serving one version must agree on this, or one window would judge two models' scores as
+    one model's (`OutputStore.claim_version`). `onnx_gpu` is left out: it is derived from `onnx` (its
+    card bounds the difference), and GPU and CPU workers serve one version together."""
+    files: dict[Path, str] = {}
+
+    def file_sha256(path: Path) -> str:
+        if path not in files:  # the shipped detectors share one 90 MB graph: read it once
+            with path.open("rb") as f:
+                files[path] = hashlib.file_digest(f, "sha256").hexdigest()
+        return files[path]
+
+    out = {}
+    for c in configs:
+        body = {"onnx": file_sha256(c.onnx_path), "tokenizer": file_sha256(c.tokenizer_path), "output": c.output,
+                "output_index": c.output_index, "activation": c.activation, "input": c.input,
+                "max_length": c.max_length, "threshold": repr(c.threshold)}
+        out[c.name] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return out
 
 
 def _optional_variant(folder: Path, rel: str | None, path: Path) -> Path | None:

@@ -111,6 +111,11 @@ class Keys:
         """Sorted set by created_at: every scored output, member `id|` + score as a little-endian double."""
         return self.scores_base(model, detector) + version
 
+    def version_claim(self, detector: str, version: str) -> str:
+        """String with TTL: the fingerprint (`detector_config.fingerprints`) of what scores `detector` at
+        `version`, claimed by the first worker to load it; a worker with another one refuses to start."""
+        return f"{self.prefix}:version-claim:{detector}|{version}"
+
     def review(self, model: str, detector: str) -> str:
         """Sorted set by created_at: ids of scored outputs awaiting a reviewer's label for this detector
         (it flagged them, or they are in the audit sample); their label removes them."""

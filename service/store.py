@@ -248,6 +248,17 @@ return 1
 """
 
 
+# KEYS[1] = a detector version's claim. ARGV = fingerprint, TTL seconds. Takes or renews the claim;
+# returns the other fingerprint holding it (and changes nothing), or nil. One script, so two workers
+# starting together with different files cannot both find the version free.
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
+
 # KEYS[1] = counters. ARGV = now, JSON list of {key, id, det, label, win...}.
 # Returns per item "new", "changed", "unchanged" or "missing". A changed label replaces the
 # window entry; counters count each (output, detector) labeled once; a label takes the output off
@@ -353,6 +364,7 @@ class OutputStore:
         self._reassign = redis.register_script(_REASSIGN)
         self._retry = redis.register_script(_RETRY)
         self._delete = redis.register_script(_DELETE)
+        self._claim = redis.register_script(_CLAIM)
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> OutputStore:
@@ -493,6 +505,14 @@ class OutputStore:
                  for d in record.get("detectors", [])}
         return bool(self._delete(keys=[self.keys.output(output_id), self.keys.pending, self.keys.dead],
                                  args=[output_id, json.dumps(bases)]))
+
+    def claim_version(self, detector: str, version: str, fingerprint: str) -> str | None:
+        """Record that `fingerprint` scores `detector` at `version`, for as long as scores of that version
+        can be read (records and windows), and renew that; or, where another fingerprint holds the version,
+        return that one and change nothing."""
+        held = self._claim(keys=[self.keys.version_claim(detector, version)],
+                           args=[fingerprint, max(self.ttl_s, self.retention_s)])
+        return None if held is None else text(held)
 
     def awaiting_review(self, model: str, detector: str, limit: int) -> tuple[list[str], int]:
         """The `limit` oldest outputs awaiting a label for `detector` (flagged by it, or audit-sampled),

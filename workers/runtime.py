@@ -6,10 +6,12 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Mapping
 
 from redis import Redis
 
-from service.detector_config import load_configs
+from service.detector_config import DetectorConfig, fingerprints, load_configs
+from service.errors import ConfigError
 from service.settings import Settings
 from service.store import OutputStore
 
@@ -25,13 +27,36 @@ def build_scorer(redis: Redis, settings: Settings, worker_name: str | None = Non
     """Load every configured detector (the slow part: done once per process)."""
     threads, why = cpus.intra_op_threads(settings.intra_op_threads)
     log.info("onnxruntime intra-op threads per session: %s (%s)", threads or "onnxruntime's default", why)
-    detectors = load_detectors(load_configs(settings.models_dirs), settings.providers, threads)
+    configs = load_configs(settings.models_dirs)
     store = OutputStore.from_settings(redis, settings)
+    prints = fingerprints(configs.values())
+    claim_versions(store, configs, prints)  # before the slow load: a clash is found at once
+    detectors = load_detectors(configs, settings.providers, threads)
     # Host and PID say where a worker runs; the suffix keeps names unique where both repeat. A
     # container restarted after an unclean death (OOM kill) has the same hostname and PID 1, and RQ
     # refuses a name whose old record has not expired (its TTL, minutes), so the restart would fail.
     name = worker_name or f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
-    return Scorer(store, detectors, name, settings.max_batch_tokens, settings.audit_rate)
+    return Scorer(store, detectors, name, settings.max_batch_tokens, settings.audit_rate, prints)
+
+
+def claim_versions(store: OutputStore, configs: Mapping[str, DetectorConfig], prints: Mapping[str, str]) -> None:
+    """Claim each detector version for this worker's files (`fingerprints`), or raise ConfigError naming
+    every version that workers already score with other files: a retrained model, a changed threshold or
+    the int8 graph, all under an unchanged `version`, whose scores would be judged as one model's."""
+    clashes = []
+    for name, config in configs.items():
+        held = store.claim_version(name, config.version, prints[name])
+        if held is None:
+            log.info("detector %s %s: fingerprint %s", name, config.version, prints[name][:16])
+        else:
+            clashes.append(f"{name} {config.version!r} (claimed by {held[:16]}, this worker has {prints[name][:16]})")
+    if clashes:
+        raise ConfigError(
+            f"other files already score {'; '.join(clashes)}: give each changed detector a version of its own "
+            "in its model.json (a version names one model: its graph, tokenizer and threshold). A claim lasts "
+            "REDLINE_RECORD_TTL_S or REDLINE_WINDOW_RETENTION_S, whichever is longer; to reuse a version anyway "
+            "(its windows would then mix both models' scores), delete "
+            f"{store.keys.version_claim('<detector>', '<version>')}")
 
 
 def install(scorer: Scorer) -> None:

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +35,9 @@ class Scorer:
     """Holds the loaded detectors of one worker process."""
 
     def __init__(self, store: OutputStore, detectors: dict[str, OnnxDetector], worker: str,
-                 max_batch_tokens: int, audit_rate: float = 0.0) -> None:
+                 max_batch_tokens: int, audit_rate: float = 0.0, fingerprints: Mapping[str, str] | None = None) -> None:
         self.audit_rate = audit_rate
+        self.fingerprints = dict(fingerprints or {})  # by detector: the version claims it holds (runtime.py)
         self.store = store
         self.detectors = detectors
         self.worker = worker

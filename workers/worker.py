@@ -36,6 +36,8 @@ from .scorer import BatchReport, Scorer
 log = logging.getLogger(__name__)
 
 REAPER_INTERVAL_S = 5.0
+# Version claims last the records' lifetime (days): renewing hourly keeps a long-lived worker's.
+CLAIM_RENEW_S = 3600.0
 # Redis answers but refuses writes, for now: full (maxmemory reached under noeviction), or a
 # replica (a failover demoted it). Like a lost Redis, it passes; the worker waits with its models
 # loaded, where crashing would have it restarted in a loop, reloading them each time.
@@ -59,6 +61,7 @@ class Heart(threading.Thread):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._last_reap = 0.0
+        self._last_claim = time.monotonic()  # build_scorer has just claimed
 
     def hold(self, job_ids: list[str]) -> None:
         with self._lock:
@@ -95,6 +98,7 @@ class Heart(threading.Thread):
             try:
                 self.beat()
                 self._maybe_reap()
+                self._maybe_renew_claims()
             except REDIS_LOST as exc:  # Redis restarting: keep beating once it is back
                 log.warning("heartbeat failed: %s", exc)
             except Exception:
@@ -114,6 +118,17 @@ class Heart(threading.Thread):
             for job in job_ids:
                 pipe.set(self.keys.lease(job), self.worker_name, ex=self.settings.worker_ttl_s)
             pipe.execute()
+
+    def _maybe_renew_claims(self) -> None:
+        if time.monotonic() - self._last_claim < CLAIM_RENEW_S:
+            return
+        self._last_claim = time.monotonic()
+        for name, fingerprint in self.scorer.fingerprints.items():
+            version = self.scorer.detectors[name].version
+            held = self.scorer.store.claim_version(name, version, fingerprint)
+            if held is not None:  # only after the claim lapsed (a Redis that lost its data) and another took it
+                log.error("detector %s %r is now claimed by other files (%s; this worker has %s): its windows "
+                          "mix two models' scores", name, version, held[:16], fingerprint[:16])
 
     def _maybe_reap(self) -> None:
         if time.monotonic() - self._last_reap < REAPER_INTERVAL_S:

@@ -1,0 +1,125 @@
+"""One detector version, one model: workers whose files differ refuse to serve a version others serve."""
+
+import dataclasses
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from service.core import Redline
+from service.detector_config import fingerprints, load_configs
+from service.errors import ConfigError
+from service.keys import Keys
+from service.settings import Settings
+from service.store import NewOutput, OutputStore
+from tests.procs import ROOT, redline_env, start_worker, wait_for
+from workers.worker import build_worker
+
+
+def _copy(models: Path, to: Path, detectors: tuple[str, ...] = ("injury",), **changes: object) -> Path:
+    """A copy of a models folder with fields of these detectors' model.json changed."""
+    shutil.copytree(models, to)
+    for detector in detectors:
+        path = to / detector / "model.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return to
+
+
+def test_a_fingerprint_covers_what_makes_a_score_and_nothing_else(synthetic_models: Path, tmp_path: Path) -> None:
+    base = fingerprints(load_configs([synthetic_models]).values())
+    assert set(base) == {"injury", "deception"} and base["injury"] != base["deception"]  # heads differ by index
+    for name, changes in (("description", {"description": "reworded"}), ("target", {"target_fnr": 0.05}),
+                          ("calibration", {"calibration": {"note": "x"}}), ("gpu", {"onnx_gpu": "../synthetic.onnx"})):
+        same = fingerprints(load_configs([_copy(synthetic_models, tmp_path / name, **changes)]).values())
+        assert same == base, name
+    for name, changes in (("threshold", {"threshold": 0.6}), ("activation", {"activation": "none"}),
+                          ("length", {"max_length": 64}), ("input", {"input": "prompt_response"})):
+        moved = fingerprints(load_configs([_copy(synthetic_models, tmp_path / name, **changes)]).values())
+        assert moved["injury"] != base["injury"] and moved["deception"] == base["deception"], name
+    for file in ("synthetic.onnx", "tokenizer.json"):  # one byte of the graph or tokenizer
+        folder = _copy(synthetic_models, tmp_path / file)
+        (folder / file).write_bytes((folder / file).read_bytes() + b" ")
+        moved = fingerprints(load_configs([folder]).values())
+        assert moved["injury"] != base["injury"] and moved["deception"] != base["deception"], file
+
+
+def test_a_claim_is_taken_renewed_and_kept_from_other_fingerprints(redis: Redis, prefix: str) -> None:
+    store = OutputStore(redis, Keys(prefix), ttl_s=3600, retention_s=7200)
+    key = Keys(prefix).version_claim("injury", "1.2.0")
+    assert store.claim_version("injury", "1.2.0", "aaa") is None
+    assert redis.get(key) == b"aaa" and 7190 < redis.ttl(key) <= 7200  # the longer of records and windows
+    redis.expire(key, 10)
+    assert store.claim_version("injury", "1.2.0", "aaa") is None and redis.ttl(key) > 7190  # renewed
+    assert store.claim_version("injury", "1.2.0", "bbb") == "aaa"
+    assert redis.get(key) == b"aaa"
+    assert store.claim_version("injury", "1.3.0", "bbb") is None  # a version of its own is free
+
+
+def test_a_worker_with_other_files_under_a_served_version_refuses_to_start(
+        redis: Redis, redis_url: str, synthetic_models: Path, prefix: str, tmp_path: Path) -> None:
+    # The first worker claims injury "synthetic-1" with its threshold 0.5. A second one, whose model.json
+    # moved the threshold without a new version (as a recalibration, or the int8 graph, would), exits 2
+    # with an error naming the detector and version, and the first one keeps scoring by its own files.
+    running = start_worker(redline_env(redis_url, synthetic_models, prefix), tmp_path / "w1.log", redis, prefix)
+    try:
+        changed = _copy(synthetic_models, tmp_path / "recalibrated", threshold=0.9)
+        refused = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--burst"], cwd=ROOT,
+                                 env=redline_env(redis_url, changed, prefix), capture_output=True, text=True,
+                                 timeout=120)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "injury 'synthetic-1'" in refused.stderr and "give each changed detector a version" in refused.stderr
+        assert "deception" not in refused.stderr.split("give each")[0]  # unchanged: no clash
+        original = fingerprints(load_configs([synthetic_models]).values())["injury"]
+        assert redis.get(Keys(prefix).version_claim("injury", "synthetic-1")) == original.encode()
+        core = Redline(Settings(redis_url=redis_url, models_dirs=(synthetic_models,), queue_prefix=prefix), redis)
+        core.submit([NewOutput(id="after", model="m", response="bleeding", detectors=["injury"])])
+        wait_for(lambda: (core.store.get("after") or {}).get("status") == "scored")
+        assert core.store.get("after")["scores"]["injury"]["threshold"] == 0.5  # type: ignore[index]
+        assert running.alive()
+        bumped = _copy(synthetic_models, tmp_path / "bumped", threshold=0.9, version="synthetic-2")
+        started = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--burst"], cwd=ROOT,
+                                 env=redline_env(redis_url, bumped, prefix), capture_output=True, text=True,
+                                 timeout=120)
+        assert started.returncode == 0, started.stdout + started.stderr
+    finally:
+        assert running.stop() == 0, running.log()
+
+
+def test_a_long_running_worker_renews_its_claims(
+        redis: Redis, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    worker = build_worker(redis, settings)
+    try:
+        keys = Keys(settings.queue_prefix)
+        claim = keys.version_claim("injury", "synthetic-1")
+        held = redis.get(claim)
+        assert held is not None
+        redis.delete(claim)  # lapsed
+        worker.heart._maybe_renew_claims()  # not due yet: an hour has not passed
+        assert redis.get(claim) is None
+        worker.heart._last_claim -= 3601
+        worker.heart._maybe_renew_claims()
+        assert redis.get(claim) == held and redis.ttl(claim) > settings.record_ttl_s - 10
+        redis.set(claim, "someone-else")  # taken by other files while this claim had lapsed
+        worker.heart._last_claim -= 3601
+        with caplog.at_level(logging.ERROR, logger="workers.worker"):
+            worker.heart._maybe_renew_claims()
+        assert "injury 'synthetic-1' is now claimed by other files (someone-else" in caplog.text
+        assert redis.get(claim) == b"someone-else"
+    finally:
+        worker.heart.stop()
+
+
+def test_the_in_process_error_names_every_clash(redis: Redis, settings: Settings, synthetic_models: Path,
+                                                tmp_path: Path) -> None:
+    build_worker(redis, settings).heart.stop()
+    changed = _copy(synthetic_models, tmp_path / "changed", ("injury", "deception"), threshold=0.7)
+    with pytest.raises(ConfigError) as raised:
+        build_worker(redis, dataclasses.replace(settings, models_dirs=(changed,)))
+    message = raised.value.message
+    assert "injury 'synthetic-1'" in message and "deception 'synthetic-1'" in message
+    assert f"delete {settings.queue_prefix}:version-claim:<detector>|<version>" in message
