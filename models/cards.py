@@ -126,7 +126,7 @@ def card(name: str, r: dict[str, Any], speed: dict[str, Any] | None, variants: d
                 f"- {m['score']:.3f}: " + (f"prompt \"{m['prompt']}\", response " if m["prompt"] else "")
                 + f"\"{m['response']}\"\n" for m in nat["missed_examples"])
     served = r.get("served", "fp32")
-    variants_line = _variants(variants, r.get("variants", {}), r["target_fnr"], served)
+    variants_line = _variants(variants, r.get("variants", {}), r["target_fnr"], served, r.get("version", "1.0.0"))
     speed_line = (f"On {speed['machine']}: **{speed['outputs_per_s']:.0f} outputs/s** with `{speed['graph']}`, "
                   f"the graph a CPU worker serves, at {speed['tokens']} tokens, batch {speed['batch']}, all three "
                   "heads in one pass"
@@ -235,7 +235,7 @@ def _procedure(p: dict[str, Any]) -> str:
             f"its size).{quant}")
 
 
-def _variants(v: dict[str, Any] | None, parity: dict[str, Any], target: float, served: str) -> str:
+def _variants(v: dict[str, Any] | None, parity: dict[str, Any], target: float, served: str, version: str) -> str:
     lines = ["Every validation row, scored by each graph through the service's own detector code, at the threshold",
              f"calibrated on `{GRAPH_FILES[served]}` (a GPU worker uses the same threshold):", "",
              "| graph | served by | max abs diff vs torch | max abs diff vs the CPU graph | ROC AUC | FNR at the "
@@ -257,7 +257,9 @@ def _variants(v: dict[str, Any] | None, parity: dict[str, Any], target: float, s
                   "the 0.02 this project allows (`models.train.cpu_graph`). At its own threshold (same rule) it keeps",
                   f"ROC AUC {own['roc_auc']:.4f}, FNR {_pct(own['fnr'])} and FPR {_pct(own['fpr'])}. To serve "
                   "it, point this detector's model.json `onnx` at `../minilm/encoder.int8.onnx` and set `threshold` "
-                  f"to {own['threshold']:.6f} (a threshold belongs to the scores it was calibrated on)."]
+                  f"to {own['threshold']:.6f} (a threshold belongs to the scores it was calibrated on), and give "
+                  f"`version` a value of its own, e.g. `{version}-int8`: workers refuse to serve "
+                  "one version with two graphs, whose scores one window would mix."]
     lines += ["", "int8 is SmoothQuant (alpha 0.5, activation ranges from training rows, factors rounded to powers of",
               "two so every CPU derives the same bytes) followed by W8A8 with one activation scale per token and",
               "per-channel int8 weights: scores do not depend on the batch (onnxruntime's stock dynamic int8",
