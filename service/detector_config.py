@@ -153,26 +153,66 @@ def load_configs(models_dirs: Iterable[Path]) -> dict[str, DetectorConfig]:
 
 
 def fingerprints(configs: Iterable[DetectorConfig]) -> dict[str, str]:
-    """A sha256 per detector name of what makes its scores: the bytes of its graph and tokenizer and the
-    fields that turn their output into a score and a flag. Windows and counters are kept per version, so
-    two workers serving one version must agree on this, or one window would judge two models' scores as
-    one model's (`OutputStore.claim_version`). `onnx_gpu` is left out: it is derived from `onnx` (its
-    card bounds the difference), and GPU and CPU workers serve one version together."""
+    """A sha256 per detector name of what makes its scores: the bytes of its graph (with its external
+    data files, if any) and tokenizer and the fields that turn their output into a score and a flag.
+    Windows and counters are kept per version, so two workers serving one version must agree on this,
+    or one window would judge two models' scores as one model's (`OutputStore.claim_version`).
+    `onnx_gpu` is left out: it is derived from `onnx` (its card bounds the difference), and GPU and CPU
+    workers serve one version together."""
     files: dict[Path, str] = {}
+    graphs: dict[Path, str] = {}
 
     def file_sha256(path: Path) -> str:
-        if path not in files:  # the shipped detectors share one 90 MB graph: read it once
-            with path.open("rb") as f:
-                files[path] = hashlib.file_digest(f, "sha256").hexdigest()
+        if path not in files:  # the shipped detectors share one graph: read it once
+            try:
+                with path.open("rb") as f:
+                    files[path] = hashlib.file_digest(f, "sha256").hexdigest()
+            except FileNotFoundError:  # loading the detector then fails with its own message
+                files[path] = "missing"
         return files[path]
+
+    def graph_sha256(path: Path) -> str:
+        if path not in graphs:
+            parts = [file_sha256(path)] + [f"{rel}={file_sha256(path.parent / rel)}" for rel in _external_data(path)]
+            graphs[path] = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        return graphs[path]
 
     out = {}
     for c in configs:
-        body = {"onnx": file_sha256(c.onnx_path), "tokenizer": file_sha256(c.tokenizer_path), "output": c.output,
+        body = {"onnx": graph_sha256(c.onnx_path), "tokenizer": file_sha256(c.tokenizer_path), "output": c.output,
                 "output_index": c.output_index, "activation": c.activation, "input": c.input,
                 "max_length": c.max_length, "threshold": repr(c.threshold)}
         out[c.name] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     return out
+
+
+def _external_data(onnx_path: Path) -> list[str]:
+    """The files, relative to the graph's folder, that hold its tensors stored outside it: models over
+    2 GB, and exporters that write weights beside the graph. A retrain can change only those."""
+    import onnx  # workers only: the API never fingerprints, and this import is slow
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:
+        return []  # not a readable graph: loading it fails next, with onnxruntime's message
+    found: set[str] = set()
+
+    def tensors(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    yield from tensors(sub)
+
+    for tensor in tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            found.update(entry.value for entry in tensor.external_data if entry.key == "location")
+    return sorted(found)
 
 
 def _optional_variant(folder: Path, rel: str | None, path: Path) -> Path | None:
