@@ -296,10 +296,11 @@ def write_cards(report: dict[str, Any]) -> None:
     speed = json.loads(SPEED.read_text()) if SPEED.exists() else None
     variants = json.loads(VARIANTS.read_text()) if VARIANTS.exists() else None
     gpu_speed = json.loads(GPU_SPEED.read_text()) if GPU_SPEED.exists() else None
-    from .train import TARGET_FNR, VERSION
+    from .train import TARGET_FNR
 
     for name, r in report.items():
-        (HERE / name / "README.md").write_text(card(name, {**r, "target_fnr": TARGET_FNR[name], "version": VERSION},
+        version = json.loads((HERE / name / "model.json").read_text())["version"]  # models.train.settle_versions
+        (HERE / name / "README.md").write_text(card(name, {**r, "target_fnr": TARGET_FNR[name], "version": version},
                                                      speed, variants, gpu_speed))
 
 

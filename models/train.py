@@ -23,6 +23,9 @@ Outputs (rewritten in place, deterministic given the data):
   models/minilm/tokenizer.json      the encoder's tokenizer
   models/minilm/reference_scores.json   torch scores of validation examples (CI parity test, no torch)
   models/minilm/calibration_texts.json  training rows whose activation ranges the int8 variant uses
+  models/minilm/fingerprints.json   every version's fingerprint per detector (append only): files that
+                                    differ from those of a version it holds get a version of their own
+                                    (`settle_versions`), since workers refuse a version whose files changed
   models/<detector>/model.json + README.md (model card with validation metrics)
 
 Why full fine-tuning is still the default (measured 2026-11-22, one epoch each): LoRA (rank 16, plus
@@ -53,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from service import evaluation as ev
+from service.detector_config import fingerprints, load_configs
 
 from . import assemble, variants
 from .datasets import HELDOUT_SETS, LOADERS, Example, load_injury_heldout, load_injury_natural
@@ -72,6 +76,7 @@ DESCRIPTIONS = {
                   "needs the prompt.",
 }
 MAX_LENGTH = 256
+FINGERPRINTS = SHARED / "fingerprints.json"
 VERSION = "1.2.0"  # 1.1: injury data v2 (hand-written, split by template), one epoch; 1.2: routine-medical negatives
 # Trained 2026-12-01 and not shipped: LoRA, one epoch, on the v1.3 injury data candidate (43030cf,
 # hard negatives from the worlds of set 4's flags: butchers, staged blood, sport, body idioms).
@@ -571,10 +576,40 @@ def write_model_json(name: str, index: int, threshold: float, calibration: dict[
     (folder / "model.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+def shipped_fingerprints(path: Path = FINGERPRINTS) -> dict[str, dict[str, str]]:
+    """By detector, then version: the fingerprint of every version this pipeline has written."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def settle_versions(version: str, path: Path = FINGERPRINTS) -> dict[str, str]:
+    """The version each detector's files (just written) are served under, recorded in the ledger with
+    every older one: `version`, unless the ledger holds it with other files (a retrain or recalibration
+    under an unchanged VERSION); then `version+<the fingerprint's first 8 hex digits>`, written into
+    its model.json. Windows and alerts are kept per version, and a worker whose files differ from those
+    its version was first served with refuses to start (`OutputStore.claim_version`), so reusing the
+    version would stop every upgraded worker where the old files run."""
+    prints = fingerprints(load_configs([HERE]).values())
+    ledger = shipped_fingerprints(path)
+    settled = {}
+    for name in DETECTORS:
+        versions = ledger.setdefault(name, {})
+        chosen = version if versions.get(version, prints[name]) == prints[name] else f"{version}+{prints[name][:8]}"
+        versions[chosen] = prints[name]
+        config_path = HERE / name / "model.json"
+        config = json.loads(config_path.read_text())
+        if config["version"] != chosen:
+            config_path.write_text(json.dumps({**config, "version": chosen}, indent=2) + "\n")
+        if chosen != version:
+            print(f"models.train: {name}'s files differ from its version {version} ({path.name}); written as "
+                  f"{chosen}. Raise VERSION in models/train.py to release them under a name of your own.")
+        settled[name] = chosen
+    path.write_text(json.dumps(ledger, indent=2, sort_keys=True) + "\n")
+    return settled
+
+
 def load_served(onnx: Path | None = None) -> dict[str, Any]:
     """The exported detectors as the service loads them (one session for the shared graph), or the
     same detectors on another graph of the same heads (`onnx`, e.g. the fp32 graph)."""
-    from service.detector_config import load_configs
     from workers.detector import load_detectors
 
     configs = {n: c for n, c in load_configs([HERE]).items() if n in DETECTORS}
@@ -687,6 +722,7 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
     if torch_val is not None:
         (SHARED / "reference_scores.json").write_text(json.dumps(references, indent=1) + "\n")
     (SHARED / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    settle_versions(VERSION)
 
 
 def parity_with_torch(scores: np.ndarray, torch_scores: np.ndarray | None, previous: dict[str, Any], key: str,
