@@ -149,4 +149,5 @@ def test_the_in_process_error_names_every_clash(redis: Redis, settings: Settings
         build_worker(redis, dataclasses.replace(settings, models_dirs=(changed,)))
     message = raised.value.message
     assert "injury 'synthetic-1'" in message and "deception 'synthetic-1'" in message
-    assert f"delete {settings.queue_prefix}:version-claim:<detector>|<version>" in message
+    assert (f"delete '{settings.queue_prefix}:version-claim:deception|synthetic-1' and "
+            f"'{settings.queue_prefix}:version-claim:injury|synthetic-1'") in message
