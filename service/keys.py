@@ -116,6 +116,11 @@ class Keys:
         `version`, claimed by the first worker to load it; a worker with another one refuses to start."""
         return f"{self.prefix}:version-claim:{detector}|{version}"
 
+    def review_leases(self, model: str, detector: str) -> str:
+        """Sorted set by lease expiry (unix seconds): ids on that review queue a reviewer has leased
+        (`POST /v1/review/leases`); others' leases skip them until then. Expires with its last lease."""
+        return f"{self.prefix}:review-leases:{model}|{detector}"
+
     def review(self, model: str, detector: str) -> str:
         """Sorted set by created_at: ids of scored outputs awaiting a reviewer's label for this detector
         (it flagged them, or they are in the audit sample); their label removes them."""

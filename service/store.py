@@ -216,9 +216,9 @@ return out
 
 
 # KEYS[1] = the output's record, KEYS[2] = pending zset, KEYS[3] = dead-letter zset. ARGV = output id,
-# JSON {detector: {win, idx, sc, rv}} key bases for the output's detectors. Erases the output: its
+# JSON {detector: {win, idx, sc, rv, ls}} key bases for the output's detectors. Erases the output: its
 # record (texts, metadata, scores, labels) and every entry naming its id (pending, dead letters,
-# review queues, and, for the detector version that scored it, its window entry and score history).
+# review queues and their leases, and, for the detector version that scored it, its window entry and score history).
 # Counters keep counting what happened. Returns 1, or 0 when there is no such record.
 _DELETE = """
 local id = ARGV[1]
@@ -227,6 +227,7 @@ if not cur[1] then return 0 end
 local scores = cur[2] and cjson.decode(cur[2]) or {}
 for name, d in pairs(cjson.decode(ARGV[2])) do
   redis.call('ZREM', d.rv, id)
+  redis.call('ZREM', d.ls, id)
   local s = scores[name]
   if s then
     local v = tostring(s.version)
@@ -245,6 +246,31 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], id)
 redis.call('ZREM', KEYS[3], id)
 return 1
+"""
+
+
+# KEYS[1] = a review queue, KEYS[2] = its leases. ARGV = now, lease seconds, limit. Leases the `limit`
+# oldest queued ids that no unexpired lease holds, in one step, so two reviewers asking at once never
+# get the same output; returns them and the queue's length. It walks the queue from its old end past
+# leased ids, so a call costs the leases ahead of the first free ids, at most the queue's length.
+_LEASE_REVIEW = """
+local now, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local out, start, page = {}, 0, 256
+while #out < limit do
+  local ids = redis.call('ZRANGE', KEYS[1], start, start + page - 1)
+  for _, id in ipairs(ids) do
+    if not redis.call('ZSCORE', KEYS[2], id) then
+      out[#out + 1] = id
+      if #out == limit then break end
+    end
+  end
+  if #ids < page then break end
+  start = start + page
+end
+for _, id in ipairs(out) do redis.call('ZADD', KEYS[2], now + lease, id) end
+if #out > 0 and redis.call('TTL', KEYS[2]) < lease then redis.call('EXPIRE', KEYS[2], math.ceil(lease)) end
+return {out, redis.call('ZCARD', KEYS[1])}
 """
 
 
@@ -365,6 +391,7 @@ class OutputStore:
         self._retry = redis.register_script(_RETRY)
         self._delete = redis.register_script(_DELETE)
         self._claim = redis.register_script(_CLAIM)
+        self._lease_review = redis.register_script(_LEASE_REVIEW)
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> OutputStore:
@@ -501,7 +528,8 @@ class OutputStore:
         model = record.get("model", "")
         # The detectors an output is scored with are fixed when it is created: reading them first is safe.
         bases = {d: {"win": self.keys.window_base(model, d), "idx": self.keys.window_index_base(model, d),
-                     "sc": self.keys.scores_base(model, d), "rv": self.keys.review(model, d)}
+                     "sc": self.keys.scores_base(model, d), "rv": self.keys.review(model, d),
+                     "ls": self.keys.review_leases(model, d)}
                  for d in record.get("detectors", [])}
         return bool(self._delete(keys=[self.keys.output(output_id), self.keys.pending, self.keys.dead],
                                  args=[output_id, json.dumps(bases)]))
@@ -524,10 +552,29 @@ class OutputStore:
             ids, waiting = pipe.execute()
         return [text(i) for i in ids], int(waiting)
 
+    def lease_review(self, model: str, detector: str, limit: int, lease_s: float) -> tuple[list[str], int, float]:
+        """Lease to one reviewer, for `lease_s`, the `limit` oldest outputs awaiting a label for `detector`
+        that no other lease holds (see _LEASE_REVIEW); with the queue's length and when the leases end."""
+        now = self.clock()
+        keys = [self.keys.review(model, detector), self.keys.review_leases(model, detector)]
+        ids, waiting = self._lease_review(keys=keys, args=[repr(now), repr(lease_s), limit])
+        return [text(i) for i in ids], int(waiting), now + lease_s
+
+    def review_leased_until(self, model: str, detector: str, output_ids: Sequence[str]) -> list[float | None]:
+        """When each output's review lease ends (unix seconds), or None where none holds it now."""
+        if not output_ids:
+            return []
+        now = self.clock()
+        until = self.redis.zmscore(self.keys.review_leases(model, detector), list(output_ids))
+        return [t if t is not None and t > now else None for t in until]
+
     def forget_review(self, model: str, detector: str, output_ids: Sequence[str]) -> None:
-        """Drop ids from a review queue (their records expired)."""
+        """Drop ids from a review queue and its leases (their records expired)."""
         if output_ids:
-            self.redis.zrem(self.keys.review(model, detector), *output_ids)
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(self.keys.review(model, detector), *output_ids)
+                pipe.zrem(self.keys.review_leases(model, detector), *output_ids)
+                pipe.execute()
 
     def _run_finish(self, payload: list[dict[str, Any]]) -> int:
         if not payload:

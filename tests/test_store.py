@@ -1,6 +1,7 @@
 """Output records against a real Redis: atomic create, idempotent finish, exact counters."""
 
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from redis import Redis
@@ -103,6 +104,46 @@ def test_the_review_queue_holds_flagged_and_audited_outputs_until_labeled(redis:
     assert store.awaiting_review("m1", "injury", 10) == (["latest"], 1)
 
 
+def test_review_leases_hand_each_waiting_output_to_one_reviewer_at_a_time(redis: Redis, prefix: str) -> None:
+    now = [1_000_000.0]
+    store = OutputStore(redis, Keys(prefix), ttl_s=3600, clock=lambda: now[0])
+    hit = {"injury": DetectorScore(score=0.9, flagged=True, threshold=0.5, version="v1")}
+    ids = [f"o{n}" for n in range(5)]
+    for i in ids:
+        store.create([NewOutput(id=i, model="m1", response=i, detectors=["injury"])], "j")
+        record = store.get(i)
+        assert record is not None
+        store.finish_scored([(record, hit, {})])
+        now[0] += 1
+    first, waiting, until = store.lease_review("m1", "injury", 2, 600)
+    assert (first, waiting, until) == (["o0", "o1"], 5, now[0] + 600)
+    now[0] += 10
+    assert store.lease_review("m1", "injury", 2, 600)[0] == ["o2", "o3"]  # the next reviewer: the next ones
+    assert store.lease_review("m1", "injury", 10, 30)[0] == ["o4"]
+    leases = Keys(prefix).review_leases("m1", "injury")
+    assert 590 < redis.ttl(leases) <= 600  # the set lives as long as its longest lease
+    assert store.lease_review("m1", "injury", 10, 600) == ([], 5, now[0] + 600)  # all held
+    assert store.review_leased_until("m1", "injury", ["o0", "o4", "nope"]) == [until, now[0] + 30, None]
+    assert store.awaiting_review("m1", "injury", 10) == (ids, 5)  # the listing still shows every one
+    assert store.apply_labels([("o1", "m1", "injury", 1)]) == ["new"]  # labeled: off the queue for good
+    now[0] += 31  # o4's short lease lapsed: back for the next reviewer
+    assert store.review_leased_until("m1", "injury", ["o4"]) == [None]
+    assert store.lease_review("m1", "injury", 10, 600)[0] == ["o4"]
+    now[0] += 600  # every lease lapsed
+    assert store.lease_review("m1", "injury", 10, 60)[0] == ["o0", "o2", "o3", "o4"]
+    assert redis.zcard(leases) == 4 and 50 < redis.ttl(leases) <= 60  # the lapsed ones trimmed
+    store.forget_review("m1", "injury", ["o0"])  # its record expired
+    assert redis.zscore(leases, "o0") is None
+    # Reviewers asking at once: every output goes to exactly one of them.
+    many = [f"c{n}" for n in range(40)]
+    store.create([NewOutput(id=i, model="m2", response=i, detectors=["injury"]) for i in many], "j")
+    store.finish_scored([(r, hit, {}) for r in store.get_many(many) if r is not None])
+    with ThreadPoolExecutor(8) as pool:
+        handed = list(pool.map(lambda _: store.lease_review("m2", "injury", 3, 60)[0], range(20)))
+    assert sorted(i for got in handed for i in got) == sorted(many)
+    assert 0 < redis.ttl(Keys(prefix).review_leases("m2", "injury")) <= 60
+
+
 def test_delete_erases_an_output_and_every_entry_naming_it(redis: Redis, prefix: str) -> None:
     store = OutputStore(redis, Keys(prefix), ttl_s=3600)
     hit = {"injury": DetectorScore(score=0.9, flagged=True, threshold=0.5, version="v1")}
@@ -118,6 +159,7 @@ def test_delete_erases_an_output_and_every_entry_naming_it(redis: Redis, prefix:
     keys = store.keys
     window, scores = keys.window("m1", "injury", "v1"), keys.scores("m1", "injury", "v1")
     assert redis.zcard(window) == 2 and redis.zcard(scores) == 3 and redis.zcard(keys.review("m1", "injury")) == 1
+    assert store.lease_review("m1", "injury", 5, 600)[0] == ["waiting"]  # a reviewer holds it
     for i in ("labeled", "waiting", "failed", "queued"):
         assert store.delete(i) is True
         assert store.get(i) is None and store.delete(i) is False
@@ -125,7 +167,7 @@ def test_delete_erases_an_output_and_every_entry_naming_it(redis: Redis, prefix:
     assert [m.split(b"|")[0] for m in redis.zrange(window, 0, -1)] == [b"kept"]
     assert redis.hkeys(keys.window_index("m1", "injury", "v1")) == [b"kept"]
     assert [m.split(b"|")[0] for m in redis.zrange(scores, 0, -1)] == [b"kept"]
-    for key in (keys.review("m1", "injury"), keys.dead, keys.pending):
+    for key in (keys.review("m1", "injury"), keys.review_leases("m1", "injury"), keys.dead, keys.pending):
         assert redis.zcard(key) == 0, key
     assert stale is not None and store.finish_scored([(stale, hit, {})]) == 0  # its job, run late, writes nothing
     assert store.get("queued") is None
