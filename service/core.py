@@ -161,15 +161,34 @@ class Redline:
         self._require_detector(detector)
         internal = who.model(model)
         ids, waiting = self.store.awaiting_review(internal, detector, limit)
+        until = self.store.review_leased_until(internal, detector, ids)
+        return {"model": model, "detector": detector, "waiting": waiting,
+                "outputs": self._review_items(internal, detector, ids, until, who)}
+
+    def lease_review(self, model: str, detector: str, limit: int, lease_s: int,
+                     who: Principal = OPEN) -> dict[str, Any]:
+        """Like `review_queue`, but only outputs no other reviewer holds, each now leased to this caller
+        for `lease_s` seconds: reviewers working in parallel are handed different outputs. A label ends
+        the lease with the output's place on the queue; an unlabeled output returns when it lapses."""
+        self._require_detector(detector)
+        internal = who.model(model)
+        ids, waiting, until = self.store.lease_review(internal, detector, limit, lease_s)
+        return {"model": model, "detector": detector, "waiting": waiting, "lease_s": lease_s,
+                "leased_until": iso(until),
+                "outputs": self._review_items(internal, detector, ids, [until] * len(ids), who)}
+
+    def _review_items(self, internal: str, detector: str, ids: list[str], until: list[float | None],
+                      who: Principal) -> list[dict[str, Any]]:
         records = self.store.get_many(ids)
         self.store.forget_review(internal, detector, [i for i, r in zip(ids, records, strict=True) if r is None])
         outputs = []
-        for record in records:
+        for record, leased in zip(records, until, strict=True):
             if record is None or detector in record.get("labels", {}):  # expired, or labeled just now
                 continue
             flagged = bool(record.get("scores", {}).get(detector, {}).get("flagged"))
-            outputs.append({**public_view(record, who), "reason": "flagged" if flagged else "audit"})
-        return {"model": model, "detector": detector, "waiting": waiting, "outputs": outputs}
+            outputs.append({**public_view(record, who), "reason": "flagged" if flagged else "audit",
+                            "leased_until": iso(leased)})
+        return outputs
 
     def _still_queued(self, ids: set[str]) -> set[str]:
         order = sorted(ids)

@@ -13,10 +13,10 @@ from .monitoring import MAX_WINDOWS_PER_REQUEST
 from .settings import Settings
 
 REF = "#/components/schemas/{model}"
-_REQUESTS = (s.SubmitRequest, s.ScoreRequest, s.LabelBatch, s.RetryRequest)
+_REQUESTS = (s.SubmitRequest, s.ScoreRequest, s.LabelBatch, s.RetryRequest, s.ReviewLeaseRequest)
 _RESPONSES = (s.SubmitResponse, s.ScoreResponse, s.OutputRecord, s.OutputList, s.PutLabelsResponse,
               s.LabelBatchResponse, s.DetectorsResponse, s.Monitor, s.MonitorWindows, s.MonitorList, s.DeadLetters,
-              s.RetryResponse, s.ReviewQueue, s.Deleted, s.LabeledPage, s.Error, s.Health, s.Ready)
+              s.RetryResponse, s.ReviewQueue, s.ReviewLease, s.Deleted, s.LabeledPage, s.Error, s.Health, s.Ready)
 
 
 _REQUEST_ID_HEADER = {
@@ -64,6 +64,8 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
     defs["RetryRequest"]["properties"]["ids"]["maxItems"] = settings.max_outputs_per_request
     defs["RetryRequest"]["properties"]["ids"]["items"]["pattern"] = s.ID_PATTERN
     defs["LabelItem"]["properties"]["detector"]["enum"] = detectors
+    defs["ReviewLeaseRequest"]["properties"]["detector"]["enum"] = detectors
+    defs["ReviewLeaseRequest"]["properties"]["limit"]["maximum"] = settings.max_outputs_per_request
     label_map = {"type": "object", "minProperties": 1, "propertyNames": {"enum": detectors},
                  "additionalProperties": {"enum": [0, 1]}}
     write = _errors(400, 401, 403, 409, 413, 415, 422, 429, 503)
@@ -144,6 +146,12 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
             "security": security,
             "parameters": [*pair, page_limit],
             "responses": {"200": _json(_ref(s.ReviewQueue)), **_errors(401, 403, 404, 422, 503)}}},
+        "/v1/review/leases": {"post": {
+            "summary": "Lease a reviewer the oldest waiting outputs no other reviewer holds",
+            "security": security,
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": _ref(s.ReviewLeaseRequest)}}},
+            "responses": {"200": _json(_ref(s.ReviewLease)), **_errors(400, 401, 403, 404, 415, 422, 503)}}},
         "/v1/detectors": {"get": {"summary": "Configured detectors", "security": security,
                                   "responses": {"200": _json(_ref(s.DetectorsResponse)), **_errors(401, 403)}}},
         "/v1/dead-letters": {"get": {

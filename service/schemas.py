@@ -87,6 +87,8 @@ class OutputList(BaseModel):
 class ReviewItem(OutputRecord):
     reason: Literal["flagged", "audit"] = Field(description="Flagged by this detector, or picked for the audit "
                                                             "sample of what no detector flagged")
+    leased_until: str | None = Field(description="When a reviewer's lease on it ends (POST /v1/review/leases); "
+                                                 "null if nobody holds it")
 
 
 class ReviewQueue(BaseModel):
@@ -94,6 +96,20 @@ class ReviewQueue(BaseModel):
     detector: str
     waiting: int = Field(description="Outputs awaiting this detector's label in all (this page included)")
     outputs: list[ReviewItem] = Field(description="The oldest waiting, oldest first")
+
+
+class ReviewLeaseRequest(Strict):
+    model: str = Field(min_length=1, description="The deployed model whose queue to lease from")
+    detector: str
+    limit: int = Field(50, ge=1, description="At most this many outputs")
+    lease_s: int = Field(900, ge=1, le=86400, description="Seconds until unlabeled outputs return to the queue")
+
+
+class ReviewLease(ReviewQueue):
+    lease_s: int
+    leased_until: str | None = Field(description="When these outputs return to the queue if still unlabeled")
+    outputs: list[ReviewItem] = Field(description="The oldest waiting outputs no other lease holds, now leased to "
+                                                  "the caller; fewer than `limit` (or none) when others hold the rest")
 
 
 class Deleted(BaseModel):

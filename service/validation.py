@@ -300,6 +300,28 @@ def parse_retry(body: dict[str, Any], settings: Settings) -> list[str]:
     return parse_id_list(ids, settings)
 
 
+REVIEW_LEASE_S, MAX_REVIEW_LEASE_S = 900, 86400
+
+
+def parse_review_lease(body: dict[str, Any], settings: Settings) -> tuple[str, str, int, int]:
+    """`{"model", "detector", "limit"?, "lease_s"?}` of POST /v1/review/leases -> those four."""
+    unknown = set(body) - {"model", "detector", "limit", "lease_s"}
+    if unknown:
+        raise ValidationFailed(f"unknown field(s) in body: {', '.join(sorted(unknown))}")
+    model, detector = body.get("model"), body.get("detector")
+    if not isinstance(model, str) or not model or not isinstance(detector, str) or not detector:
+        raise ValidationFailed("give the queue to lease from as 'model' (a deployed model) and 'detector' (strings)")
+    most = settings.max_outputs_per_request
+    numbers = {}
+    for name, default, top, setting in (("limit", 50, most, " (REDLINE_MAX_OUTPUTS_PER_REQUEST)"),
+                                        ("lease_s", REVIEW_LEASE_S, MAX_REVIEW_LEASE_S, " seconds")):
+        value = body.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise ValidationFailed(f"'{name}' must be an integer from 1 to {top}{setting}")
+        numbers[name] = value
+    return model, detector, numbers["limit"], numbers["lease_s"]
+
+
 def parse_label_batch(body: dict[str, Any], settings: Settings,
                       detectors: Collection[str]) -> list[tuple[str, str, int]]:
     """`{"labels": [{"id", "detector", "label"}, ...]}` -> [(id, detector, label)]."""

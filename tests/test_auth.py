@@ -33,6 +33,7 @@ def keys(tmp_path: Path) -> dict[str, str]:
         "reader": create_key(path, "team-a", ["read"]),
         "writer": create_key(path, "team-a", ["outputs:write"]),
         "labeler": create_key(path, "team-a", ["labels:write"]),
+        "reviewer": create_key(path, "team-a", ["labels:write", "read"]),
         "default": create_key(path, "default", ALL),  # the tenant open mode uses, which has no id prefix
     }
     made["file"] = str(path)
@@ -71,6 +72,7 @@ ENDPOINTS = [  # method, path, body, scope needed
     ("GET", "/v1/review?model=bot&detector=injury", None, "read"),
     ("GET", "/v1/labels?model=bot&detector=injury", None, "read"),
     ("POST", "/v1/dead-letters/retry", {"ids": ["x1"]}, "outputs:write"),
+    ("POST", "/v1/review/leases", {"model": "bot", "detector": "injury"}, "labels:write+read"),  # texts come back
     ("DELETE", "/v1/outputs/x1", None, "outputs:write"),  # last: its holder erases x1
 ]
 
@@ -83,13 +85,17 @@ def test_auth_matrix_for_every_endpoint(client, keys: dict[str, str]) -> None:  
         assert missing.get_json()["error"]["code"] == "unauthorized"
         assert client.open(path, method=method, json=body, headers=auth("rl_not-a-key")).status_code == 401
         assert client.open(path, method=method, json=body, headers={"Authorization": keys["a"]}).status_code == 401
-        holder = {"outputs:write": "writer", "labels:write": "labeler", "read": "reader"}[scope]
-        for who in ("writer", "labeler", "reader"):
+        holds = {"writer": {"outputs:write"}, "labeler": {"labels:write"}, "reader": {"read"},
+                 "reviewer": {"labels:write", "read"}}
+        needed = set(scope.split("+"))
+        for who, scopes in holds.items():
             r = client.open(path, method=method, json=body, headers=auth(keys[who]))
-            if who == holder:
+            if needed <= scopes:
                 assert r.status_code < 400, (path, who, r.get_json())
-            else:
-                assert r.status_code == 403 and scope in r.get_json()["error"]["message"], (path, who)
+            else:  # refused, naming a scope it lacks
+                assert r.status_code == 403, (path, who)
+                assert any(repr(x) in r.get_json()["error"]["message"] for x in needed - scopes), (path, who)
+        assert any(needed <= scopes for scopes in holds.values()), path
     for path in ("/healthz", "/readyz", "/metrics"):
         assert client.get(path).status_code == 200  # open
 
@@ -108,6 +114,9 @@ def test_tenants_never_see_each_other(client, keys: dict[str, str]) -> None:  # 
         ("x1", "bot", "flagged")]
     assert client.get(review, headers=b).get_json() == {"model": "bot", "detector": "injury", "waiting": 0,
                                                         "outputs": []}
+    lease = {"model": "bot", "detector": "injury"}
+    assert client.post("/v1/review/leases", json=lease, headers=b).get_json()["outputs"] == []  # not team-a's x1
+    assert [o["id"] for o in client.post("/v1/review/leases", json=lease, headers=a).get_json()["outputs"]] == ["x1"]
     mine = client.get("/v1/outputs/x1", headers=a).get_json()
     theirs = client.get("/v1/outputs/x1", headers=b).get_json()
     assert (mine["id"], mine["model"], mine["response"]) == ("x1", "bot", "blood everywhere")

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 README = (ROOT / "README.md").read_text()
 # Per-run values: timestamps, generated ids, which worker and batch.
-PER_RUN_KEYS = {"created_at", "scored_at", "labeled_at", "batch"}
+PER_RUN_KEYS = {"created_at", "scored_at", "labeled_at", "leased_until", "batch"}
 GENERATED = re.compile(r"(/v1/outputs/)?[0-9a-f]{16,32}")
 
 
@@ -52,7 +52,7 @@ def test_the_readme_has_the_examples_this_test_runs() -> None:
     commands = [c.split("localhost:8080")[1].split()[0].strip("'") for c, _, _ in examples()]
     assert commands == ["/v1/score", "/v1/outputs", "/v1/outputs/conv-17-turn-3",
                         "/v1/outputs?id=conv-17-turn-3&id=no-such-output", "/v1/detectors",
-                        "/v1/review?model=support-bot-v3&detector=injury",
+                        "/v1/review?model=support-bot-v3&detector=injury", "/v1/review/leases",
                         "/v1/outputs/conv-17-turn-3/labels", "/v1/labels",
                         "/v1/labels?model=support-bot-v3&detector=injury",
                         "/v1/monitor?model=support-bot-v3&detector=injury&window=24h"]

@@ -1,4 +1,5 @@
-"""GET /v1/review: what reviewers should label next, per deployed model and detector."""
+"""GET /v1/review: what reviewers should label next, per deployed model and detector; POST
+/v1/review/leases: hand a reviewer outputs no other reviewer holds."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from typing import Any
 
 from flask import Blueprint, request
 
-from ..app import caller, core
-from ..validation import query_limit, query_pair
+from ..app import caller, core, json_body
+from ..validation import parse_review_lease, query_limit, query_pair
 
 bp = Blueprint("review", __name__)
 
@@ -19,3 +20,11 @@ def review() -> dict[str, Any]:
     limit = query_limit(request.args.getlist("limit"), default=50, most=redline.settings.max_outputs_per_request,
                         setting="REDLINE_MAX_OUTPUTS_PER_REQUEST")
     return redline.review_queue(model, detector, limit, caller())
+
+
+@bp.post("/v1/review/leases")
+def lease() -> dict[str, Any]:
+    redline, who = core(), caller()
+    who.require("read")  # besides labels:write (app.py): the leased outputs come with their texts
+    model, detector, limit, lease_s = parse_review_lease(json_body(), redline.settings)
+    return redline.lease_review(model, detector, limit, lease_s, who)
