@@ -24,7 +24,7 @@ from .keys import ID_PATTERN, Keys
 from .store import OutputStore
 
 Cursor = tuple[float, str]  # (created_at, output id) of the last entry returned
-_ENTRY = struct.Struct("<ddddd")  # score, label, weight, labeled_at, created_at (store.py's window_put)
+_ENTRY = struct.Struct("<ddddd")  # score, label, weight, labeled_at, created_at (store_scripts.py's window_put)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Rolling quality metrics per (deployed model, detector, window), read from the Redis windows.
 
-Windows are kept up to date as scores and labels arrive (store.py's Lua scripts); this module
+Windows are kept up to date as scores and labels arrive (store_scripts.py); this module
 only reads a bounded window and applies the pure math in `evaluation`.
 """
 
@@ -213,7 +213,7 @@ def listing_row(result: dict[str, Any]) -> dict[str, Any]:
 
 def _doubles(members: list[bytes], count: int) -> np.ndarray:
     """The fixed binary tails (`count` little-endian doubles) of window members, as an array.
-    Members are `id|` + packed doubles (see store.py), so the tail is the last 8 * count bytes."""
+    Members are `id|` + packed doubles (see store_scripts.py), so the tail is the last 8 * count bytes."""
     width = 8 * count
     return np.frombuffer(b"".join(m[-width:] for m in members), dtype="<f8").reshape(len(members), count)
 

@@ -1,0 +1,301 @@
+"""The Lua scripts `OutputStore` runs. Each is one atomic step in Redis: a transition of an output's
+status with its counters, windows and queues, so that no crash or concurrent caller sees, or leaves,
+half of one. Each script's comment gives its KEYS and ARGV; `store.py` passes them.
+"""
+
+# KEYS[1] = pending zset, KEYS[2] = counters, KEYS[3] = deployed-model set. ARGV = ttl, now, prefix,
+# JSON list of records, most distinct models, most pending outputs (-1: no bound). Checks every id, then
+# the bounds, before writing, so a refused batch stores nothing (not even its model names); returns per
+# record "new" or its current status, or {'conflict', id} / {'overloaded', pending} /
+# {'too_many_models', model, count}.
+CREATE = """
+local ttl, now, prefix, max_models, max_pending = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[5]),
+  tonumber(ARGV[6])
+local records = cjson.decode(ARGV[4])
+local result = {}
+for i, rec in ipairs(records) do
+  local key = prefix .. ':output:' .. rec.id
+  local found = redis.call('HMGET', key, 'digest', 'status')
+  if found[1] then
+    if found[1] ~= rec.digest then return {'conflict', rec.id} end
+    result[i] = found[2]
+  else
+    result[i] = 'new'
+  end
+end
+-- The backlog bound counts only outputs this call would add (a resubmission adds none), and holds
+-- across API processes because nothing runs between this check and the writes.
+local adding = 0
+for i = 1, #records do if result[i] == 'new' then adding = adding + 1 end end
+local pending = redis.call('ZCARD', KEYS[1])
+if max_pending >= 0 and adding > 0 and pending + adding > max_pending then
+  return {'overloaded', tostring(pending)}
+end
+-- Model names become metric labels: admit a new one only with an output that is stored, and check the
+-- bound here, in the same atomic step as the SADD, so concurrent API processes cannot overshoot it.
+local unseen, fresh = {}, {}
+for i, rec in ipairs(records) do
+  if result[i] == 'new' and not unseen[rec.model] and redis.call('SISMEMBER', KEYS[3], rec.model) == 0 then
+    unseen[rec.model] = true
+    table.insert(fresh, rec.model)
+  end
+end
+if #fresh > 0 then
+  local known = redis.call('SCARD', KEYS[3])
+  if max_models >= 0 and known + #fresh > max_models then
+    table.sort(fresh)
+    return {'too_many_models', fresh[1], tostring(known)}
+  end
+  redis.call('SADD', KEYS[3], unpack(fresh))
+end
+for i, rec in ipairs(records) do
+  if result[i] == 'new' then
+    local key = prefix .. ':output:' .. rec.id
+    redis.call('HSET', key, unpack(rec.fields))
+    redis.call('EXPIRE', key, ttl)
+    redis.call('ZADD', KEYS[1], now, rec.id)
+    for _, c in ipairs(rec.counters) do redis.call('HINCRBY', KEYS[2], c, 1) end
+  end
+end
+return result
+"""
+
+# Shared by the scripts below: put one labeled+scored output into its monitoring window,
+# replacing its previous entry (a changed label), then trim by age and by count.
+WINDOW_PUT = """
+local function window_put(w, version, id, score, label, weight, labeled_at, created_at)
+  -- The window of the detector version that scored the output (Keys.window: base .. version).
+  local win, idx = w.win .. tostring(version or ''), w.idx .. tostring(version or '')
+  local old = redis.call('HGET', idx, id)
+  if old then redis.call('ZREM', win, old) end
+  -- id, then 5 little-endian doubles: numpy reads a whole window with one frombuffer (monitoring.py).
+  local member = id .. '|' .. struct.pack('<ddddd', tonumber(score), tonumber(label), tonumber(weight),
+                                           tonumber(labeled_at), tonumber(created_at))
+  redis.call('ZADD', win, created_at, member)
+  redis.call('HSET', idx, id, member)
+  local drop = redis.call('ZRANGEBYSCORE', win, '-inf', '(' .. w.horizon)
+  local excess = redis.call('ZCARD', win) - w.cap
+  if excess > 0 then
+    for _, m in ipairs(redis.call('ZRANGE', win, 0, excess - 1)) do table.insert(drop, m) end
+  end
+  for _, m in ipairs(drop) do
+    redis.call('ZREM', win, m)
+    redis.call('HDEL', idx, string.match(m, '^[^|]+'))
+  end
+end
+
+local function design_weight(flagged, audit, rate)
+  -- Reviewers see every flagged output and an audit sample (rate) of the rest.
+  if flagged then return 1 end
+  if audit == '1' and tonumber(rate) and tonumber(rate) > 0 then return 1 / tonumber(rate) end
+  return 0
+end
+"""
+
+# KEYS[1] = pending zset, KEYS[2] = counters hash, KEYS[3] = monitored set, KEYS[4] = dead-letter zset.
+# ARGV = prefix, JSON list of results, notify TTL, now, dead-letter horizon. Writes only records still
+# queued; for each scored detector records the score (drift) and joins a label already given (window),
+# or, without one, queues the output for review when the detector flagged it or it is audit-sampled.
+# A failure is listed as a dead letter in the same step, so no failed output goes unlisted; entries
+# older than the records themselves (the record TTL) are dropped, which keeps the set bounded.
+FINISH = WINDOW_PUT + """
+local prefix = ARGV[1]
+local results = cjson.decode(ARGV[2])
+local written, failed = 0, 0
+for _, r in ipairs(results) do
+  local key = prefix .. ':output:' .. r.id
+  local cur = redis.call('HMGET', key, 'status', 'model', 'notify', 'created_at')
+  if cur[1] == 'queued' then
+    redis.call('HSET', key, unpack(r.fields))
+    redis.call('ZREM', KEYS[1], r.id)
+    if r.dead then
+      redis.call('ZADD', KEYS[4], ARGV[4], r.id)
+      failed = failed + 1
+    end
+    for _, c in ipairs(r.counters) do
+      redis.call('HINCRBY', KEYS[2], c .. '|' .. cur[2], 1)
+    end
+    for _, d in ipairs(r.dets) do
+      redis.call('ZADD', d.sc, cur[4], r.id .. '|' .. struct.pack('<d', tonumber(d.score)))
+      redis.call('ZREMRANGEBYSCORE', d.sc, '-inf', '(' .. d.horizon)
+      redis.call('ZREMRANGEBYRANK', d.sc, 0, -(d.cap + 1))
+      redis.call('SADD', KEYS[3], cur[2] .. '|' .. d.name)
+      local lab = redis.call('HMGET', key, 'label:' .. d.name, 'labeled_at:' .. d.name)
+      if lab[1] then
+        window_put(d, d.version, r.id, d.score, lab[1], design_weight(d.flagged, r.audit, r.rate), lab[2], cur[4])
+      elseif d.flagged or r.audit == '1' then
+        -- What reviewers must label for the weighted metrics: flagged, or in the audit sample. Kept as
+        -- long as records, and at most `cap` (the oldest go first: nobody works through more).
+        redis.call('ZADD', d.rv, cur[4], r.id)
+        redis.call('ZREMRANGEBYSCORE', d.rv, '-inf', '(' .. d.rv_horizon)
+        redis.call('ZREMRANGEBYRANK', d.rv, 0, -(d.cap + 1))
+      end
+    end
+    if cur[3] then
+      local nkey = prefix .. ':notify:' .. cur[3]
+      redis.call('RPUSH', nkey, r.id)
+      redis.call('EXPIRE', nkey, tonumber(ARGV[3]))
+    end
+    written = written + 1
+  end
+end
+if failed > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[5]) end
+return written
+"""
+
+
+# KEYS[1] = pending zset. ARGV = prefix, job id, now, JSON list of output ids. Moves the outputs that
+# exist and are still queued to a new job (one more attempt); returns those ids. Checked here, not by
+# the caller's earlier read: a record that expired meanwhile would be recreated partially and without
+# a TTL by a plain HSET, and one scored meanwhile would be queued again for nothing.
+REASSIGN = """
+local moved = {}
+for _, id in ipairs(cjson.decode(ARGV[4])) do
+  local key = ARGV[1] .. ':output:' .. id
+  if redis.call('HGET', key, 'status') == 'queued' then
+    redis.call('HSET', key, 'job', ARGV[2])
+    redis.call('HINCRBY', key, 'attempts', 1)
+    redis.call('ZADD', KEYS[1], ARGV[3], id)
+    table.insert(moved, id)
+  end
+end
+return moved
+"""
+
+
+# KEYS[1] = pending zset, KEYS[2] = dead-letter zset. ARGV = prefix, job id, now, JSON list of output ids,
+# most pending outputs (-1: no bound). Moves failed outputs back to queued, under a new job with a fresh
+# count of attempts, and off the dead-letter list; returns per id "requeued", its status when it is not
+# failed, or "missing"; or {'overloaded', pending}, having changed nothing. Failed outputs hold no
+# score, so scoring them now is their first and only score.
+RETRY = """
+local prefix, job, now, max_pending = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
+local ids = cjson.decode(ARGV[4])
+local out, adding = {}, 0
+for i, id in ipairs(ids) do
+  local status = redis.call('HGET', prefix .. ':output:' .. id, 'status')
+  if not status then out[i] = 'missing'
+  elseif status == 'failed' then out[i] = 'requeued'; adding = adding + 1
+  else out[i] = status end
+end
+local pending = redis.call('ZCARD', KEYS[1])
+if max_pending >= 0 and adding > 0 and pending + adding > max_pending then
+  return {'overloaded', tostring(pending)}
+end
+for i, id in ipairs(ids) do
+  if out[i] == 'requeued' then
+    local key = prefix .. ':output:' .. id
+    redis.call('HSET', key, 'status', 'queued', 'job', job)
+    redis.call('HDEL', key, 'error', 'scored_at', 'attempts', 'notify')
+    redis.call('ZADD', KEYS[1], now, id)
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+return out
+"""
+
+
+# KEYS[1] = the output's record, KEYS[2] = pending zset, KEYS[3] = dead-letter zset. ARGV = output id,
+# JSON {detector: {win, idx, sc, rv, ls}} key bases for the output's detectors. Erases the output: its
+# record (texts, metadata, scores, labels) and every entry naming its id (pending, dead letters,
+# review queues and their leases, and, for the detector version that scored it, its window entry and score history).
+# Counters keep counting what happened. Returns 1, or 0 when there is no such record.
+DELETE = """
+local id = ARGV[1]
+local cur = redis.call('HMGET', KEYS[1], 'id', 'scores', 'created_at')
+if not cur[1] then return 0 end
+local scores = cur[2] and cjson.decode(cur[2]) or {}
+for name, d in pairs(cjson.decode(ARGV[2])) do
+  redis.call('ZREM', d.rv, id)
+  redis.call('ZREM', d.ls, id)
+  local s = scores[name]
+  if s then
+    local v = tostring(s.version)
+    local member = redis.call('HGET', d.idx .. v, id)
+    if member then
+      redis.call('ZREM', d.win .. v, member)
+      redis.call('HDEL', d.idx .. v, id)
+    end
+    -- Score-history members are `id|` + the score, at the output's created_at.
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', d.sc .. v, cur[3], cur[3])) do
+      if string.sub(m, 1, #id + 1) == id .. '|' then redis.call('ZREM', d.sc .. v, m) end
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], id)
+redis.call('ZREM', KEYS[3], id)
+return 1
+"""
+
+
+# KEYS[1] = a review queue, KEYS[2] = its leases. ARGV = now, lease seconds, limit. Leases the `limit`
+# oldest queued ids that no unexpired lease holds, in one step, so two reviewers asking at once never
+# get the same output; returns them and the queue's length. It walks the queue from its old end past
+# leased ids, so a call costs the leases ahead of the first free ids, at most the queue's length.
+LEASE_REVIEW = """
+local now, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local out, start, page = {}, 0, 256
+while #out < limit do
+  local ids = redis.call('ZRANGE', KEYS[1], start, start + page - 1)
+  for _, id in ipairs(ids) do
+    if not redis.call('ZSCORE', KEYS[2], id) then
+      out[#out + 1] = id
+      if #out == limit then break end
+    end
+  end
+  if #ids < page then break end
+  start = start + page
+end
+for _, id in ipairs(out) do redis.call('ZADD', KEYS[2], now + lease, id) end
+if #out > 0 and redis.call('TTL', KEYS[2]) < lease then redis.call('EXPIRE', KEYS[2], math.ceil(lease)) end
+return {out, redis.call('ZCARD', KEYS[1])}
+"""
+
+
+# KEYS[1] = a detector version's claim. ARGV = fingerprint, TTL seconds. Takes or renews the claim;
+# returns the other fingerprint holding it (and changes nothing), or nil. One script, so two workers
+# starting together with different files cannot both find the version free.
+CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
+
+# KEYS[1] = counters. ARGV = now, JSON list of {key, id, det, label, win...}.
+# Returns per item "new", "changed", "unchanged" or "missing". A changed label replaces the
+# window entry; counters count each (output, detector) labeled once; a label takes the output off
+# the detector's review queue.
+LABEL = WINDOW_PUT + """
+local now = ARGV[1]
+local items = cjson.decode(ARGV[2])
+local out = {}
+for i, it in ipairs(items) do
+  local cur = redis.call('HMGET', it.key, 'model', 'label:' .. it.det, 'labeled_at:' .. it.det, 'scores',
+                         'created_at', 'audit', 'audit_rate')
+  if not cur[1] then
+    out[i] = 'missing'
+  elseif cur[2] == it.label then
+    out[i] = 'unchanged'
+  else
+    out[i] = cur[2] and 'changed' or 'new'
+    local labeled_at = cur[3] or now
+    redis.call('HSET', it.key, 'label:' .. it.det, it.label, 'labeled_at:' .. it.det, labeled_at)
+    redis.call('ZREM', it.rv, it.id)
+    if not cur[2] then redis.call('HINCRBY', KEYS[1], 'labeled|' .. it.det .. '|' .. cur[1], 1) end
+    if cur[4] then
+      local s = cjson.decode(cur[4])[it.det]
+      if s then
+        -- The number itself: tostring() keeps 14 digits, so a label arriving after its score stored a
+        -- rounded score (two scores 1e-15 apart became a tie).
+        window_put(it, s.version, it.id, s.score, it.label,
+                   design_weight(s.flagged, cur[6], cur[7]), labeled_at, cur[5])
+      end
+    end
+  end
+end
+return out
+"""
