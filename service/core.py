@@ -137,7 +137,10 @@ class Redline:
             if span.seconds is None:
                 raise ValidationFailed("'window' here is a duration (1h, 24h, 7d): page through a count with 'limit'")
             start = self.store.clock() - span.seconds
-        after = export.decode_cursor(cursor) if cursor is not None else None
+        after = None
+        if cursor is not None:  # cursors name public ids: a tenant's internal `tenant~id` is no valid id
+            at, public = export.decode_cursor(cursor)
+            after = (at, who.output_id(public))
         entries, following = export.labeled_page(self.redis, self.keys, who.model(model), detector, version, start,
                                                  after, limit)
         outputs = []
@@ -148,7 +151,7 @@ class Redline:
                             "created_at": iso(entry.created_at), "labeled_at": iso(entry.labeled_at),
                             **{k: (record or {}).get(k) for k in ("prompt", "response", "metadata")}})
         return {"model": model, "detector": detector, "version": version, "window": window, "outputs": outputs,
-                "next": export.encode_cursor(following) if following else None}
+                "next": export.encode_cursor((following[0], who.public_id(following[1]))) if following else None}
 
     def delete_output(self, output_id: str, who: Principal = OPEN) -> None:
         """Erase one of `who`'s outputs (a privacy request, say): NotFound if there is none."""

@@ -100,6 +100,31 @@ def test_auth_matrix_for_every_endpoint(client, keys: dict[str, str]) -> None:  
         assert client.get(path).status_code == 200  # open
 
 
+def test_a_tenant_pages_through_its_own_labeled_outputs(client, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    # Cursors name public ids: an internal `team-a~id` in `next` was refused as no valid id, so a keyed
+    # tenant could read only the first page.
+    a, b = auth(keys["a"]), auth(keys["b"])
+    for headers, tag in ((a, "a"), (b, "b")):
+        outs = [{"id": f"{tag}{n}", "model": "bot", "response": "blood everywhere", "detectors": ["injury"],
+                 "labels": {"injury": 1}} for n in range(3)]
+        for out in outs:  # one request each, so created_at orders them
+            assert client.post("/v1/outputs", json={"outputs": [out]}, headers=headers).status_code == 202
+    score_all(client)
+    for headers, tag in ((a, "a"), (b, "b")):
+        seen, cursor = [], None
+        while True:
+            page = client.get("/v1/labels?model=bot&detector=injury&limit=1" + (f"&cursor={cursor}" if cursor else ""),
+                              headers=headers).get_json()
+            assert "error" not in page, page
+            seen += [o["id"] for o in page["outputs"]]
+            if not (cursor := page["next"]):
+                break
+        assert seen == [f"{tag}0", f"{tag}1", f"{tag}2"]
+    first = client.get("/v1/labels?model=bot&detector=injury&limit=1", headers=a).get_json()
+    theirs = client.get(f"/v1/labels?model=bot&detector=injury&cursor={first['next']}", headers=b).get_json()
+    assert [o["id"] for o in theirs["outputs"]] == ["b0", "b1", "b2"]  # another's cursor reads only one's own
+
+
 def test_tenants_never_see_each_other(client, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     a, b = auth(keys["a"]), auth(keys["b"])
     assert client.post("/v1/outputs", json=OUT, headers=a).status_code == 202
