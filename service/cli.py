@@ -54,7 +54,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("--target-fnr", type=float, help="report the highest threshold meeting this FNR")
     evaluate.add_argument("--format", choices=("json", "text"), default="json")
     evaluate.add_argument("--plot", metavar="OUT.png", help="ROC curve with the high-sensitivity region shaded")
+    export = sub.add_parser("export", help="the labeled outputs of a model and detector, as JSON Lines, from a "
+                                           "running API (GET /v1/labels, every page)")
+    export.add_argument("--model", required=True, help="the deployed model")
+    export.add_argument("--detector", required=True)
+    export.add_argument("--url", default="http://127.0.0.1:8080", help="the API (default http://127.0.0.1:8080)")
+    export.add_argument("--key-file", help="file holding an API key with the read scope (not on the command "
+                                           "line, so it stays out of shell history and process listings)")
+    export.add_argument("--window", help="only outputs of the last 24h, 7d, ... (default: everything kept)")
+    export.add_argument("--version", help="another detector version than the one served")
+    export.add_argument("--limit", type=int, default=100, help="outputs per request (default 100)")
+    export.add_argument("--out", "-o", help="file to write (default: standard output)")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        from . import labels_client
+
+        return labels_client.main(args)
     if args.command == "evaluate":
         from . import offline
         from .evaluation import check_order
