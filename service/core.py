@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from redis import Redis
 
@@ -209,6 +210,18 @@ class Redline:
     def workers_alive(self) -> int:
         cutoff = self.store.clock() - self.settings.worker_ttl_s  # the clock workers beat by
         return int(self.redis.zcount(self.keys.workers, cutoff, "+inf"))
+
+    def served_versions(self) -> dict[str, dict[str, int]]:
+        """By detector, then version: how many live scoring workers have it loaded. A detector this API
+        serves that no live worker loads fails every output that asks for it (rollout order, models/README)."""
+        cutoff = self.store.clock() - self.settings.worker_ttl_s
+        names = cast("list[bytes]", self.redis.zrangebyscore(self.keys.workers, cutoff, "+inf"))
+        served: dict[str, dict[str, int]] = {}
+        for raw in self.redis.hmget(self.keys.worker_detectors, names) if names else []:
+            for detector, version in (json.loads(raw) if raw else {}).items():
+                served.setdefault(detector, {}).setdefault(version, 0)
+                served[detector][version] += 1
+        return served
 
     def readiness(self) -> dict[str, Any]:
         """Whether this API can take requests: Redis answers. Live scoring workers are reported, not

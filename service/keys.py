@@ -58,6 +58,11 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
+    def worker_detectors(self) -> str:
+        """Hash: worker name -> JSON {detector: version} it loaded; forgotten with its name in `workers`."""
+        return f"{self.prefix}:worker-detectors"
+
+    @property
     def dead(self) -> str:
         """Sorted set: failed outputs (given up on after REDLINE_MAX_ATTEMPTS attempts, or failed on their
         own: a detector the worker lacks, inference that raised) by time of failure; kept as long as records."""

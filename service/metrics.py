@@ -113,6 +113,7 @@ class RedlineCollector(Collector):
                                 value=r.zcard(keys.pending))
         yield GaugeMetricFamily("redline_workers_alive", "Scoring workers with a recent heartbeat",
                                 value=self.redline.workers_alive())
+        yield self._detector_workers()
         yield self._review_waiting(r, keys)
         if self.quality is not None:
             yield GaugeMetricFamily("redline_quality_computed_timestamp_seconds",
@@ -151,6 +152,18 @@ class RedlineCollector(Collector):
         for (model, detector), count in zip(pairs, counts, strict=True):
             if detector in self.redline.detectors:
                 family.add_metric([model, detector], count)
+        return family
+
+    def _detector_workers(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily("redline_detector_workers", "Live scoring workers that have a detector loaded, "
+                                   "by the version they serve", labels=["detector", "version"])
+        served = self.redline.served_versions()
+        # 0 for the version this API serves, so that "no worker loads it" is a series an alert can read.
+        for name, config in self.redline.detectors.items():
+            served.setdefault(name, {}).setdefault(config.version, 0)
+        for detector, versions in sorted(served.items()):
+            for version, count in sorted(versions.items()):
+                family.add_metric([detector, version], count)
         return family
 
     def _detectors(self) -> Iterator[Any]:

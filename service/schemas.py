@@ -184,6 +184,8 @@ class Detector(BaseModel):
     description: str
     input: Literal["response", "prompt_response"]
     max_length: int
+    workers: dict[str, int] = Field(description="Live scoring workers that have this detector loaded, by the "
+                                                "version they serve; empty: outputs asking for it fail")
 
 
 class DetectorsResponse(BaseModel):

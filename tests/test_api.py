@@ -144,6 +144,10 @@ def test_detectors_listed(stack: Stack) -> None:
         assert by_name[name]["version"] == config.version and by_name[name]["threshold"] == config.threshold
         assert by_name[name]["target_fnr"] == config.target_fnr and by_name[name]["description"]
     assert by_name["profanity"]["version"] == "user-7"
+    alive = stack.get("/readyz").json()["workers_alive"]
+    assert alive >= 1
+    for name, d in by_name.items():  # every live worker of this stack loads all four
+        assert d["workers"] == {d["version"]: alive}, name
 
 
 def stack_models() -> Path:

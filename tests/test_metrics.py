@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import threading
 import time
@@ -134,6 +135,24 @@ def test_withheld_metrics_are_absent_not_zero(redis: Redis, settings: Settings) 
     assert reg.get_sample_value("redline_window_positives", labels) == 1
     assert reg.get_sample_value("redline_fnr_ratio", labels) is None
     assert reg.get_sample_value("redline_n_auc", {**labels, "n": "5"}) is None
+
+
+def test_detector_workers_count_live_workers_by_version_and_zero_for_the_one_served(
+        redis: Redis, settings: Settings) -> None:
+    core = Redline(settings, redis)
+    for detector in ("injury", "deception"):  # no worker yet: the served version's series is 0, not absent
+        assert Scrape(core).get_sample_value("redline_detector_workers",
+                                             {"detector": detector, "version": "synthetic-1"}) == 0
+    # Live workers, as their heartbeats publish them (workers/worker.py): one on a newer injury version.
+    now = core.store.clock()
+    workers = {"w1": {"injury": "synthetic-1", "deception": "synthetic-1"}, "w2": {"injury": "synthetic-2"}}
+    for name, served in workers.items():
+        redis.zadd(core.keys.workers, {name: now})
+        redis.hset(core.keys.worker_detectors, name, json.dumps(served))
+    scrape = Scrape(core)
+    for version, count in (("synthetic-1", 1), ("synthetic-2", 1)):
+        assert scrape.get_sample_value("redline_detector_workers", {"detector": "injury", "version": version}) == count
+    assert scrape.get_sample_value("redline_detector_workers", {"detector": "deception", "version": "synthetic-1"}) == 1
 
 
 def test_redis_histogram_buckets_are_cumulative(redis: Redis, scored: Redline) -> None:

@@ -4,10 +4,12 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
 import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -306,3 +308,40 @@ def test_a_sigterm_while_waiting_for_redis_mid_batch_stops_cleanly_and_the_batch
     build_worker(redis, settings).work(burst=True)
     assert [r["status"] for r in core.store.get_many(ids) if r] == ["scored"] * len(ids)
     assert core.store.counters()["scored|injury|m"] == len(ids)  # once each
+
+
+def _bumped(synthetic_models: Path, to: Path, version: str) -> Path:
+    """A copy of the synthetic models with injury under another version."""
+    shutil.copytree(synthetic_models, to)
+    path = to / "injury" / "model.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "version": version}))
+    return to
+
+
+def test_workers_publish_the_detector_versions_they_serve(redis: Redis, settings: Settings,
+                                                         synthetic_models: Path, tmp_path: Path) -> None:
+    core = Redline(settings, redis)
+    assert core.served_versions() == {}
+    first = build_worker(redis, settings)
+    other = build_worker(redis, dataclasses.replace(settings, models_dirs=(
+        _bumped(synthetic_models, tmp_path / "bumped", "synthetic-2"),)))
+    try:
+        for worker in (first, other):
+            worker.heart.beat()
+        # A rollout in progress: one worker on each injury version, both on deception's.
+        assert core.served_versions() == {"injury": {"synthetic-1": 1, "synthetic-2": 1},
+                                          "deception": {"synthetic-1": 2}}
+        keys, now = core.keys, core.store.clock()
+        redis.zadd(keys.workers, {other.heart.worker_name: now - settings.worker_ttl_s - 1})  # went silent
+        assert core.served_versions() == {"injury": {"synthetic-1": 1}, "deception": {"synthetic-1": 1}}
+        redis.zadd(keys.workers, {"gone": now - 86401})  # dead for a day: forgotten, name and detectors
+        redis.hset(keys.worker_detectors, "gone", json.dumps({"injury": "old"}))
+        first.heart.beat()
+        assert redis.zscore(keys.workers, "gone") is None and not redis.hexists(keys.worker_detectors, "gone")
+        assert redis.hexists(keys.worker_detectors, other.heart.worker_name)  # silent, not yet a day
+        redis.delete(keys.worker_detectors)  # a Redis that lost its data: the next beat says it again
+        first.heart.beat()
+        assert core.served_versions() == {"injury": {"synthetic-1": 1}, "deception": {"synthetic-1": 1}}
+    finally:
+        first.heart.stop()
+        other.heart.stop()

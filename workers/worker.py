@@ -8,6 +8,7 @@ in one pass, then completes each job through RQ's normal bookkeeping.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -84,11 +85,18 @@ class Heart(threading.Thread):
         """Publish liveness now (also called once before the first job), by Redis's clock, which
         readers compare it with: this host's may differ from theirs."""
         now = self.scorer.store.clock()
+        served = json.dumps({name: d.version for name, d in sorted(self.scorer.detectors.items())})
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.keys.workers, {self.worker_name: now})
-            # Forget workers dead for a day, so the set stays bounded.
-            pipe.zremrangebyscore(self.keys.workers, "-inf", now - 86400)
-            pipe.execute()
+            # What it serves, with every beat: a Redis that lost its data learns it again.
+            pipe.hset(self.keys.worker_detectors, self.worker_name, served)
+            pipe.zrangebyscore(self.keys.workers, "-inf", now - 86400)
+            dead = pipe.execute()[2]
+        if dead:  # forget workers dead for a day, so the set and the hash stay bounded
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(self.keys.workers, *dead)
+                pipe.hdel(self.keys.worker_detectors, *dead)
+                pipe.execute()
         with self._lock:
             held = list(self.held)
         self._refresh_leases(held)

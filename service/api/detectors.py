@@ -21,4 +21,6 @@ def openapi() -> dict[str, Any]:
 
 @bp.get("/v1/detectors")
 def list_detectors() -> dict[str, Any]:
-    return {"detectors": [c.describe() for c in core().detectors.values()]}
+    redline = core()
+    served = redline.served_versions()
+    return {"detectors": [{**c.describe(), "workers": served.get(name, {})} for name, c in redline.detectors.items()]}
