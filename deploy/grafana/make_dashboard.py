@@ -101,10 +101,13 @@ PANELS = [
     ], 0, 40),
     panel(12, "Workers alive, batch size and Redis", [
         ("max(redline_workers_alive)", "workers alive"),
+        ('max by (detector, version) (redline_detector_workers{detector=~"$detector"})',
+         "workers with {{detector}} {{version}}"),
         ("histogram_quantile(0.5, sum by (le) (rate(redline_batch_size_bucket[5m])))", "batch size p50"),
         ("max(redline_redis_up)", "Redis up"),
-    ], 12, 40, description="While Redis is unreachable (Redis up 0) the Redis-backed series, workers alive "
-                           "among them, are absent: the API cannot read them."),
+    ], 12, 40, description="Workers with a detector: live workers that have it loaded, per version (0: outputs "
+                           "asking for it fail). While Redis is unreachable (Redis up 0) the Redis-backed series, "
+                           "workers alive among them, are absent: the API cannot read them."),
     panel(13, "Detector versions served", [
         ('max by (detector, version) (redline_detector_info{detector=~"$detector"})', "{{detector}} {{version}}"),
     ], 0, 48, w=24, h=5, description="Quality windows are per detector version: where a version's line starts, "
