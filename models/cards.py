@@ -154,7 +154,7 @@ The threshold is set for high sensitivity (target FNR {r['target_fnr']:.0%}), so
 route flagged outputs to review. Not for: decisions about people, or use as the only safety control.
 
 ## Training data
-{DATA[name]}
+{DATA[name]}{_exported(r)}
 
 Split: {r['train_rows']} training rows ({r['train_positives']} positive), {r['val_rows']} validation rows,
 {SPLITS[name]}.
@@ -198,6 +198,16 @@ N-AUC is the probability that N random positives all score above one random nega
 ## Known failure modes
 {FAILURES[name]}
 """
+
+
+def _exported(r: dict[str, Any]) -> str:
+    """Reviewers' production labels added to training (`models.train --labeled`), if any."""
+    files = r.get("exported_rows") or {}
+    if not files:
+        return ""
+    listed = ", ".join(f"{n} from `{src.removeprefix('exported:')}`" for src, n in files.items())
+    return (f"\n\nPlus reviewer-labeled production outputs (`redline export`, `--labeled`), in training only: "
+            f"{listed}. Validation is the shipped split, so versions compare on the same rows.")
 
 
 def _floor(r: dict[str, Any]) -> str:

