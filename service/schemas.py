@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .keys import ID_PATTERN
-from .validation import MODEL_PATTERN
+from .validation import MAX_REVIEW_LEASE_S, MODEL_PATTERN, REVIEW_LEASE_S
 
 Label = Literal[0, 1]
 
@@ -102,7 +102,8 @@ class ReviewLeaseRequest(Strict):
     model: str = Field(min_length=1, description="The deployed model whose queue to lease from")
     detector: str
     limit: int = Field(50, ge=1, description="At most this many outputs")
-    lease_s: int = Field(900, ge=1, le=86400, description="Seconds until unlabeled outputs return to the queue")
+    lease_s: int = Field(REVIEW_LEASE_S, ge=1, le=MAX_REVIEW_LEASE_S,
+                         description="Seconds until unlabeled outputs return to the queue")
 
 
 class ReviewLease(ReviewQueue):
