@@ -7,6 +7,7 @@ import dataclasses
 import os
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -186,8 +187,8 @@ def test_a_worker_started_before_its_redis_waits_for_it_and_stops_cleanly_withou
     prefix = "early" + uuid.uuid4().hex[:6]
     port = free_port()  # nothing listens here yet
     url = f"redis://127.0.0.1:{port}/0"
-    worker = Proc([sys.executable, "-m", "service.cli", "worker"], redline_env(url, synthetic_models, prefix),
-                  tmp_path / "worker.log")
+    worker = Proc([sys.executable, "-m", "service.cli", "worker"],
+                  redline_env(url, synthetic_models, prefix, log_level="INFO"), tmp_path / "worker.log")
     server = EmbeddedRedis(tmp_path / "redis", port=port, persist=False)
     try:
         wait_for(lambda: "waiting for Redis" in worker.log() or not worker.alive(), timeout=60)
@@ -205,7 +206,11 @@ def test_a_worker_started_before_its_redis_waits_for_it_and_stops_cleanly_withou
         server.stop()
         time.sleep(1)
         worker.popen.send_signal(signal.SIGTERM)
-        assert worker.popen.wait(timeout=30) == 0, worker.log()
+        try:
+            code = worker.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # seen once in CI (2026-12-02), not reproduced: keep what it logged
+            pytest.fail(f"no exit 30 s after SIGTERM with Redis away; worker log:\n{worker.log()}")
+        assert code == 0, worker.log()
         assert "stopped without telling Redis" in worker.log() and "Traceback" not in worker.log(), worker.log()
     finally:
         worker.stop()
