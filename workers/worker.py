@@ -215,6 +215,15 @@ class ScoringWorker(SimpleWorker):
                 raise StopRequested from None  # RQ's own way out of its loop: a clean stop, exit 0
             raise
 
+    def request_stop(self, signum: int, frame: Any) -> None:
+        # RQ stops an idle worker by raising StopRequested from this signal handler, wherever the main
+        # thread is. Inside a `try/except Exception` (logging's emit, which reports an error and goes
+        # on: the worker logs as it waits for a lost Redis) that stop was lost and the worker ran on
+        # until a second signal. The flag stops every loop that reads it as well: RQ's own, and
+        # waiting for Redis.
+        self._stop_requested = True
+        super().request_stop(signum, frame)
+
     def set_shutdown_requested_date(self) -> None:
         # Called from RQ's SIGTERM handler, while busy. With Redis away the date cannot be recorded,
         # and waiting for the batch to finish would mean waiting for Redis (for a job's own run, up
