@@ -130,6 +130,7 @@ _OPEN_ROUTES = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
 _WRITE_SCOPES = {("POST", "/v1/outputs"): "outputs:write", ("POST", "/v1/score"): "outputs:write",
                  ("PUT", "/v1/outputs/<output_id>/labels"): "labels:write", ("POST", "/v1/labels"): "labels:write",
                  ("POST", "/v1/dead-letters/retry"): "outputs:write", ("POST", "/v1/review/leases"): "labels:write",
+                 ("POST", "/v1/review/leases/release"): "labels:write",
                  ("DELETE", "/v1/outputs/<output_id>"): "outputs:write"}
 
 

@@ -181,6 +181,14 @@ class Redline:
                 "leased_until": iso(until),
                 "outputs": self._review_items(internal, detector, ids, [until] * len(ids), who)}
 
+    def release_review(self, model: str, detector: str, output_ids: list[str],
+                       who: Principal = OPEN) -> dict[str, Any]:
+        """End the leases on `who`'s outputs (a reviewer skipping them), so the next lease hands them out."""
+        self._require_detector(detector)
+        held = self.store.release_review(who.model(model), detector, [who.output_id(i) for i in output_ids])
+        return {"released": [i for i, h in zip(output_ids, held, strict=True) if h],
+                "not_leased": [i for i, h in zip(output_ids, held, strict=True) if not h]}
+
     def _review_items(self, internal: str, detector: str, ids: list[str], until: list[float | None],
                       who: Principal) -> list[dict[str, Any]]:
         records = self.store.get_many(ids)

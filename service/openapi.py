@@ -13,10 +13,12 @@ from .monitoring import MAX_WINDOWS_PER_REQUEST
 from .settings import Settings
 
 REF = "#/components/schemas/{model}"
-_REQUESTS = (s.SubmitRequest, s.ScoreRequest, s.LabelBatch, s.RetryRequest, s.ReviewLeaseRequest)
+_REQUESTS = (s.SubmitRequest, s.ScoreRequest, s.LabelBatch, s.RetryRequest, s.ReviewLeaseRequest,
+             s.ReviewReleaseRequest)
 _RESPONSES = (s.SubmitResponse, s.ScoreResponse, s.OutputRecord, s.OutputList, s.PutLabelsResponse,
               s.LabelBatchResponse, s.DetectorsResponse, s.Monitor, s.MonitorWindows, s.MonitorList, s.DeadLetters,
-              s.RetryResponse, s.ReviewQueue, s.ReviewLease, s.Deleted, s.LabeledPage, s.Error, s.Health, s.Ready)
+              s.RetryResponse, s.ReviewQueue, s.ReviewLease, s.ReviewRelease, s.Deleted, s.LabeledPage, s.Error,
+              s.Health, s.Ready)
 
 
 _REQUEST_ID_HEADER = {
@@ -66,6 +68,9 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
     defs["LabelItem"]["properties"]["detector"]["enum"] = detectors
     defs["ReviewLeaseRequest"]["properties"]["detector"]["enum"] = detectors
     defs["ReviewLeaseRequest"]["properties"]["limit"]["maximum"] = settings.max_outputs_per_request
+    defs["ReviewReleaseRequest"]["properties"]["detector"]["enum"] = detectors
+    defs["ReviewReleaseRequest"]["properties"]["ids"]["maxItems"] = settings.max_outputs_per_request
+    defs["ReviewReleaseRequest"]["properties"]["ids"]["items"]["pattern"] = s.ID_PATTERN
     label_map = {"type": "object", "minProperties": 1, "propertyNames": {"enum": detectors},
                  "additionalProperties": {"enum": [0, 1]}}
     write = _errors(400, 401, 403, 409, 413, 415, 422, 429, 503)
@@ -152,6 +157,12 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
             "requestBody": {"required": True,
                             "content": {"application/json": {"schema": _ref(s.ReviewLeaseRequest)}}},
             "responses": {"200": _json(_ref(s.ReviewLease)), **_errors(400, 401, 403, 404, 415, 422, 503)}}},
+        "/v1/review/leases/release": {"post": {
+            "summary": "End leases on outputs a reviewer skips, so the next lease hands them out",
+            "security": security,
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": _ref(s.ReviewReleaseRequest)}}},
+            "responses": {"200": _json(_ref(s.ReviewRelease)), **_errors(400, 401, 403, 404, 413, 415, 422, 503)}}},
         "/v1/detectors": {"get": {"summary": "Configured detectors", "security": security,
                                   "responses": {"200": _json(_ref(s.DetectorsResponse)), **_errors(401, 403)}}},
         "/v1/dead-letters": {"get": {

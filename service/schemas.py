@@ -113,6 +113,17 @@ class ReviewLease(ReviewQueue):
                                                   "the caller; fewer than `limit` (or none) when others hold the rest")
 
 
+class ReviewReleaseRequest(Strict):
+    model: str = Field(min_length=1)
+    detector: str
+    ids: list[str] = Field(min_length=1, description="Leased outputs to hand out again (repeats count once)")
+
+
+class ReviewRelease(BaseModel):
+    released: list[str] = Field(description="Ids whose lease ended: the next lease hands them out")
+    not_leased: list[str] = Field(description="Ids no lease held (lapsed, labeled, never leased, or not found)")
+
+
 class Deleted(BaseModel):
     id: str
     deleted: Literal[True]

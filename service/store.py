@@ -191,8 +191,8 @@ class OutputStore:
     def _window_keys(self, model: str, detector: str, now: float) -> dict[str, Any]:
         # Bases: the scripts append the version of the detector that scored the output.
         return {"win": self.keys.window_base(model, detector), "idx": self.keys.window_index_base(model, detector),
-                "rv": self.keys.review(model, detector), "horizon": repr(now - self.retention_s),
-                "cap": self.window_cap}
+                "rv": self.keys.review(model, detector), "ls": self.keys.review_leases(model, detector),
+                "horizon": repr(now - self.retention_s), "cap": self.window_cap}
 
     def finish_failed(self, reasons: Mapping[str, str]) -> int:
         """Mark outputs failed, each with its reason (only those still queued), and list them as dead
@@ -263,6 +263,18 @@ class OutputStore:
         keys = [self.keys.review(model, detector), self.keys.review_leases(model, detector)]
         ids, waiting = self._lease_review(keys=keys, args=[repr(now), repr(lease_s), limit])
         return [text(i) for i in ids], int(waiting), now + lease_s
+
+    def release_review(self, model: str, detector: str, output_ids: Sequence[str]) -> list[bool]:
+        """End the review leases on these outputs, so the next lease hands them out again; per id,
+        whether a lease held it (a lapsed one counts as none)."""
+        now = self.clock()
+        leases = self.keys.review_leases(model, detector)
+        with self.redis.pipeline(transaction=True) as pipe:  # read and end in one step
+            for output_id in output_ids:
+                pipe.zscore(leases, output_id)
+            pipe.zrem(leases, *output_ids)
+            found = pipe.execute()[:-1]
+        return [t is not None and t > now for t in found]
 
     def review_leased_until(self, model: str, detector: str, output_ids: Sequence[str]) -> list[float | None]:
         """When each output's review lease ends (unix seconds), or None where none holds it now."""

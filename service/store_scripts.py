@@ -268,7 +268,7 @@ return false
 # KEYS[1] = counters. ARGV = now, JSON list of {key, id, det, label, win...}.
 # Returns per item "new", "changed", "unchanged" or "missing". A changed label replaces the
 # window entry; counters count each (output, detector) labeled once; a label takes the output off
-# the detector's review queue.
+# the detector's review queue and ends its review lease.
 LABEL = WINDOW_PUT + """
 local now = ARGV[1]
 local items = cjson.decode(ARGV[2])
@@ -285,6 +285,7 @@ for i, it in ipairs(items) do
     local labeled_at = cur[3] or now
     redis.call('HSET', it.key, 'label:' .. it.det, it.label, 'labeled_at:' .. it.det, labeled_at)
     redis.call('ZREM', it.rv, it.id)
+    redis.call('ZREM', it.ls, it.id)  -- its review lease ends with its place on the queue
     if not cur[2] then redis.call('HINCRBY', KEYS[1], 'labeled|' .. it.det .. '|' .. cur[1], 1) end
     if cur[4] then
       local s = cjson.decode(cur[4])[it.det]

@@ -322,6 +322,20 @@ def parse_review_lease(body: dict[str, Any], settings: Settings) -> tuple[str, s
     return model, detector, numbers["limit"], numbers["lease_s"]
 
 
+def parse_review_release(body: dict[str, Any], settings: Settings) -> tuple[str, str, list[str]]:
+    """`{"model", "detector", "ids"}` of POST /v1/review/leases/release -> those three."""
+    unknown = set(body) - {"model", "detector", "ids"}
+    if unknown:
+        raise ValidationFailed(f"unknown field(s) in body: {', '.join(sorted(unknown))}")
+    model, detector, ids = body.get("model"), body.get("detector"), body.get("ids")
+    if not isinstance(model, str) or not model or not isinstance(detector, str) or not detector:
+        raise ValidationFailed("give the queue whose leases to end as 'model' (a deployed model) and 'detector' "
+                               "(strings)")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise ValidationFailed("'ids' must be a non-empty list of output ids (strings)")
+    return model, detector, parse_id_list(ids, settings)
+
+
 def parse_label_batch(body: dict[str, Any], settings: Settings,
                       detectors: Collection[str]) -> list[tuple[str, str, int]]:
     """`{"labels": [{"id", "detector", "label"}, ...]}` -> [(id, detector, label)]."""

@@ -525,6 +525,11 @@ def test_reviewers_leasing_from_one_queue_are_handed_different_outputs(stack: St
         [(i, body["leased_until"]) for i in ids[:2]] + [(i, second["leased_until"]) for i in ids[2:]]
     assert requests.put(f"{stack.base}/v1/outputs/{ids[0]}/labels", json={"injury": 1}, timeout=30).status_code == 200
     assert [o["id"] for o in stack.get(f"/v1/review?model={model}&detector=injury").json()["outputs"]] == ids[1:]
+    skipped = stack.post("/v1/review/leases/release", {"model": model, "detector": "injury",
+                                                        "ids": [ids[3], ids[0], "never-seen"]})
+    assert skipped.status_code == 200 and skipped.json() == {"released": [ids[3]], "not_leased": [ids[0], "never-seen"]}
+    assert [o["id"] for o in stack.post("/v1/review/leases", {"model": model, "detector": "injury"}
+                                        ).json()["outputs"]] == [ids[3]]  # the skipped one, handed out again
     short = "lease-short-" + uuid.uuid4().hex[:8]  # an unlabeled output returns once its lease lapses
     assert stack.post("/v1/score", {"outputs": [{"id": short, "model": short, "response": texts[3],
                                                  "detectors": ["injury"]}], "timeout_ms": 20000}).status_code == 200
@@ -542,6 +547,13 @@ def test_reviewers_leasing_from_one_queue_are_handed_different_outputs(stack: St
                                         ({"model": model, "detector": "injury", "lease_s": 1.5}, 422, "'lease_s'"),
                                         ({"model": model, "detector": "injury", "who": "ana"}, 422, "unknown field")]:
         r = stack.post("/v1/review/leases", body_sent)
+        assert r.status_code == status and fragment in r.json()["error"]["message"], (body_sent, r.text)
+    for body_sent, status, fragment in [({"model": model, "detector": "injury"}, 422, "'ids'"),
+                                        ({"model": model, "detector": "injury", "ids": []}, 422, "'ids'"),
+                                        ({"model": model, "detector": "injury", "ids": ["bad id"]}, 422, "must match"),
+                                        ({"model": model, "detector": "nope", "ids": ["a"]}, 404, "no detector"),
+                                        ({"detector": "injury", "ids": ["a"]}, 422, "'model'")]:
+        r = stack.post("/v1/review/leases/release", body_sent)
         assert r.status_code == status and fragment in r.json()["error"]["message"], (body_sent, r.text)
 
 

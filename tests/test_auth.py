@@ -73,6 +73,7 @@ ENDPOINTS = [  # method, path, body, scope needed
     ("GET", "/v1/labels?model=bot&detector=injury", None, "read"),
     ("POST", "/v1/dead-letters/retry", {"ids": ["x1"]}, "outputs:write"),
     ("POST", "/v1/review/leases", {"model": "bot", "detector": "injury"}, "labels:write+read"),  # texts come back
+    ("POST", "/v1/review/leases/release", {"model": "bot", "detector": "injury", "ids": ["x1"]}, "labels:write"),
     ("DELETE", "/v1/outputs/x1", None, "outputs:write"),  # last: its holder erases x1
 ]
 
@@ -142,6 +143,10 @@ def test_tenants_never_see_each_other(client, keys: dict[str, str]) -> None:  # 
     lease = {"model": "bot", "detector": "injury"}
     assert client.post("/v1/review/leases", json=lease, headers=b).get_json()["outputs"] == []  # not team-a's x1
     assert [o["id"] for o in client.post("/v1/review/leases", json=lease, headers=a).get_json()["outputs"]] == ["x1"]
+    give_back = {**lease, "ids": ["x1"]}
+    assert client.post("/v1/review/leases/release", json=give_back, headers=b).get_json()["released"] == []
+    assert client.post("/v1/review/leases", json=lease, headers=a).get_json()["outputs"] == []  # still team-a's lease
+    assert client.post("/v1/review/leases/release", json=give_back, headers=a).get_json()["released"] == ["x1"]
     mine = client.get("/v1/outputs/x1", headers=a).get_json()
     theirs = client.get("/v1/outputs/x1", headers=b).get_json()
     assert (mine["id"], mine["model"], mine["response"]) == ("x1", "bot", "blood everywhere")

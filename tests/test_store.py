@@ -126,9 +126,12 @@ def test_review_leases_hand_each_waiting_output_to_one_reviewer_at_a_time(redis:
     assert store.review_leased_until("m1", "injury", ["o0", "o4", "nope"]) == [until, now[0] + 30, None]
     assert store.awaiting_review("m1", "injury", 10) == (ids, 5)  # the listing still shows every one
     assert store.apply_labels([("o1", "m1", "injury", 1)]) == ["new"]  # labeled: off the queue for good
+    assert store.review_leased_until("m1", "injury", ["o1"]) == [None]  # and its lease ended with it
     now[0] += 31  # o4's short lease lapsed: back for the next reviewer
     assert store.review_leased_until("m1", "injury", ["o4"]) == [None]
     assert store.lease_review("m1", "injury", 10, 600)[0] == ["o4"]
+    assert store.release_review("m1", "injury", ["o4", "o1", "nope"]) == [True, False, False]  # skipped: given back
+    assert store.lease_review("m1", "injury", 10, 600)[0] == ["o4"]  # handed out again at once
     now[0] += 600  # every lease lapsed
     assert store.lease_review("m1", "injury", 10, 60)[0] == ["o0", "o2", "o3", "o4"]
     assert redis.zcard(leases) == 4 and 50 < redis.ttl(leases) <= 60  # the lapsed ones trimmed

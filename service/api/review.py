@@ -1,5 +1,5 @@
 """GET /v1/review: what reviewers should label next, per deployed model and detector; POST
-/v1/review/leases: hand a reviewer outputs no other reviewer holds."""
+/v1/review/leases: hand a reviewer outputs no other reviewer holds, and /release: give them back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, request
 
 from ..app import caller, core, json_body
-from ..validation import parse_review_lease, query_limit, query_pair
+from ..validation import parse_review_lease, parse_review_release, query_limit, query_pair
 
 bp = Blueprint("review", __name__)
 
@@ -28,3 +28,10 @@ def lease() -> dict[str, Any]:
     who.require("read")  # besides labels:write (app.py): the leased outputs come with their texts
     model, detector, limit, lease_s = parse_review_lease(json_body(), redline.settings)
     return redline.lease_review(model, detector, limit, lease_s, who)
+
+
+@bp.post("/v1/review/leases/release")
+def release() -> dict[str, Any]:
+    redline = core()
+    model, detector, ids = parse_review_release(json_body(), redline.settings)
+    return redline.release_review(model, detector, ids, caller())
