@@ -13,7 +13,7 @@ from redis import Redis
 
 from . import export
 from .auth import OPEN, Principal
-from .detector_config import DetectorConfig, load_configs
+from .detector_config import DetectorConfig, fingerprints, load_configs
 from .errors import NotFound, Overloaded, ValidationFailed
 from .keys import Keys, text
 from .monitoring import Monitor, Window
@@ -36,6 +36,7 @@ class Redline:
         self.store = OutputStore.from_settings(redis, settings)
         self.queues = ScoreQueues(redis, settings)
         self.detectors: dict[str, DetectorConfig] = load_configs(settings.models_dirs)
+        self._fingerprints: dict[str, str] | None = None  # see files_match
         self.monitor = Monitor(redis, settings, self.detectors)
         self.quality = QualitySnapshots(redis, settings, self.monitor, lambda: self.store.clock())
 
@@ -230,6 +231,16 @@ class Redline:
                 served.setdefault(detector, {}).setdefault(version, 0)
                 served[detector][version] += 1
         return served
+
+    def files_match(self) -> dict[str, bool | None]:
+        """By detector: whether this API's files are those its version is scored with (the workers'
+        claim, `workers.runtime.claim_versions`); None while no worker has claimed it. The monitor judges
+        a version's window at this API's threshold, so a threshold edited here but not on the workers,
+        under the same version, would report an FNR at a threshold nothing flags with."""
+        if self._fingerprints is None:  # hashed once per process: the shipped graph is 45 MB
+            self._fingerprints = fingerprints(self.detectors.values())
+        claims = self.store.version_claims({n: c.version for n, c in self.detectors.items()})
+        return {n: None if claims[n] is None else claims[n] == self._fingerprints[n] for n in self.detectors}
 
     def readiness(self) -> dict[str, Any]:
         """Whether this API can take requests: Redis answers. Live scoring workers are reported, not

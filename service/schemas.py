@@ -198,6 +198,8 @@ class Detector(BaseModel):
     max_length: int
     workers: dict[str, int] = Field(description="Live scoring workers that have this detector loaded, by the "
                                                 "version they serve; empty: outputs asking for it fail")
+    files_match: bool | None = Field(description="Whether this API's files for the version are those workers "
+                                                 "score it with (null: no worker has claimed it yet)")
 
 
 class DetectorsResponse(BaseModel):

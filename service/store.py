@@ -246,6 +246,12 @@ class OutputStore:
                            args=[fingerprint, max(self.ttl_s, self.retention_s)])
         return None if held is None else text(held)
 
+    def version_claims(self, versions: Mapping[str, str]) -> dict[str, str | None]:
+        """By detector: the fingerprint that claims its `versions[detector]`, or None where none does."""
+        names = sorted(versions)
+        held = self.redis.mget([self.keys.version_claim(n, versions[n]) for n in names]) if names else []
+        return {n: None if h is None else text(h) for n, h in zip(names, held, strict=True)}
+
     def awaiting_review(self, model: str, detector: str, limit: int) -> tuple[list[str], int]:
         """The `limit` oldest outputs awaiting a label for `detector` (flagged by it, or audit-sampled),
         and how many await one in all."""

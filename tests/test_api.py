@@ -146,8 +146,8 @@ def test_detectors_listed(stack: Stack) -> None:
     assert by_name["profanity"]["version"] == "user-7"
     alive = stack.get("/readyz").json()["workers_alive"]
     assert alive >= 1
-    for name, d in by_name.items():  # every live worker of this stack loads all four
-        assert d["workers"] == {d["version"]: alive}, name
+    for name, d in by_name.items():  # every live worker of this stack loads all four, from the API's files
+        assert d["workers"] == {d["version"]: alive} and d["files_match"] is True, name
 
 
 def stack_models() -> Path:

@@ -151,3 +151,20 @@ def test_the_in_process_error_names_every_clash(redis: Redis, settings: Settings
     assert "injury 'synthetic-1'" in message and "deception 'synthetic-1'" in message
     assert (f"delete '{settings.queue_prefix}:version-claim:deception|synthetic-1' and "
             f"'{settings.queue_prefix}:version-claim:injury|synthetic-1'") in message
+
+
+def test_the_api_says_whether_its_files_are_those_its_version_is_scored_with(
+        redis: Redis, settings: Settings, synthetic_models: Path, tmp_path: Path) -> None:
+    # The monitor judges a version's window at the API's threshold: one edited on the API's host but not
+    # on the workers', under the same version, would report an FNR at a threshold nothing flags with.
+    from service.app import create_app
+
+    def files_match(s: Settings) -> dict[str, bool | None]:
+        body = create_app(s, redis).test_client().get("/v1/detectors").get_json()
+        return {d["name"]: d["files_match"] for d in body["detectors"]}
+
+    assert files_match(settings) == {"injury": None, "deception": None}  # no worker has claimed them yet
+    build_worker(redis, settings).heart.stop()
+    assert files_match(settings) == {"injury": True, "deception": True}
+    edited = _copy(synthetic_models, tmp_path / "api-host", threshold=0.9)
+    assert files_match(dataclasses.replace(settings, models_dirs=(edited,))) == {"injury": False, "deception": True}
