@@ -155,8 +155,9 @@ def load_configs(models_dirs: Iterable[Path]) -> dict[str, DetectorConfig]:
 def fingerprints(configs: Iterable[DetectorConfig]) -> dict[str, str]:
     """A sha256 per detector name of what makes its scores: the bytes of its graph (with its external
     data files, if any) and tokenizer and the fields that turn their output into a score and a flag.
-    Windows and counters are kept per version, so two workers serving one version must agree on this,
-    or one window would judge two models' scores as one model's (`OutputStore.claim_version`).
+    Windows and counters are kept per version, so the workers serving one version must agree on this,
+    or one window would judge two models' scores as one model's (`OutputStore.claim_version`); the API
+    compares its own with theirs (`Redline.files_match`).
     `onnx_gpu` is left out: it is derived from `onnx` (its card bounds the difference), and GPU and CPU
     workers serve one version together."""
     files: dict[Path, str] = {}
@@ -197,7 +198,7 @@ def fingerprints(configs: Iterable[DetectorConfig]) -> dict[str, str]:
 def _external_data(onnx_path: Path) -> list[str]:
     """The files, relative to the graph's folder, that hold its tensors stored outside it: models over
     2 GB, and exporters that write weights beside the graph. A retrain can change only those."""
-    import onnx  # workers only: the API never fingerprints, and this import is slow
+    import onnx  # only for graphs that may hold external data: the import takes most of a second
 
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)

@@ -63,6 +63,8 @@ class Heart(threading.Thread):
         self._stop = threading.Event()
         self._last_reap = 0.0
         self._last_claim = time.monotonic()  # build_scorer has just claimed
+        # The detectors a process loads are fixed for its life (see beat).
+        self._served = json.dumps({name: d.version for name, d in sorted(scorer.detectors.items())})
 
     def hold(self, job_ids: list[str]) -> None:
         with self._lock:
@@ -85,11 +87,10 @@ class Heart(threading.Thread):
         """Publish liveness now (also called once before the first job), by Redis's clock, which
         readers compare it with: this host's may differ from theirs."""
         now = self.scorer.store.clock()
-        served = json.dumps({name: d.version for name, d in sorted(self.scorer.detectors.items())})
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.keys.workers, {self.worker_name: now})
             # What it serves, with every beat: a Redis that lost its data learns it again.
-            pipe.hset(self.keys.worker_detectors, self.worker_name, served)
+            pipe.hset(self.keys.worker_detectors, self.worker_name, self._served)
             pipe.zrangebyscore(self.keys.workers, "-inf", now - 86400)
             dead = pipe.execute()[2]
         if dead:  # forget workers dead for a day, so the set and the hash stay bounded
