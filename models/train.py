@@ -50,6 +50,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -743,9 +744,8 @@ def calibrate(splits: dict[str, Split], report: dict[str, Any], torch_val: dict[
                         "train_positives": sum(e.label for e in split.train),
                         "baseline_tfidf_auc": tfidf_baseline(split),
                         "sources": sorted({e.source for e in split.train}), "variants": {},
-                        "exported_rows": {src: sum(e.source == src for e in split.train)
-                                          for src in sorted({e.source for e in split.train})
-                                          if src.startswith("exported:")}}
+                        "exported_rows": dict(sorted(Counter(e.source for e in split.train
+                                                             if e.source.startswith("exported:")).items()))}
         for key, graph_scores in scores[name].items():
             record: dict[str, Any] = {"rows": len(split.val), "graph_sha256": digests[key],
                                       "max_abs_diff_vs_served": float(np.max(np.abs(graph_scores - served))),

@@ -125,13 +125,15 @@ def open_or_keys(settings: Settings) -> KeyStore | None:
     return None
 
 
-# Scope needed per (method, URL rule); /healthz, /readyz and /metrics stay open.
+# Scopes needed per (method, URL rule), "read" for the rest; /healthz, /readyz and /metrics stay open.
 _OPEN_ROUTES = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
-_WRITE_SCOPES = {("POST", "/v1/outputs"): "outputs:write", ("POST", "/v1/score"): "outputs:write",
-                 ("PUT", "/v1/outputs/<output_id>/labels"): "labels:write", ("POST", "/v1/labels"): "labels:write",
-                 ("POST", "/v1/dead-letters/retry"): "outputs:write", ("POST", "/v1/review/leases"): "labels:write",
-                 ("POST", "/v1/review/leases/release"): "labels:write",
-                 ("DELETE", "/v1/outputs/<output_id>"): "outputs:write"}
+_WRITE_SCOPES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("POST", "/v1/outputs"): ("outputs:write",), ("POST", "/v1/score"): ("outputs:write",),
+    ("PUT", "/v1/outputs/<output_id>/labels"): ("labels:write",), ("POST", "/v1/labels"): ("labels:write",),
+    ("POST", "/v1/dead-letters/retry"): ("outputs:write",),
+    ("POST", "/v1/review/leases"): ("labels:write", "read"),  # a lease's answer holds the outputs' texts
+    ("POST", "/v1/review/leases/release"): ("labels:write",),
+    ("DELETE", "/v1/outputs/<output_id>"): ("outputs:write",)}
 
 
 def _register_auth(app: Flask) -> None:
@@ -143,7 +145,8 @@ def _register_auth(app: Flask) -> None:
         keys: KeyStore | None = app.extensions["redline.keys"]
         g.principal = OPEN if keys is None else keys.authenticate(request.headers.get("Authorization"))
         if rule is not None:
-            g.principal.require(_WRITE_SCOPES.get((request.method, rule), "read"))
+            for scope in _WRITE_SCOPES.get((request.method, rule), ("read",)):
+                g.principal.require(scope)
 
 
 def _register_error_handlers(app: Flask) -> None:

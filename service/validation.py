@@ -303,14 +303,21 @@ def parse_retry(body: dict[str, Any], settings: Settings) -> list[str]:
 REVIEW_LEASE_S, MAX_REVIEW_LEASE_S = 900, 86400
 
 
-def parse_review_lease(body: dict[str, Any], settings: Settings) -> tuple[str, str, int, int]:
-    """`{"model", "detector", "limit"?, "lease_s"?}` of POST /v1/review/leases -> those four."""
-    unknown = set(body) - {"model", "detector", "limit", "lease_s"}
+def _body_pair(body: dict[str, Any], other_fields: set[str], what: str) -> tuple[str, str]:
+    """The required `model` and `detector` of a request body about one review queue; any field beyond
+    those and `other_fields` is refused by name."""
+    unknown = set(body) - {"model", "detector"} - other_fields
     if unknown:
         raise ValidationFailed(f"unknown field(s) in body: {', '.join(sorted(unknown))}")
     model, detector = body.get("model"), body.get("detector")
     if not isinstance(model, str) or not model or not isinstance(detector, str) or not detector:
-        raise ValidationFailed("give the queue to lease from as 'model' (a deployed model) and 'detector' (strings)")
+        raise ValidationFailed(f"give {what} as 'model' (a deployed model) and 'detector' (strings)")
+    return model, detector
+
+
+def parse_review_lease(body: dict[str, Any], settings: Settings) -> tuple[str, str, int, int]:
+    """`{"model", "detector", "limit"?, "lease_s"?}` of POST /v1/review/leases -> those four."""
+    model, detector = _body_pair(body, {"limit", "lease_s"}, "the queue to lease from")
     most = settings.max_outputs_per_request
     numbers = {}
     for name, default, top, setting in (("limit", 50, most, " (REDLINE_MAX_OUTPUTS_PER_REQUEST)"),
@@ -324,13 +331,8 @@ def parse_review_lease(body: dict[str, Any], settings: Settings) -> tuple[str, s
 
 def parse_review_release(body: dict[str, Any], settings: Settings) -> tuple[str, str, list[str]]:
     """`{"model", "detector", "ids"}` of POST /v1/review/leases/release -> those three."""
-    unknown = set(body) - {"model", "detector", "ids"}
-    if unknown:
-        raise ValidationFailed(f"unknown field(s) in body: {', '.join(sorted(unknown))}")
-    model, detector, ids = body.get("model"), body.get("detector"), body.get("ids")
-    if not isinstance(model, str) or not model or not isinstance(detector, str) or not detector:
-        raise ValidationFailed("give the queue whose leases to end as 'model' (a deployed model) and 'detector' "
-                               "(strings)")
+    model, detector = _body_pair(body, {"ids"}, "the queue whose leases to end")
+    ids = body.get("ids")
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         raise ValidationFailed("'ids' must be a non-empty list of output ids (strings)")
     return model, detector, parse_id_list(ids, settings)

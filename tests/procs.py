@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,3 +164,12 @@ def wait_for(predicate, timeout: float = 20, interval: float = 0.05):  # type: i
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+def copy_models(models: Path, to: Path, detectors: tuple[str, ...] = ("injury",), **changes: object) -> Path:
+    """A copy of a models folder with fields of these detectors' model.json changed."""
+    shutil.copytree(models, to)
+    for detector in detectors:
+        path = to / detector / "model.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return to

@@ -1,9 +1,7 @@
 """One detector version, one model: workers whose files differ refuse to serve a version others serve."""
 
 import dataclasses
-import json
 import logging
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,18 +17,9 @@ from service.errors import ConfigError
 from service.keys import Keys
 from service.settings import Settings
 from service.store import NewOutput, OutputStore
-from tests.procs import ROOT, redline_env, start_worker, wait_for
+from tests.procs import ROOT, copy_models, redline_env, start_worker, wait_for
 from workers.detector import load_detectors
 from workers.worker import build_worker
-
-
-def _copy(models: Path, to: Path, detectors: tuple[str, ...] = ("injury",), **changes: object) -> Path:
-    """A copy of a models folder with fields of these detectors' model.json changed."""
-    shutil.copytree(models, to)
-    for detector in detectors:
-        path = to / detector / "model.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
-    return to
 
 
 def test_a_fingerprint_covers_what_makes_a_score_and_nothing_else(synthetic_models: Path, tmp_path: Path) -> None:
@@ -38,14 +27,14 @@ def test_a_fingerprint_covers_what_makes_a_score_and_nothing_else(synthetic_mode
     assert set(base) == {"injury", "deception"} and base["injury"] != base["deception"]  # heads differ by index
     for name, changes in (("description", {"description": "reworded"}), ("target", {"target_fnr": 0.05}),
                           ("calibration", {"calibration": {"note": "x"}}), ("gpu", {"onnx_gpu": "../synthetic.onnx"})):
-        same = fingerprints(load_configs([_copy(synthetic_models, tmp_path / name, **changes)]).values())
+        same = fingerprints(load_configs([copy_models(synthetic_models, tmp_path / name, **changes)]).values())
         assert same == base, name
     for name, changes in (("threshold", {"threshold": 0.6}), ("activation", {"activation": "none"}),
                           ("length", {"max_length": 64}), ("input", {"input": "prompt_response"})):
-        moved = fingerprints(load_configs([_copy(synthetic_models, tmp_path / name, **changes)]).values())
+        moved = fingerprints(load_configs([copy_models(synthetic_models, tmp_path / name, **changes)]).values())
         assert moved["injury"] != base["injury"] and moved["deception"] == base["deception"], name
     for file in ("synthetic.onnx", "tokenizer.json"):  # one byte of the graph or tokenizer
-        folder = _copy(synthetic_models, tmp_path / file)
+        folder = copy_models(synthetic_models, tmp_path / file)
         (folder / file).write_bytes((folder / file).read_bytes() + b" ")
         moved = fingerprints(load_configs([folder]).values())
         assert moved["injury"] != base["injury"] and moved["deception"] != base["deception"], file
@@ -54,7 +43,7 @@ def test_a_fingerprint_covers_what_makes_a_score_and_nothing_else(synthetic_mode
 def test_a_fingerprint_covers_weights_stored_outside_the_graph_file(synthetic_models: Path, tmp_path: Path) -> None:
     # Exporters write a large model's weights to files beside the graph; a retrain then changes those
     # files and not the graph's own bytes.
-    folder = _copy(synthetic_models, tmp_path / "external")
+    folder = copy_models(synthetic_models, tmp_path / "external")
     onnx.save_model(onnx.load(str(folder / "synthetic.onnx")), str(folder / "synthetic.onnx"),
                     save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
                     size_threshold=128)  # the keyword embedding only: onnxruntime wants small axes inline
@@ -94,7 +83,7 @@ def test_a_worker_with_other_files_under_a_served_version_refuses_to_start(
     # with an error naming the detector and version, and the first one keeps scoring by its own files.
     running = start_worker(redline_env(redis_url, synthetic_models, prefix), tmp_path / "w1.log", redis, prefix)
     try:
-        changed = _copy(synthetic_models, tmp_path / "recalibrated", threshold=0.9)
+        changed = copy_models(synthetic_models, tmp_path / "recalibrated", threshold=0.9)
         refused = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--burst"], cwd=ROOT,
                                  env=redline_env(redis_url, changed, prefix), capture_output=True, text=True,
                                  timeout=120)
@@ -108,7 +97,7 @@ def test_a_worker_with_other_files_under_a_served_version_refuses_to_start(
         wait_for(lambda: (core.store.get("after") or {}).get("status") == "scored")
         assert core.store.get("after")["scores"]["injury"]["threshold"] == 0.5  # type: ignore[index]
         assert running.alive()
-        bumped = _copy(synthetic_models, tmp_path / "bumped", threshold=0.9, version="synthetic-2")
+        bumped = copy_models(synthetic_models, tmp_path / "bumped", threshold=0.9, version="synthetic-2")
         started = subprocess.run([sys.executable, "-m", "service.cli", "worker", "--burst"], cwd=ROOT,
                                  env=redline_env(redis_url, bumped, prefix), capture_output=True, text=True,
                                  timeout=120)
@@ -144,7 +133,7 @@ def test_a_long_running_worker_renews_its_claims(
 def test_the_in_process_error_names_every_clash(redis: Redis, settings: Settings, synthetic_models: Path,
                                                 tmp_path: Path) -> None:
     build_worker(redis, settings).heart.stop()
-    changed = _copy(synthetic_models, tmp_path / "changed", ("injury", "deception"), threshold=0.7)
+    changed = copy_models(synthetic_models, tmp_path / "changed", ("injury", "deception"), threshold=0.7)
     with pytest.raises(ConfigError) as raised:
         build_worker(redis, dataclasses.replace(settings, models_dirs=(changed,)))
     message = raised.value.message
@@ -166,5 +155,5 @@ def test_the_api_says_whether_its_files_are_those_its_version_is_scored_with(
     assert files_match(settings) == {"injury": None, "deception": None}  # no worker has claimed them yet
     build_worker(redis, settings).heart.stop()
     assert files_match(settings) == {"injury": True, "deception": True}
-    edited = _copy(synthetic_models, tmp_path / "api-host", threshold=0.9)
+    edited = copy_models(synthetic_models, tmp_path / "api-host", threshold=0.9)
     assert files_match(dataclasses.replace(settings, models_dirs=(edited,))) == {"injury": False, "deception": True}

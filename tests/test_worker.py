@@ -4,7 +4,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
@@ -23,6 +22,8 @@ from service.store import NewOutput
 from workers import jobs
 from workers.reaper import requeue_abandoned
 from workers.worker import ScoringWorker, build_worker
+
+from .procs import copy_models
 
 TEXTS = ["bleeding and a broken arm", "a calm day in the park", "that claim is a lie", "hello world"]
 
@@ -310,21 +311,13 @@ def test_a_sigterm_while_waiting_for_redis_mid_batch_stops_cleanly_and_the_batch
     assert core.store.counters()["scored|injury|m"] == len(ids)  # once each
 
 
-def _bumped(synthetic_models: Path, to: Path, version: str) -> Path:
-    """A copy of the synthetic models with injury under another version."""
-    shutil.copytree(synthetic_models, to)
-    path = to / "injury" / "model.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "version": version}))
-    return to
-
-
 def test_workers_publish_the_detector_versions_they_serve(redis: Redis, settings: Settings,
                                                          synthetic_models: Path, tmp_path: Path) -> None:
     core = Redline(settings, redis)
     assert core.served_versions() == {}
     first = build_worker(redis, settings)
     other = build_worker(redis, dataclasses.replace(settings, models_dirs=(
-        _bumped(synthetic_models, tmp_path / "bumped", "synthetic-2"),)))
+        copy_models(synthetic_models, tmp_path / "bumped", version="synthetic-2"),)))
     try:
         for worker in (first, other):
             worker.heart.beat()
