@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import uuid
@@ -22,6 +23,8 @@ from .queueing import DEFAULT, HIGH, ScoreQueues, new_job_id
 from .settings import Settings
 from .store import QUEUED, BacklogFull, NewOutput, OutputStore
 
+log = logging.getLogger(__name__)
+
 # A sync waiter re-reads statuses at least this often, covering outputs another request queued.
 _POLL_S = 0.25
 
@@ -37,6 +40,7 @@ class Redline:
         self.queues = ScoreQueues(redis, settings)
         self.detectors: dict[str, DetectorConfig] = load_configs(settings.models_dirs)
         self._fingerprints: dict[str, str] | None = None  # see files_match
+        self._warned_files: set[str] = set()  # detectors whose differing files this process has logged
         self.monitor = Monitor(redis, settings, self.detectors)
         self.quality = QualitySnapshots(redis, settings, self.monitor, lambda: self.store.clock())
 
@@ -240,7 +244,15 @@ class Redline:
         if self._fingerprints is None:  # hashed once per process: the shipped graph is 45 MB
             self._fingerprints = fingerprints(self.detectors.values())
         claims = self.store.version_claims({n: c.version for n, c in self.detectors.items()})
-        return {n: None if claims[n] is None else claims[n] == self._fingerprints[n] for n in self.detectors}
+        match = {n: None if claims[n] is None else claims[n] == self._fingerprints[n] for n in self.detectors}
+        for name in sorted(n for n, m in match.items() if m is False and n not in self._warned_files):
+            # Once per process and detector: /metrics asks at every scrape (RedlineDetectorFilesDiffer).
+            self._warned_files.add(name)
+            log.warning("detector %s %s: this API's files (fingerprint %s) are not those workers score it with "
+                        "(%s); its threshold and FNR reports may not be the workers'. Deploy the same files, "
+                        "or give the changed ones a version of their own", name, self.detectors[name].version,
+                        self._fingerprints[name][:16], (claims[name] or "")[:16])
+        return match
 
     def readiness(self) -> dict[str, Any]:
         """Whether this API can take requests: Redis answers. Live scoring workers are reported, not

@@ -114,6 +114,7 @@ class RedlineCollector(Collector):
         yield GaugeMetricFamily("redline_workers_alive", "Scoring workers with a recent heartbeat",
                                 value=self.redline.workers_alive())
         yield self._detector_workers()
+        yield self._files_match()
         yield self._review_waiting(r, keys)
         if self.quality is not None:
             yield GaugeMetricFamily("redline_quality_computed_timestamp_seconds",
@@ -164,6 +165,15 @@ class RedlineCollector(Collector):
         for detector, versions in sorted(served.items()):
             for version, count in sorted(versions.items()):
                 family.add_metric([detector, version], count)
+        return family
+
+    def _files_match(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily("redline_detector_files_match", "Whether this API's files for the detector "
+                                   "version it serves are those workers claimed it with (1) or not (0); absent "
+                                   "until a worker has claimed it", labels=["detector", "version"])
+        for name, match in sorted(self.redline.files_match().items()):
+            if match is not None:  # "no worker yet" is RedlineDetectorNotLoaded's to report, not a mismatch
+                family.add_metric([name, self.redline.detectors[name].version], int(match))
         return family
 
     def _detectors(self) -> Iterator[Any]:

@@ -157,3 +157,28 @@ def test_the_api_says_whether_its_files_are_those_its_version_is_scored_with(
     assert files_match(settings) == {"injury": True, "deception": True}
     edited = copy_models(synthetic_models, tmp_path / "api-host", threshold=0.9)
     assert files_match(dataclasses.replace(settings, models_dirs=(edited,))) == {"injury": False, "deception": True}
+
+
+def test_an_api_with_other_files_than_its_workers_exports_it_and_logs_it_once(
+        redis: Redis, settings: Settings, synthetic_models: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    # RedlineDetectorFilesDiffer reads this gauge: 0 where the API's files differ, absent before any claim.
+    from tests.test_metrics import Scrape
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+
+    def gauges(core: Redline) -> dict[str, float | None]:
+        scrape = Scrape(core)
+        return {n: scrape.get_sample_value("redline_detector_files_match", {"detector": n, "version": "synthetic-1"})
+                for n in ("injury", "deception")}
+
+    assert gauges(Redline(settings, redis)) == {"injury": None, "deception": None}
+    build_worker(redis, settings).heart.stop()
+    assert gauges(Redline(settings, redis)) == {"injury": 1, "deception": 1}
+    edited = Redline(dataclasses.replace(settings, models_dirs=(copy_models(synthetic_models, tmp_path / "api",
+                                                                            threshold=0.9),)), redis)
+    with caplog.at_level(logging.WARNING, logger="service.core"):
+        assert gauges(edited) == {"injury": 0, "deception": 1}
+        assert gauges(edited) == {"injury": 0, "deception": 1}
+    warned = [r.getMessage() for r in caplog.records if "not those workers score it with" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("detector injury synthetic-1"), warned
