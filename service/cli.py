@@ -65,6 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("--version", help="another detector version than the one served")
     export.add_argument("--limit", type=int, default=100, help="outputs per request (default 100)")
     export.add_argument("--out", "-o", help="file to write (default: standard output)")
+    versions = sub.add_parser("versions", help="the detector version claims workers hold, and releasing one "
+                                               "(needs REDLINE_REDIS_URL, or a running `redline serve`)")
+    versions_sub = versions.add_subparsers(dest="versions_command")
+    versions_sub.add_parser("list", help="each claimed version: fingerprint, when it lapses, live workers, "
+                                         "and whether this host's files match it (the default)")
+    release = versions_sub.add_parser("release", help="delete a version's claim, so workers with other files "
+                                                      "may serve it (its windows then mix both models' scores)")
+    release.add_argument("detector")
+    release.add_argument("version")
     args = parser.parse_args(argv)
     if args.command == "export":
         from . import labels_client
@@ -95,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "keys":
             return keys_command(settings, args)
+        if args.command == "versions":
+            from . import versions_cli
+
+            return versions_cli.main(settings, args)
         if args.command == "serve":
             return serve(settings)
         if args.command == "api":

@@ -121,6 +121,16 @@ class Keys:
         `version`, claimed by the first worker to load it; a worker with another one refuses to start."""
         return f"{self.prefix}:version-claim:{detector}|{version}"
 
+    @property
+    def version_claims_match(self) -> str:
+        """SCAN pattern of every `version_claim` key."""
+        return f"{self.prefix}:version-claim:*"
+
+    def claimed(self, key: str) -> tuple[str, str]:
+        """(detector, version) of a `version_claim` key: detector names hold no `|` (ID_PATTERN)."""
+        detector, _, version = key.removeprefix(f"{self.prefix}:version-claim:").partition("|")
+        return detector, version
+
     def review_leases(self, model: str, detector: str) -> str:
         """Sorted set by lease expiry (unix seconds): ids on that review queue a reviewer has leased
         (`POST /v1/review/leases`); others' leases skip them until then. Expires with its last lease."""

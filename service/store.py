@@ -252,6 +252,22 @@ class OutputStore:
         held = self.redis.mget([self.keys.version_claim(n, versions[n]) for n in names]) if names else []
         return {n: None if h is None else text(h) for n, h in zip(names, held, strict=True)}
 
+    def claimed_versions(self) -> list[tuple[str, str, str, int]]:
+        """Every detector version claim: (detector, version, fingerprint, seconds until it lapses), sorted."""
+        keys = sorted({text(k) for k in self.redis.scan_iter(match=self.keys.version_claims_match, count=500)})
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(key)
+                pipe.ttl(key)
+            replies = pipe.execute()
+        return [(*self.keys.claimed(key), text(held), int(ttl))
+                for key, held, ttl in zip(keys, replies[::2], replies[1::2], strict=True)
+                if held is not None]  # lapsed between the scan and the read
+
+    def release_version(self, detector: str, version: str) -> bool:
+        """Delete a version's claim, so the next worker to load it claims it for its files; False if none."""
+        return bool(self.redis.delete(self.keys.version_claim(detector, version)))
+
     def awaiting_review(self, model: str, detector: str, limit: int) -> tuple[list[str], int]:
         """The `limit` oldest outputs awaiting a label for `detector` (flagged by it, or audit-sampled),
         and how many await one in all."""

@@ -182,3 +182,52 @@ def test_an_api_with_other_files_than_its_workers_exports_it_and_logs_it_once(
         assert gauges(edited) == {"injury": 0, "deception": 1}
     warned = [r.getMessage() for r in caplog.records if "not those workers score it with" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("detector injury synthetic-1"), warned
+
+
+def test_redline_versions_lists_the_claims_and_releases_one_for_other_files(
+        redis: Redis, redis_url: str, synthetic_models: Path, prefix: str, tmp_path: Path) -> None:
+    # The way past a refused worker, for users of `redline serve`'s embedded Redis, who have no redis-cli.
+    def redline(models: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                              env=redline_env(redis_url, models, prefix), timeout=120)
+
+    running = start_worker(redline_env(redis_url, synthetic_models, prefix), tmp_path / "w1.log", redis, prefix)
+    changed = copy_models(synthetic_models, tmp_path / "recalibrated", threshold=0.9)
+    prints = fingerprints(load_configs([synthetic_models]).values())
+    try:
+        listing = redline(changed, "versions")
+        assert listing.returncode == 0, listing.stderr
+        rows = [line.split() for line in listing.stdout.splitlines()]
+        assert rows[0] == ["DETECTOR", "VERSION", "FINGERPRINT", "LAPSES", "LIVE", "WORKERS", "FILES", "HERE"]
+        by_name = {r[0]: r for r in rows[1:]}
+        assert set(by_name) == {"deception", "injury"}
+        for name, files in (("injury", "differ"), ("deception", "match")):  # as this host's (changed) files say
+            assert by_name[name][1:3] == ["synthetic-1", prints[name][:16]] and by_name[name][4:] == ["1", files]
+        refused = redline(changed, "worker", "--burst")
+        assert refused.returncode == 2 and "run `redline versions release injury synthetic-1`" in refused.stderr
+        released = redline(changed, "versions", "release", "injury", "synthetic-1")
+        assert released.returncode == 0, released.stderr
+        assert f"was claimed by {prints['injury'][:16]}" in released.stderr
+        assert "1 live worker(s) serve injury 'synthetic-1'" in released.stderr  # it would take the claim back
+        assert redis.get(Keys(prefix).version_claim("injury", "synthetic-1")) is None
+        assert redis.get(Keys(prefix).version_claim("deception", "synthetic-1")) == prints["deception"].encode()
+    finally:
+        assert running.stop() == 0, running.log()
+    again = redline(changed, "versions", "release", "injury", "synthetic-1")
+    assert again.returncode == 1 and "no claim on injury 'synthetic-1' (claimed: deception synthetic-1)" in again.stderr
+    assert redline(changed, "worker", "--burst").returncode == 0  # now it claims the version for its files
+    now = fingerprints(load_configs([changed]).values())["injury"]
+    assert redis.get(Keys(prefix).version_claim("injury", "synthetic-1")) == now.encode()
+
+
+def test_redline_versions_finds_the_embedded_redis_of_a_running_serve(tmp_path: Path) -> None:
+    from service.embedded_redis import EmbeddedRedis
+    from service.versions_cli import connect
+
+    with pytest.raises(ConfigError, match="no `redline serve` is running with its data in"):
+        connect(Settings(redis_url=None, data_dir=tmp_path))
+    server = EmbeddedRedis(tmp_path, persist=False).start()  # as `redline serve` starts it: a unix socket
+    try:
+        assert connect(Settings(redis_url=None, data_dir=tmp_path)).ping()
+    finally:
+        server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shlex
 import socket
 from collections.abc import Mapping
 
@@ -43,7 +44,7 @@ def claim_versions(store: OutputStore, configs: Mapping[str, DetectorConfig], pr
     """Claim each detector version for this worker's files (`fingerprints`), or raise ConfigError naming
     every version that workers already score with other files: a retrained model, a changed threshold or
     the int8 graph, all under an unchanged `version`, whose scores would be judged as one model's."""
-    clashes, keys = [], []
+    clashes, keys, releases = [], [], []
     for name, config in configs.items():
         held = store.claim_version(name, config.version, prints[name])
         if held is None:
@@ -51,12 +52,14 @@ def claim_versions(store: OutputStore, configs: Mapping[str, DetectorConfig], pr
         else:
             clashes.append(f"{name} {config.version!r} (claimed by {held[:16]}, this worker has {prints[name][:16]})")
             keys.append(store.keys.version_claim(name, config.version))
+            releases.append(f"`redline versions release {name} {shlex.quote(config.version)}`")
     if clashes:
         raise ConfigError(
             f"other files already score {'; '.join(clashes)}: give each changed detector a version of its own "
             "in its model.json (a version names one model: its graph, tokenizer and threshold). A claim lasts "
             "REDLINE_RECORD_TTL_S or REDLINE_WINDOW_RETENTION_S, whichever is longer; to reuse a version anyway "
-            f"(its windows would then mix both models' scores), delete {' and '.join(map(repr, keys))}")
+            f"(its windows would then mix both models' scores), run {' and '.join(releases)} (or delete "
+            f"{' and '.join(map(repr, keys))})")
 
 
 def install(scorer: Scorer) -> None:
