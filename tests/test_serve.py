@@ -83,7 +83,7 @@ class FakeProc:
 
 
 def test_worker_restarts_back_off_while_a_worker_keeps_dying() -> None:
-    from service.cli import WorkerSlot
+    from service.supervisor import WorkerSlot
 
     spawned: list[FakeProc] = []
 
@@ -174,9 +174,9 @@ def test_an_ipv6_host_is_bracketed_where_gunicorn_binds_it() -> None:
 ])
 def test_an_address_gunicorn_cannot_bind_is_named_at_once(host: str, problem: str) -> None:
     # gunicorn retried for 5 s and said "Can't connect to ('999.1.1.1', 8080)".
-    from service.cli import require_free_port
     from service.errors import ConfigError
     from service.settings import Settings
+    from service.supervisor import require_free_port
 
     with pytest.raises(ConfigError, match=re.escape(f"REDLINE_HOST {host!r} {problem}")):
         require_free_port(Settings(host=host, port=8080))
