@@ -629,7 +629,7 @@ def settle_versions(version: str, path: Path = FINGERPRINTS) -> dict[str, str]:
     every older one: `version`, unless the ledger holds it with other files (a retrain or recalibration
     under an unchanged VERSION); then `version+<the fingerprint's first 8 hex digits>`, written into
     its model.json. Windows and alerts are kept per version, and a worker whose files differ from those
-    its version was first served with refuses to start (`OutputStore.claim_version`), so reusing the
+    its version was first served with refuses to start (`VersionClaims.claim`), so reusing the
     version would stop every upgraded worker where the old files run."""
     prints = fingerprints(load_configs([HERE]).values())
     ledger = shipped_fingerprints(path)

@@ -169,8 +169,8 @@ class Redline:
         and those in the audit sample, exactly the ones the audit-weighted metrics need labeled."""
         self._require_detector(detector)
         internal = who.model(model)
-        ids, waiting = self.store.awaiting_review(internal, detector, limit)
-        until = self.store.review_leased_until(internal, detector, ids)
+        ids, waiting = self.store.reviews.awaiting(internal, detector, limit)
+        until = self.store.reviews.leased_until(internal, detector, ids)
         return {"model": model, "detector": detector, "waiting": waiting,
                 "outputs": self._review_items(internal, detector, ids, until, who)}
 
@@ -181,7 +181,7 @@ class Redline:
         the lease with the output's place on the queue; an unlabeled output returns when it lapses."""
         self._require_detector(detector)
         internal = who.model(model)
-        ids, waiting, until = self.store.lease_review(internal, detector, limit, lease_s)
+        ids, waiting, until = self.store.reviews.lease(internal, detector, limit, lease_s)
         return {"model": model, "detector": detector, "waiting": waiting, "lease_s": lease_s,
                 "leased_until": iso(until),
                 "outputs": self._review_items(internal, detector, ids, [until] * len(ids), who)}
@@ -190,14 +190,14 @@ class Redline:
                        who: Principal = OPEN) -> dict[str, Any]:
         """End the leases on `who`'s outputs (a reviewer skipping them), so the next lease hands them out."""
         self._require_detector(detector)
-        held = self.store.release_review(who.model(model), detector, [who.output_id(i) for i in output_ids])
+        held = self.store.reviews.release(who.model(model), detector, [who.output_id(i) for i in output_ids])
         return {"released": [i for i, h in zip(output_ids, held, strict=True) if h],
                 "not_leased": [i for i, h in zip(output_ids, held, strict=True) if not h]}
 
     def _review_items(self, internal: str, detector: str, ids: list[str], until: list[float | None],
                       who: Principal) -> list[dict[str, Any]]:
         records = self.store.get_many(ids)
-        self.store.forget_review(internal, detector, [i for i, r in zip(ids, records, strict=True) if r is None])
+        self.store.reviews.forget(internal, detector, [i for i, r in zip(ids, records, strict=True) if r is None])
         outputs = []
         for record, leased in zip(records, until, strict=True):
             if record is None or detector in record.get("labels", {}):  # expired, or labeled just now
@@ -243,7 +243,7 @@ class Redline:
         under the same version, would report an FNR at a threshold nothing flags with."""
         if self._fingerprints is None:  # hashed once per process: the shipped graph is 45 MB
             self._fingerprints = fingerprints(self.detectors.values())
-        claims = self.store.version_claims({n: c.version for n, c in self.detectors.items()})
+        claims = self.store.versions.held({n: c.version for n, c in self.detectors.items()})
         match = {n: None if claims[n] is None else claims[n] == self._fingerprints[n] for n in self.detectors}
         for name in sorted(n for n, m in match.items() if m is False and n not in self._warned_files):
             # Once per process and detector: /metrics asks at every scrape (RedlineDetectorFilesDiffer).

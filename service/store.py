@@ -20,7 +20,9 @@ from redis import Redis
 from . import store_scripts as scripts
 from .errors import Conflict, ValidationFailed
 from .keys import NOTIFY_TTL_S, Keys, text
+from .review_queues import ReviewQueues
 from .settings import Settings
+from .version_claims import VersionClaims
 
 QUEUED, SCORED, FAILED = "queued", "scored", "failed"
 
@@ -94,8 +96,9 @@ class OutputStore:
         self._reassign = redis.register_script(scripts.REASSIGN)
         self._retry = redis.register_script(scripts.RETRY)
         self._delete = redis.register_script(scripts.DELETE)
-        self._claim = redis.register_script(scripts.CLAIM)
-        self._lease_review = redis.register_script(scripts.LEASE_REVIEW)
+        # A version's claim lasts as long as scores of that version can be read: records and windows.
+        self.versions = VersionClaims(redis, keys, max(ttl_s, retention_s))
+        self.reviews = ReviewQueues(redis, keys, lambda: self.clock())  # late-bound: the clock may be replaced
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> OutputStore:
@@ -237,82 +240,6 @@ class OutputStore:
                  for d in record.get("detectors", [])}
         return bool(self._delete(keys=[self.keys.output(output_id), self.keys.pending, self.keys.dead],
                                  args=[output_id, json.dumps(bases)]))
-
-    def claim_version(self, detector: str, version: str, fingerprint: str) -> str | None:
-        """Record that `fingerprint` scores `detector` at `version`, for as long as scores of that version
-        can be read (records and windows), and renew that; or, where another fingerprint holds the version,
-        return that one and change nothing."""
-        held = self._claim(keys=[self.keys.version_claim(detector, version)],
-                           args=[fingerprint, max(self.ttl_s, self.retention_s)])
-        return None if held is None else text(held)
-
-    def version_claims(self, versions: Mapping[str, str]) -> dict[str, str | None]:
-        """By detector: the fingerprint that claims its `versions[detector]`, or None where none does."""
-        names = sorted(versions)
-        held = self.redis.mget([self.keys.version_claim(n, versions[n]) for n in names]) if names else []
-        return {n: None if h is None else text(h) for n, h in zip(names, held, strict=True)}
-
-    def claimed_versions(self) -> list[tuple[str, str, str, int]]:
-        """Every detector version claim: (detector, version, fingerprint, seconds until it lapses), sorted."""
-        keys = sorted({text(k) for k in self.redis.scan_iter(match=self.keys.version_claims_match, count=500)})
-        with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.get(key)
-                pipe.ttl(key)
-            replies = pipe.execute()
-        return [(*self.keys.claimed(key), text(held), int(ttl))
-                for key, held, ttl in zip(keys, replies[::2], replies[1::2], strict=True)
-                if held is not None]  # lapsed between the scan and the read
-
-    def release_version(self, detector: str, version: str) -> bool:
-        """Delete a version's claim, so the next worker to load it claims it for its files; False if none."""
-        return bool(self.redis.delete(self.keys.version_claim(detector, version)))
-
-    def awaiting_review(self, model: str, detector: str, limit: int) -> tuple[list[str], int]:
-        """The `limit` oldest outputs awaiting a label for `detector` (flagged by it, or audit-sampled),
-        and how many await one in all."""
-        key = self.keys.review(model, detector)
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrange(key, 0, limit - 1)
-            pipe.zcard(key)
-            ids, waiting = pipe.execute()
-        return [text(i) for i in ids], int(waiting)
-
-    def lease_review(self, model: str, detector: str, limit: int, lease_s: float) -> tuple[list[str], int, float]:
-        """Lease to one reviewer, for `lease_s`, the `limit` oldest outputs awaiting a label for `detector`
-        that no other lease holds (see store_scripts.LEASE_REVIEW); with the queue's length and when the leases end."""
-        now = self.clock()
-        keys = [self.keys.review(model, detector), self.keys.review_leases(model, detector)]
-        ids, waiting = self._lease_review(keys=keys, args=[repr(now), repr(lease_s), limit])
-        return [text(i) for i in ids], int(waiting), now + lease_s
-
-    def release_review(self, model: str, detector: str, output_ids: Sequence[str]) -> list[bool]:
-        """End the review leases on these outputs, so the next lease hands them out again; per id,
-        whether a lease held it (a lapsed one counts as none)."""
-        now = self.clock()
-        leases = self.keys.review_leases(model, detector)
-        with self.redis.pipeline(transaction=True) as pipe:  # read and end in one step
-            for output_id in output_ids:
-                pipe.zscore(leases, output_id)
-            pipe.zrem(leases, *output_ids)
-            found = pipe.execute()[:-1]
-        return [t is not None and t > now for t in found]
-
-    def review_leased_until(self, model: str, detector: str, output_ids: Sequence[str]) -> list[float | None]:
-        """When each output's review lease ends (unix seconds), or None where none holds it now."""
-        if not output_ids:
-            return []
-        now = self.clock()
-        until = self.redis.zmscore(self.keys.review_leases(model, detector), list(output_ids))
-        return [t if t is not None and t > now else None for t in until]
-
-    def forget_review(self, model: str, detector: str, output_ids: Sequence[str]) -> None:
-        """Drop ids from a review queue and its leases (their records expired)."""
-        if output_ids:
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zrem(self.keys.review(model, detector), *output_ids)
-                pipe.zrem(self.keys.review_leases(model, detector), *output_ids)
-                pipe.execute()
 
     def _run_finish(self, payload: list[dict[str, Any]]) -> int:
         if not payload:

@@ -1,6 +1,7 @@
 """The Lua scripts `OutputStore` runs. Each is one atomic step in Redis: a transition of an output's
 status with its counters, windows and queues, so that no crash or concurrent caller sees, or leaves,
-half of one. Each script's comment gives its KEYS and ARGV; `store.py` passes them.
+half of one. Each script's comment gives its KEYS and ARGV; `store.py`, `review_queues.py` and
+`version_claims.py` pass them.
 """
 
 # KEYS[1] = pending zset, KEYS[2] = counters, KEYS[3] = deployed-model set. ARGV = ttl, now, prefix,

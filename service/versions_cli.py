@@ -18,6 +18,7 @@ from redis import Redis
 
 from .errors import ConfigError
 from .settings import Settings
+from .version_claims import Claim
 
 if TYPE_CHECKING:
     from .core import Redline
@@ -39,7 +40,7 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     from .detector_config import fingerprints
 
     core = Redline(settings, connect(settings))
-    claims = core.store.claimed_versions()
+    claims = core.store.versions.all()
     if args.versions_command == "release":
         return release(core, claims, args.detector, args.version)
     here = {name: (config.version, print_) for (name, config), print_ in
@@ -62,10 +63,10 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def release(core: Redline, claims: list[tuple[str, str, str, int]], detector: str, version: str) -> int:
+def release(core: Redline, claims: list[Claim], detector: str, version: str) -> int:
     """Delete one claim; warns where live workers serve that version (one on the old files takes it back)."""
-    held = {(d, v): f for d, v, f, _ in claims}
-    if not core.store.release_version(detector, version):
+    held = {(c.detector, c.version): c.fingerprint for c in claims}
+    if not core.store.versions.release(detector, version):
         known = ", ".join(f"{d} {v}" for d, v in held) or "none"
         print(f"redline: no claim on {detector} {version!r} (claimed: {known})", file=sys.stderr)
         return 1

@@ -91,17 +91,17 @@ def test_the_review_queue_holds_flagged_and_audited_outputs_until_labeled(redis:
     scored("audited", miss, audit_rate=1.0)  # every unflagged output is audit-sampled at rate 1
     scored("passed", miss)  # neither flagged nor audited: nobody is asked to label it
     scored("known", hit, injury=1)  # labeled when submitted: nothing left to review
-    assert store.awaiting_review("m1", "injury", 10) == (["flagged", "audited"], 2)
+    assert store.reviews.awaiting("m1", "injury", 10) == (["flagged", "audited"], 2)
     assert store.apply_labels([("flagged", "m1", "injury", 1)]) == ["new"]
     assert store.apply_labels([("flagged", "m1", "injury", 0)]) == ["changed"]  # still labeled: not back
-    assert store.awaiting_review("m1", "injury", 10) == (["audited"], 1)
+    assert store.reviews.awaiting("m1", "injury", 10) == (["audited"], 1)
     for i in range(3):  # at most window_cap waiting: the oldest go first
         scored(f"new-{i}", hit)
-    assert store.awaiting_review("m1", "injury", 10) == (["new-0", "new-1", "new-2"], 3)
-    assert store.awaiting_review("m1", "injury", 2) == (["new-0", "new-1"], 3)
+    assert store.reviews.awaiting("m1", "injury", 10) == (["new-0", "new-1", "new-2"], 3)
+    assert store.reviews.awaiting("m1", "injury", 2) == (["new-0", "new-1"], 3)
     now[0] += 3600  # past the record TTL: those records are gone, and so are their queue entries
     scored("latest", hit)
-    assert store.awaiting_review("m1", "injury", 10) == (["latest"], 1)
+    assert store.reviews.awaiting("m1", "injury", 10) == (["latest"], 1)
 
 
 def test_review_leases_hand_each_waiting_output_to_one_reviewer_at_a_time(redis: Redis, prefix: str) -> None:
@@ -115,34 +115,34 @@ def test_review_leases_hand_each_waiting_output_to_one_reviewer_at_a_time(redis:
         assert record is not None
         store.finish_scored([(record, hit, {})])
         now[0] += 1
-    first, waiting, until = store.lease_review("m1", "injury", 2, 600)
+    first, waiting, until = store.reviews.lease("m1", "injury", 2, 600)
     assert (first, waiting, until) == (["o0", "o1"], 5, now[0] + 600)
     now[0] += 10
-    assert store.lease_review("m1", "injury", 2, 600)[0] == ["o2", "o3"]  # the next reviewer: the next ones
-    assert store.lease_review("m1", "injury", 10, 30)[0] == ["o4"]
+    assert store.reviews.lease("m1", "injury", 2, 600)[0] == ["o2", "o3"]  # the next reviewer: the next ones
+    assert store.reviews.lease("m1", "injury", 10, 30)[0] == ["o4"]
     leases = Keys(prefix).review_leases("m1", "injury")
     assert 590 < redis.ttl(leases) <= 600  # the set lives as long as its longest lease
-    assert store.lease_review("m1", "injury", 10, 600) == ([], 5, now[0] + 600)  # all held
-    assert store.review_leased_until("m1", "injury", ["o0", "o4", "nope"]) == [until, now[0] + 30, None]
-    assert store.awaiting_review("m1", "injury", 10) == (ids, 5)  # the listing still shows every one
+    assert store.reviews.lease("m1", "injury", 10, 600) == ([], 5, now[0] + 600)  # all held
+    assert store.reviews.leased_until("m1", "injury", ["o0", "o4", "nope"]) == [until, now[0] + 30, None]
+    assert store.reviews.awaiting("m1", "injury", 10) == (ids, 5)  # the listing still shows every one
     assert store.apply_labels([("o1", "m1", "injury", 1)]) == ["new"]  # labeled: off the queue for good
-    assert store.review_leased_until("m1", "injury", ["o1"]) == [None]  # and its lease ended with it
+    assert store.reviews.leased_until("m1", "injury", ["o1"]) == [None]  # and its lease ended with it
     now[0] += 31  # o4's short lease lapsed: back for the next reviewer
-    assert store.review_leased_until("m1", "injury", ["o4"]) == [None]
-    assert store.lease_review("m1", "injury", 10, 600)[0] == ["o4"]
-    assert store.release_review("m1", "injury", ["o4", "o1", "nope"]) == [True, False, False]  # skipped: given back
-    assert store.lease_review("m1", "injury", 10, 600)[0] == ["o4"]  # handed out again at once
+    assert store.reviews.leased_until("m1", "injury", ["o4"]) == [None]
+    assert store.reviews.lease("m1", "injury", 10, 600)[0] == ["o4"]
+    assert store.reviews.release("m1", "injury", ["o4", "o1", "nope"]) == [True, False, False]  # skipped: given back
+    assert store.reviews.lease("m1", "injury", 10, 600)[0] == ["o4"]  # handed out again at once
     now[0] += 600  # every lease lapsed
-    assert store.lease_review("m1", "injury", 10, 60)[0] == ["o0", "o2", "o3", "o4"]
+    assert store.reviews.lease("m1", "injury", 10, 60)[0] == ["o0", "o2", "o3", "o4"]
     assert redis.zcard(leases) == 4 and 50 < redis.ttl(leases) <= 60  # the lapsed ones trimmed
-    store.forget_review("m1", "injury", ["o0"])  # its record expired
+    store.reviews.forget("m1", "injury", ["o0"])  # its record expired
     assert redis.zscore(leases, "o0") is None
     # Reviewers asking at once: every output goes to exactly one of them.
     many = [f"c{n}" for n in range(40)]
     store.create([NewOutput(id=i, model="m2", response=i, detectors=["injury"]) for i in many], "j")
     store.finish_scored([(r, hit, {}) for r in store.get_many(many) if r is not None])
     with ThreadPoolExecutor(8) as pool:
-        handed = list(pool.map(lambda _: store.lease_review("m2", "injury", 3, 60)[0], range(20)))
+        handed = list(pool.map(lambda _: store.reviews.lease("m2", "injury", 3, 60)[0], range(20)))
     assert sorted(i for got in handed for i in got) == sorted(many)
     assert 0 < redis.ttl(Keys(prefix).review_leases("m2", "injury")) <= 60
 
@@ -162,7 +162,7 @@ def test_delete_erases_an_output_and_every_entry_naming_it(redis: Redis, prefix:
     keys = store.keys
     window, scores = keys.window("m1", "injury", "v1"), keys.scores("m1", "injury", "v1")
     assert redis.zcard(window) == 2 and redis.zcard(scores) == 3 and redis.zcard(keys.review("m1", "injury")) == 1
-    assert store.lease_review("m1", "injury", 5, 600)[0] == ["waiting"]  # a reviewer holds it
+    assert store.reviews.lease("m1", "injury", 5, 600)[0] == ["waiting"]  # a reviewer holds it
     for i in ("labeled", "waiting", "failed", "queued"):
         assert store.delete(i) is True
         assert store.get(i) is None and store.delete(i) is False

@@ -67,13 +67,13 @@ def test_a_fingerprint_covers_weights_stored_outside_the_graph_file(synthetic_mo
 def test_a_claim_is_taken_renewed_and_kept_from_other_fingerprints(redis: Redis, prefix: str) -> None:
     store = OutputStore(redis, Keys(prefix), ttl_s=3600, retention_s=7200)
     key = Keys(prefix).version_claim("injury", "1.2.0")
-    assert store.claim_version("injury", "1.2.0", "aaa") is None
+    assert store.versions.claim("injury", "1.2.0", "aaa") is None
     assert redis.get(key) == b"aaa" and 7190 < redis.ttl(key) <= 7200  # the longer of records and windows
     redis.expire(key, 10)
-    assert store.claim_version("injury", "1.2.0", "aaa") is None and redis.ttl(key) > 7190  # renewed
-    assert store.claim_version("injury", "1.2.0", "bbb") == "aaa"
+    assert store.versions.claim("injury", "1.2.0", "aaa") is None and redis.ttl(key) > 7190  # renewed
+    assert store.versions.claim("injury", "1.2.0", "bbb") == "aaa"
     assert redis.get(key) == b"aaa"
-    assert store.claim_version("injury", "1.3.0", "bbb") is None  # a version of its own is free
+    assert store.versions.claim("injury", "1.3.0", "bbb") is None  # a version of its own is free
 
 
 def test_a_worker_with_other_files_under_a_served_version_refuses_to_start(

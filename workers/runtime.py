@@ -46,7 +46,7 @@ def claim_versions(store: OutputStore, configs: Mapping[str, DetectorConfig], pr
     the int8 graph, all under an unchanged `version`, whose scores would be judged as one model's."""
     clashes, keys, releases = [], [], []
     for name, config in configs.items():
-        held = store.claim_version(name, config.version, prints[name])
+        held = store.versions.claim(name, config.version, prints[name])
         if held is None:
             log.info("detector %s %s: fingerprint %s", name, config.version, prints[name][:16])
         else:

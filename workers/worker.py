@@ -134,7 +134,7 @@ class Heart(threading.Thread):
         self._last_claim = time.monotonic()
         for name, fingerprint in self.scorer.fingerprints.items():
             version = self.scorer.detectors[name].version
-            held = self.scorer.store.claim_version(name, version, fingerprint)
+            held = self.scorer.store.versions.claim(name, version, fingerprint)
             if held is not None:  # only after the claim lapsed (a Redis that lost its data) and another took it
                 log.error("detector %s %r is now claimed by other files (%s; this worker has %s): its windows "
                           "mix two models' scores", name, version, held[:16], fingerprint[:16])
