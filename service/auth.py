@@ -35,12 +35,18 @@ DEFAULT_TENANT = "default"
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 
 
+# Hex digits of a key's SHA-256 that name it in what it wrote (`labeled_by`) and in `redline keys list`:
+# enough to tell a tenant's keys apart, and no secret (the key itself is 256 random bits).
+KEY_ID_HEX = 12
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: their tenant and scopes."""
+    """Who is calling: their tenant and scopes, and which key (None without keys: the open mode)."""
 
     tenant: str
     scopes: frozenset[str]
+    key_id: str | None = None
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -160,7 +166,7 @@ def _parse(path: Path) -> dict[str, Principal]:
         if not wanted <= set(SCOPES):
             raise ConfigError(f"{path}:{n}: unknown scope(s) {', '.join(sorted(wanted - set(SCOPES)))}; "
                               f"known: {', '.join(SCOPES)}")
-        entries[digest] = Principal(tenant, wanted)
+        entries[digest] = Principal(tenant, wanted, digest[:KEY_ID_HEX])
     return entries
 
 
@@ -193,13 +199,13 @@ def create_key(path: Path, tenant: str, scopes: list[str], note: str = "") -> st
 
 
 def describe_keys(path: Path) -> list[str]:
-    """One line per key in force: tenant, scopes and its comment; never the hash."""
+    """One line per key in force: tenant, scopes, its comment and its key id (`labeled_by`); never the hash."""
     _parse(path)  # refuse a file the API would refuse
     rows = []
     for line in path.read_text(encoding="utf-8-sig").splitlines():
         parts, comment = _fields(line)
         if parts:  # a line _parse accepted: hash, tenant, scopes
-            rows.append(f"{parts[1]}\t{parts[2]}\t{comment}")
+            rows.append(f"{parts[1]}\t{parts[2]}\t{comment}\tid {parts[0][:KEY_ID_HEX]}")
     return rows
 
 

@@ -58,10 +58,10 @@ class Redline:
             raise self._overloaded(full) from None
         fresh = [o.id for o, s in zip(outputs, states, strict=True) if s == "new"]
         # Labels sent again with an output that already exists are applied like PUT .../labels.
-        relabel = [(o.id, o.model, d, v) for o, s in zip(outputs, states, strict=True) if s != "new"
-                   for d, v in o.labels.items()]
-        if relabel:
-            self.store.apply_labels(relabel)
+        existing = [o for o, s in zip(outputs, states, strict=True) if s != "new" and o.labels]
+        for by in sorted({o.labeled_by or "" for o in existing}):  # one key per request: one call
+            self.store.apply_labels([(o.id, o.model, d, v) for o in existing if (o.labeled_by or "") == by
+                                     for d, v in o.labels.items()], by or None)
         if fresh:
             # If we die between create and enqueue, the reaper queues these outputs again.
             self.queues.enqueue(fresh, job_id, HIGH if sync else DEFAULT)
@@ -127,7 +127,7 @@ class Redline:
                 raise ValidationFailed(f"output {public!r} was not scored by detector {detector!r} "
                                        f"(it has: {', '.join(record['detectors'])})")  # type: ignore[index]
         states = self.store.apply_labels([(who.output_id(i), records[who.output_id(i)]["model"], d, v)  # type: ignore[index]
-                                          for i, d, v in items])
+                                          for i, d, v in items], who.key_id)
         return [{"id": i, "detector": d, "label": v, "result": s}
                 for (i, d, v), s in zip(items, states, strict=True)]
 
@@ -150,10 +150,11 @@ class Redline:
         entries, following = export.labeled_page(self.redis, self.keys, who.model(model), detector, version, start,
                                                  after, limit)
         outputs = []
-        for entry, record in zip(entries, export.records(self.store, entries), strict=True):
+        for entry, record in zip(entries, export.records(self.store, entries, detector), strict=True):
             stored = (record or {}).get("scores", {}).get(detector, {})
             outputs.append({"id": who.public_id(entry.id), "label": entry.label, "score": entry.score,
                             "flagged": stored.get("flagged"), "weight": entry.weight,
+                            "labeled_by": (record or {}).get("labeled_by", {}).get(detector),
                             "created_at": iso(entry.created_at), "labeled_at": iso(entry.labeled_at),
                             **{k: (record or {}).get(k) for k in ("prompt", "response", "metadata")}})
         return {"model": model, "detector": detector, "version": version, "window": window, "outputs": outputs,
@@ -285,6 +286,7 @@ def public_view(record: dict[str, Any], who: Principal = OPEN) -> dict[str, Any]
     if "batch" in record:
         view["batch"] = record["batch"]
     view["labels"] = record.get("labels", {})
+    view["labeled_by"] = record.get("labeled_by", {})
     view["audit"] = record.get("audit") == "1"
     return view
 

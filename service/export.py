@@ -84,7 +84,8 @@ def labeled_page(redis: Redis, keys: Keys, model: str, detector: str, version: s
     return entries, (rows[limit - 1][1], entries[-1].id)  # the set's own score: what the next page asks for
 
 
-def records(store: OutputStore, entries: list[LabeledEntry]) -> list[dict[str, Any] | None]:
-    """Each entry's prompt, response, metadata and scores (None for a record that expired before its
-    window entry: with a record TTL shorter than the window retention)."""
-    return store.get_many([e.id for e in entries], ["prompt", "response", "metadata", "scores"])
+def records(store: OutputStore, entries: list[LabeledEntry], detector: str) -> list[dict[str, Any] | None]:
+    """Each entry's prompt, response, metadata, scores and who labeled it for `detector` (None for a record
+    that expired before its window entry: with a record TTL shorter than the window retention)."""
+    return store.get_many([e.id for e in entries], ["prompt", "response", "metadata", "scores",
+                                                    f"labeled_by:{detector}"])

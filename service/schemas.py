@@ -74,6 +74,8 @@ class OutputRecord(BaseModel):
     response: str
     metadata: dict[str, Any]
     labels: dict[str, Label]
+    labeled_by: dict[str, str] = Field(description="By detector, the key id (`redline keys list`) that gave the "
+                                                   "label in force; empty without API keys")
     audit: bool
     error: str | None = None
     batch: Batch | None = None
@@ -165,6 +167,8 @@ class LabeledOutput(BaseModel):
     weight: float = Field(description="Audit design weight: 1 flagged, 1/audit rate audit-sampled, 0 neither")
     created_at: str | None
     labeled_at: str | None
+    labeled_by: str | None = Field(description="The key id (`redline keys list`) that gave this label; null "
+                                               "without API keys, or if the record has expired")
     prompt: str | None
     response: str | None
     metadata: dict[str, Any] | None

@@ -38,6 +38,7 @@ class NewOutput:
     detectors: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)  # ground truth given at submit; not part of identity
+    labeled_by: str | None = None  # the key id (auth.Principal) that gave `labels`; None in the open mode
 
     def digest(self) -> str:
         """Content fingerprint: a resubmitted id is the same output only if this matches."""
@@ -123,6 +124,8 @@ class OutputStore:
             for detector, label in out.labels.items():
                 fields[f"label:{detector}"] = str(label)
                 fields[f"labeled_at:{detector}"] = repr(now)
+                if out.labeled_by:
+                    fields[f"labeled_by:{detector}"] = out.labeled_by
             records.append({"id": out.id, "digest": fields["digest"], "model": out.model,
                             "fields": [x for kv in fields.items() for x in kv],
                             "counters": [f"labeled|{d}|{out.model}" for d in out.labels]})
@@ -182,13 +185,14 @@ class OutputStore:
                             "rate": repr(audit_rate)})
         return self._run_finish(payload)
 
-    def apply_labels(self, items: Sequence[tuple[str, str, str, int]]) -> list[str]:
-        """Set (output id, model, detector, 0|1) labels atomically; returns "new", "changed", "unchanged"
-        or "missing" for each. A label joins the stored score at once, or when the score arrives."""
+    def apply_labels(self, items: Sequence[tuple[str, str, str, int]], by: str | None = None) -> list[str]:
+        """Set (output id, model, detector, 0|1) labels atomically, each new or changed one attributed to
+        key id `by`; returns "new", "changed", "unchanged" or "missing" for each. A label joins the stored
+        score at once, or when the score arrives."""
         now = self.clock()
         payload = [{"key": self.keys.output(i), "id": i, "det": d, "label": str(label),
                     **self._window_keys(model, d, now)} for i, model, d, label in items]
-        result = self._label(keys=[self.keys.counters], args=[repr(now), json.dumps(payload)])
+        result = self._label(keys=[self.keys.counters], args=[repr(now), json.dumps(payload), by or ""])
         return [r.decode() for r in result]
 
     def _window_keys(self, model: str, detector: str, now: float) -> dict[str, Any]:
@@ -267,6 +271,8 @@ def _decode(raw: Mapping[Any, Any]) -> dict[str, Any]:
         text = v.decode()
         if key.startswith("label:"):
             record.setdefault("labels", {})[key[6:]] = int(text)
+        elif key.startswith("labeled_by:"):
+            record.setdefault("labeled_by", {})[key[11:]] = text
         elif key.startswith("labeled_at:"):
             record.setdefault("labeled_at", {})[key[11:]] = float(text)
         elif key in _JSON_FIELDS:

@@ -266,10 +266,10 @@ return false
 """
 
 
-# KEYS[1] = counters. ARGV = now, JSON list of {key, id, det, label, win...}.
+# KEYS[1] = counters. ARGV = now, JSON list of {key, id, det, label, win...}, key id of the labeler ("": none).
 # Returns per item "new", "changed", "unchanged" or "missing". A changed label replaces the
-# window entry; counters count each (output, detector) labeled once; a label takes the output off
-# the detector's review queue and ends its review lease.
+# window entry and its attribution (an unchanged one keeps whose it was); counters count each (output,
+# detector) labeled once; a label takes the output off the detector's review queue and ends its review lease.
 LABEL = WINDOW_PUT + """
 local now = ARGV[1]
 local items = cjson.decode(ARGV[2])
@@ -285,6 +285,11 @@ for i, it in ipairs(items) do
     out[i] = cur[2] and 'changed' or 'new'
     local labeled_at = cur[3] or now
     redis.call('HSET', it.key, 'label:' .. it.det, it.label, 'labeled_at:' .. it.det, labeled_at)
+    if ARGV[3] ~= '' then
+      redis.call('HSET', it.key, 'labeled_by:' .. it.det, ARGV[3])
+    else
+      redis.call('HDEL', it.key, 'labeled_by:' .. it.det)
+    end
     redis.call('ZREM', it.rv, it.id)
     redis.call('ZREM', it.ls, it.id)  -- its review lease ends with its place on the queue
     if not cur[2] then redis.call('HINCRBY', KEYS[1], 'labeled|' .. it.det .. '|' .. cur[1], 1) end

@@ -14,7 +14,7 @@ import requests
 from redis import Redis
 
 from service.app import create_app
-from service.auth import KeyStore, create_key
+from service.auth import KeyStore, create_key, describe_keys
 from service.errors import ConfigError, Unauthorized
 from service.settings import Settings
 from workers.runtime import build_scorer
@@ -124,6 +124,37 @@ def test_a_tenant_pages_through_its_own_labeled_outputs(client, keys: dict[str, 
     first = client.get("/v1/labels?model=bot&detector=injury&limit=1", headers=a).get_json()
     theirs = client.get(f"/v1/labels?model=bot&detector=injury&cursor={first['next']}", headers=b).get_json()
     assert [o["id"] for o in theirs["outputs"]] == ["b0", "b1", "b2"]  # another's cursor reads only one's own
+
+
+def test_each_label_names_the_key_that_gave_it(client, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    # A reviewer's bad labels must be findable: the label in force names its key, in the record, the
+    # labeled-outputs listing (and so `redline export`) and `redline keys list`.
+    key_id = {who: hashlib.sha256(keys[who].encode()).hexdigest()[:12] for who in ("a", "reviewer", "labeler")}
+    listed = "\n".join(describe_keys(Path(keys["file"])))
+    assert all(f"id {k}" in listed for k in key_id.values())
+    a, reviewer, labeler = auth(keys["a"]), auth(keys["reviewer"]), auth(keys["labeler"])
+    outs = [{"id": "given", "model": "bot", "response": "blood everywhere", "detectors": ["injury"],
+             "labels": {"injury": 1}},
+            {"id": "later", "model": "bot", "response": "a calm day", "detectors": ["injury"]}]
+    assert client.post("/v1/outputs", json={"outputs": outs}, headers=a).status_code == 202
+    score_all(client)
+    assert client.put("/v1/outputs/later/labels", json={"injury": 0}, headers=reviewer).status_code == 200
+
+    def attribution() -> dict[str, dict[str, str]]:
+        found = client.get("/v1/outputs?id=given&id=later", headers=reviewer).get_json()["outputs"]
+        return {o["id"]: o["labeled_by"] for o in found}
+
+    assert attribution() == {"given": {"injury": key_id["a"]}, "later": {"injury": key_id["reviewer"]}}
+    # The same label again keeps whose it was; a changed one is the changer's.
+    same = client.post("/v1/labels", json={"labels": [{"id": "later", "detector": "injury", "label": 0}]},
+                       headers=labeler).get_json()
+    assert same["unchanged"] == 1 and attribution()["later"] == {"injury": key_id["reviewer"]}
+    changed = client.post("/v1/labels", json={"labels": [{"id": "given", "detector": "injury", "label": 0}]},
+                          headers=labeler).get_json()
+    assert changed["changed"] == 1 and attribution()["given"] == {"injury": key_id["labeler"]}
+    page = client.get("/v1/labels?model=bot&detector=injury", headers=reviewer).get_json()
+    assert {o["id"]: o["labeled_by"] for o in page["outputs"]} == {"given": key_id["labeler"],
+                                                                  "later": key_id["reviewer"]}
 
 
 def test_tenants_never_see_each_other(client, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]

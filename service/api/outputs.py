@@ -28,7 +28,8 @@ def submit() -> tuple[dict[str, Any], int]:
 
 def _owned(outputs: list[NewOutput], who: Principal) -> list[NewOutput]:
     """The caller's outputs under their tenant's internal names."""
-    return [dataclasses.replace(o, id=who.output_id(o.id), model=who.model(o.model)) for o in outputs]
+    return [dataclasses.replace(o, id=who.output_id(o.id), model=who.model(o.model), labeled_by=who.key_id)
+            for o in outputs]
 
 
 @bp.post("/v1/score")
