@@ -20,6 +20,7 @@ from .keys import Keys, text
 from .monitoring import Monitor, Window
 from .quality_snapshot import QualitySnapshots
 from .queueing import DEFAULT, HIGH, ScoreQueues, new_job_id
+from .review_queues import Lease
 from .settings import Settings
 from .store import QUEUED, BacklogFull, NewOutput, OutputStore
 
@@ -171,9 +172,9 @@ class Redline:
         self._require_detector(detector)
         internal = who.model(model)
         ids, waiting = self.store.reviews.awaiting(internal, detector, limit)
-        until = self.store.reviews.leased_until(internal, detector, ids)
+        leases = self.store.reviews.leases(internal, detector, ids)
         return {"model": model, "detector": detector, "waiting": waiting,
-                "outputs": self._review_items(internal, detector, ids, until, who)}
+                "outputs": self._review_items(internal, detector, ids, leases, who)}
 
     def lease_review(self, model: str, detector: str, limit: int, lease_s: int,
                      who: Principal = OPEN) -> dict[str, Any]:
@@ -182,10 +183,10 @@ class Redline:
         the lease with the output's place on the queue; an unlabeled output returns when it lapses."""
         self._require_detector(detector)
         internal = who.model(model)
-        ids, waiting, until = self.store.reviews.lease(internal, detector, limit, lease_s)
+        ids, waiting, until = self.store.reviews.lease(internal, detector, limit, lease_s, who.key_id)
         return {"model": model, "detector": detector, "waiting": waiting, "lease_s": lease_s,
                 "leased_until": iso(until),
-                "outputs": self._review_items(internal, detector, ids, [until] * len(ids), who)}
+                "outputs": self._review_items(internal, detector, ids, [Lease(until, who.key_id)] * len(ids), who)}
 
     def release_review(self, model: str, detector: str, output_ids: list[str],
                        who: Principal = OPEN) -> dict[str, Any]:
@@ -195,17 +196,18 @@ class Redline:
         return {"released": [i for i, h in zip(output_ids, held, strict=True) if h],
                 "not_leased": [i for i, h in zip(output_ids, held, strict=True) if not h]}
 
-    def _review_items(self, internal: str, detector: str, ids: list[str], until: list[float | None],
+    def _review_items(self, internal: str, detector: str, ids: list[str], leases: list[Lease | None],
                       who: Principal) -> list[dict[str, Any]]:
         records = self.store.get_many(ids)
         self.store.reviews.forget(internal, detector, [i for i, r in zip(ids, records, strict=True) if r is None])
         outputs = []
-        for record, leased in zip(records, until, strict=True):
+        for record, lease in zip(records, leases, strict=True):
             if record is None or detector in record.get("labels", {}):  # expired, or labeled just now
                 continue
             flagged = bool(record.get("scores", {}).get(detector, {}).get("flagged"))
             outputs.append({**public_view(record, who), "reason": "flagged" if flagged else "audit",
-                            "leased_until": iso(leased)})
+                            "leased_until": iso(lease.until) if lease else None,
+                            "leased_by": lease.by if lease else None})
         return outputs
 
     def _still_queued(self, ids: set[str]) -> set[str]:

@@ -136,6 +136,11 @@ class Keys:
         (`POST /v1/review/leases`); others' leases skip them until then. Expires with its last lease."""
         return f"{self.prefix}:review-leases:{model}|{detector}"
 
+    def review_lease_holders(self, model: str, detector: str) -> str:
+        """Hash: id -> key id (`auth.Principal.key_id`) of the reviewer whose lease holds it; read only while
+        its lease in `review_leases` runs, removed with it, and expires with the leases."""
+        return f"{self.prefix}:review-lease-holders:{model}|{detector}"
+
     def review(self, model: str, detector: str) -> str:
         """Sorted set by created_at: ids of scored outputs awaiting a reviewer's label for this detector
         (it flagged them, or they are in the audit sample); their label removes them."""

@@ -6,11 +6,17 @@ from a queue in the same step as the score or label; this reads them and manages
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from redis import Redis
 
 from . import store_scripts as scripts
 from .keys import Keys, text
+
+
+class Lease(NamedTuple):
+    until: float  # unix seconds
+    by: str | None  # the reviewer's key id; None without API keys
 
 
 class ReviewQueues:
@@ -30,12 +36,15 @@ class ReviewQueues:
             ids, waiting = pipe.execute()
         return [text(i) for i in ids], int(waiting)
 
-    def lease(self, model: str, detector: str, limit: int, lease_s: float) -> tuple[list[str], int, float]:
-        """Lease to one reviewer, for `lease_s`, the `limit` oldest outputs awaiting a label for `detector`
-        that no other lease holds (see store_scripts.LEASE_REVIEW); with the queue's length and when the leases end."""
+    def lease(self, model: str, detector: str, limit: int, lease_s: float,
+              by: str | None = None) -> tuple[list[str], int, float]:
+        """Lease to one reviewer (key id `by`), for `lease_s`, the `limit` oldest outputs awaiting a label
+        for `detector` that no other lease holds (see store_scripts.LEASE_REVIEW); with the queue's length
+        and when the leases end."""
         now = self.clock()
-        keys = [self.keys.review(model, detector), self.keys.review_leases(model, detector)]
-        ids, waiting = self._lease(keys=keys, args=[repr(now), repr(lease_s), limit])
+        keys = [self.keys.review(model, detector), self.keys.review_leases(model, detector),
+                self.keys.review_lease_holders(model, detector)]
+        ids, waiting = self._lease(keys=keys, args=[repr(now), repr(lease_s), limit, by or ""])
         return [text(i) for i in ids], int(waiting), now + lease_s
 
     def release(self, model: str, detector: str, output_ids: Sequence[str]) -> list[bool]:
@@ -47,16 +56,21 @@ class ReviewQueues:
             for output_id in output_ids:
                 pipe.zscore(leases, output_id)
             pipe.zrem(leases, *output_ids)
-            found = pipe.execute()[:-1]
+            pipe.hdel(self.keys.review_lease_holders(model, detector), *output_ids)
+            found = pipe.execute()[:-2]
         return [t is not None and t > now for t in found]
 
-    def leased_until(self, model: str, detector: str, output_ids: Sequence[str]) -> list[float | None]:
-        """When each output's review lease ends (unix seconds), or None where none holds it now."""
+    def leases(self, model: str, detector: str, output_ids: Sequence[str]) -> list[Lease | None]:
+        """The review lease holding each output now, or None where none does."""
         if not output_ids:
             return []
         now = self.clock()
-        until = self.redis.zmscore(self.keys.review_leases(model, detector), list(output_ids))
-        return [t if t is not None and t > now else None for t in until]
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zmscore(self.keys.review_leases(model, detector), list(output_ids))
+            pipe.hmget(self.keys.review_lease_holders(model, detector), list(output_ids))
+            until, holders = pipe.execute()
+        return [Lease(t, None if h is None else text(h)) if t is not None and t > now else None
+                for t, h in zip(until, holders, strict=True)]
 
     def forget(self, model: str, detector: str, output_ids: Sequence[str]) -> None:
         """Drop ids from a review queue and its leases (their records expired)."""
@@ -64,4 +78,5 @@ class ReviewQueues:
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zrem(self.keys.review(model, detector), *output_ids)
                 pipe.zrem(self.keys.review_leases(model, detector), *output_ids)
+                pipe.hdel(self.keys.review_lease_holders(model, detector), *output_ids)
                 pipe.execute()

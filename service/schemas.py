@@ -91,6 +91,8 @@ class ReviewItem(OutputRecord):
                                                             "sample of what no detector flagged")
     leased_until: str | None = Field(description="When a reviewer's lease on it ends (POST /v1/review/leases); "
                                                  "null if nobody holds it")
+    leased_by: str | None = Field(description="The key id (`redline keys list`) whose lease holds it; null if "
+                                              "nobody holds it, or without API keys")
 
 
 class ReviewQueue(BaseModel):

@@ -199,6 +199,7 @@ class OutputStore:
         # Bases: the scripts append the version of the detector that scored the output.
         return {"win": self.keys.window_base(model, detector), "idx": self.keys.window_index_base(model, detector),
                 "rv": self.keys.review(model, detector), "ls": self.keys.review_leases(model, detector),
+                "lh": self.keys.review_lease_holders(model, detector),
                 "horizon": repr(now - self.retention_s), "cap": self.window_cap}
 
     def finish_failed(self, reasons: Mapping[str, str]) -> int:
@@ -240,7 +241,7 @@ class OutputStore:
         # The detectors an output is scored with are fixed when it is created: reading them first is safe.
         bases = {d: {"win": self.keys.window_base(model, d), "idx": self.keys.window_index_base(model, d),
                      "sc": self.keys.scores_base(model, d), "rv": self.keys.review(model, d),
-                     "ls": self.keys.review_leases(model, d)}
+                     "ls": self.keys.review_leases(model, d), "lh": self.keys.review_lease_holders(model, d)}
                  for d in record.get("detectors", [])}
         return bool(self._delete(keys=[self.keys.output(output_id), self.keys.pending, self.keys.dead],
                                  args=[output_id, json.dumps(bases)]))

@@ -197,7 +197,7 @@ return out
 
 
 # KEYS[1] = the output's record, KEYS[2] = pending zset, KEYS[3] = dead-letter zset. ARGV = output id,
-# JSON {detector: {win, idx, sc, rv, ls}} key bases for the output's detectors. Erases the output: its
+# JSON {detector: {win, idx, sc, rv, ls, lh}} key bases for the output's detectors. Erases the output: its
 # record (texts, metadata, scores, labels) and every entry naming its id (pending, dead letters,
 # review queues and their leases, and, for the detector version that scored it, its window entry and score history).
 # Counters keep counting what happened. Returns 1, or 0 when there is no such record.
@@ -209,6 +209,7 @@ local scores = cur[2] and cjson.decode(cur[2]) or {}
 for name, d in pairs(cjson.decode(ARGV[2])) do
   redis.call('ZREM', d.rv, id)
   redis.call('ZREM', d.ls, id)
+  redis.call('HDEL', d.lh, id)
   local s = scores[name]
   if s then
     local v = tostring(s.version)
@@ -230,13 +231,19 @@ return 1
 """
 
 
-# KEYS[1] = a review queue, KEYS[2] = its leases. ARGV = now, lease seconds, limit. Leases the `limit`
-# oldest queued ids that no unexpired lease holds, in one step, so two reviewers asking at once never
-# get the same output; returns them and the queue's length. It walks the queue from its old end past
-# leased ids, so a call costs the leases ahead of the first free ids, at most the queue's length.
+# KEYS[1] = a review queue, KEYS[2] = its leases, KEYS[3] = their holders. ARGV = now, lease seconds,
+# limit, the reviewer's key id ("": none). Leases the `limit` oldest queued ids that no unexpired lease
+# holds, in one step, so two reviewers asking at once never get the same output; returns them and the
+# queue's length. It walks the queue from its old end past leased ids, so a call costs the leases ahead
+# of the first free ids, at most the queue's length.
 LEASE_REVIEW = """
 local now, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for i = 1, #lapsed, 500 do
+  local chunk = {unpack(lapsed, i, math.min(i + 499, #lapsed))}
+  redis.call('ZREM', KEYS[2], unpack(chunk))
+  redis.call('HDEL', KEYS[3], unpack(chunk))
+end
 local out, start, page = {}, 0, 256
 while #out < limit do
   local ids = redis.call('ZRANGE', KEYS[1], start, start + page - 1)
@@ -249,8 +256,15 @@ while #out < limit do
   if #ids < page then break end
   start = start + page
 end
-for _, id in ipairs(out) do redis.call('ZADD', KEYS[2], now + lease, id) end
-if #out > 0 and redis.call('TTL', KEYS[2]) < lease then redis.call('EXPIRE', KEYS[2], math.ceil(lease)) end
+for _, id in ipairs(out) do
+  redis.call('ZADD', KEYS[2], now + lease, id)
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], id, ARGV[4]) else redis.call('HDEL', KEYS[3], id) end
+end
+if #out > 0 then
+  for _, key in ipairs({KEYS[2], KEYS[3]}) do  -- TTL -1 (none yet) too; -2 (no key): EXPIRE does nothing
+    if redis.call('TTL', key) < lease then redis.call('EXPIRE', key, math.ceil(lease)) end
+  end
+end
 return {out, redis.call('ZCARD', KEYS[1])}
 """
 
@@ -292,6 +306,7 @@ for i, it in ipairs(items) do
     end
     redis.call('ZREM', it.rv, it.id)
     redis.call('ZREM', it.ls, it.id)  -- its review lease ends with its place on the queue
+    redis.call('HDEL', it.lh, it.id)
     if not cur[2] then redis.call('HINCRBY', KEYS[1], 'labeled|' .. it.det .. '|' .. cur[1], 1) end
     if cur[4] then
       local s = cjson.decode(cur[4])[it.det]

@@ -480,8 +480,9 @@ def test_the_review_queue_lists_what_reviewers_must_label(stack: Stack, detector
     assert [o["id"] for o in queue["outputs"]] == want
     for item in queue["outputs"]:
         assert item["reason"] == ("flagged" if item["id"] in flagged else "audit")
-        assert item["leased_until"] is None  # nobody has leased it
-        assert {k: v for k, v in item.items() if k not in ("reason", "leased_until")} == records[item["id"]]
+        assert item["leased_until"] is None and item["leased_by"] is None  # nobody has leased it
+        assert {k: v for k, v in item.items() if k not in ("reason", "leased_until", "leased_by")} == \
+            records[item["id"]]
     assert [o["id"] for o in stack.get(f"/v1/review?model={model}&detector=injury&limit=2").json()["outputs"]] == \
         want[:2]
     r = requests.put(f"{stack.base}/v1/outputs/{ids[0]}/labels", json={"injury": 1}, timeout=30)

@@ -157,6 +157,25 @@ def test_each_label_names_the_key_that_gave_it(client, keys: dict[str, str]) -> 
                                                                   "later": key_id["reviewer"]}
 
 
+def test_a_review_lease_names_the_key_that_holds_it(client, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    reviewer, a = auth(keys["reviewer"]), auth(keys["a"])
+    outs = [{"id": f"r{n}", "model": "bot", "response": "blood everywhere", "detectors": ["injury"]} for n in range(3)]
+    assert client.post("/v1/outputs", json={"outputs": outs}, headers=a).status_code == 202
+    score_all(client)
+    mine = client.post("/v1/review/leases", json={"model": "bot", "detector": "injury", "limit": 2},
+                       headers=reviewer).get_json()
+    key_id = hashlib.sha256(keys["reviewer"].encode()).hexdigest()[:12]
+    assert [(o["id"], o["leased_by"]) for o in mine["outputs"]] == [("r0", key_id), ("r1", key_id)]
+    queue = client.get("/v1/review?model=bot&detector=injury", headers=a).get_json()["outputs"]
+    assert [(o["id"], o["leased_by"]) for o in queue] == [("r0", key_id), ("r1", key_id), ("r2", None)]
+    released = client.post("/v1/review/leases/release", json={"model": "bot", "detector": "injury", "ids": ["r1"]},
+                           headers=a).get_json()  # not locked to its holder: anyone of the tenant may
+    assert released["released"] == ["r1"]
+    queue = client.get("/v1/review?model=bot&detector=injury", headers=a).get_json()["outputs"]
+    assert [(o["id"], o["leased_by"], o["leased_until"] is None) for o in queue] == [
+        ("r0", key_id, False), ("r1", None, True), ("r2", None, True)]
+
+
 def test_tenants_never_see_each_other(client, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     a, b = auth(keys["a"]), auth(keys["b"])
     assert client.post("/v1/outputs", json=OUT, headers=a).status_code == 202

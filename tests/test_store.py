@@ -8,6 +8,7 @@ from redis import Redis
 
 from service.errors import Conflict
 from service.keys import Keys
+from service.review_queues import Lease
 from service.store import DetectorScore, NewOutput, OutputStore
 
 
@@ -115,26 +116,34 @@ def test_review_leases_hand_each_waiting_output_to_one_reviewer_at_a_time(redis:
         assert record is not None
         store.finish_scored([(record, hit, {})])
         now[0] += 1
-    first, waiting, until = store.reviews.lease("m1", "injury", 2, 600)
+    first, waiting, until = store.reviews.lease("m1", "injury", 2, 600, by="alice")
     assert (first, waiting, until) == (["o0", "o1"], 5, now[0] + 600)
     now[0] += 10
-    assert store.reviews.lease("m1", "injury", 2, 600)[0] == ["o2", "o3"]  # the next reviewer: the next ones
-    assert store.reviews.lease("m1", "injury", 10, 30)[0] == ["o4"]
+    assert store.reviews.lease("m1", "injury", 2, 600, by="bob")[0] == ["o2", "o3"]  # the next reviewer: the next ones
+    assert store.reviews.lease("m1", "injury", 10, 30)[0] == ["o4"]  # no API keys: nobody named
     leases = Keys(prefix).review_leases("m1", "injury")
     assert 590 < redis.ttl(leases) <= 600  # the set lives as long as its longest lease
     assert store.reviews.lease("m1", "injury", 10, 600) == ([], 5, now[0] + 600)  # all held
-    assert store.reviews.leased_until("m1", "injury", ["o0", "o4", "nope"]) == [until, now[0] + 30, None]
+    assert store.reviews.leases("m1", "injury", ["o0", "o2", "o4", "nope"]) == [
+        Lease(until, "alice"), Lease(until + 10, "bob"), Lease(now[0] + 30, None), None]
+    holders = Keys(prefix).review_lease_holders("m1", "injury")
+    assert 590 < redis.ttl(holders) <= 600  # the holders live as long as the leases
     assert store.reviews.awaiting("m1", "injury", 10) == (ids, 5)  # the listing still shows every one
     assert store.apply_labels([("o1", "m1", "injury", 1)]) == ["new"]  # labeled: off the queue for good
-    assert store.reviews.leased_until("m1", "injury", ["o1"]) == [None]  # and its lease ended with it
+    assert store.reviews.leases("m1", "injury", ["o1"]) == [None]  # and its lease ended with it
+    assert redis.hexists(holders, "o1") == 0
     now[0] += 31  # o4's short lease lapsed: back for the next reviewer
-    assert store.reviews.leased_until("m1", "injury", ["o4"]) == [None]
-    assert store.reviews.lease("m1", "injury", 10, 600)[0] == ["o4"]
+    assert store.reviews.leases("m1", "injury", ["o4"]) == [None]
+    assert store.reviews.lease("m1", "injury", 10, 600, by="carol")[0] == ["o4"]
+    assert store.reviews.leases("m1", "injury", ["o4"]) == [Lease(now[0] + 600, "carol")]
     assert store.reviews.release("m1", "injury", ["o4", "o1", "nope"]) == [True, False, False]  # skipped: given back
+    assert redis.hexists(holders, "o4") == 0
     assert store.reviews.lease("m1", "injury", 10, 600)[0] == ["o4"]  # handed out again at once
     now[0] += 600  # every lease lapsed
     assert store.reviews.lease("m1", "injury", 10, 60)[0] == ["o0", "o2", "o3", "o4"]
     assert redis.zcard(leases) == 4 and 50 < redis.ttl(leases) <= 60  # the lapsed ones trimmed
+    assert store.reviews.leases("m1", "injury", ["o0", "o2"]) == [Lease(now[0] + 60, None)] * 2  # theirs no more
+    assert redis.hlen(holders) == 0
     store.reviews.forget("m1", "injury", ["o0"])  # its record expired
     assert redis.zscore(leases, "o0") is None
     # Reviewers asking at once: every output goes to exactly one of them.
@@ -162,7 +171,8 @@ def test_delete_erases_an_output_and_every_entry_naming_it(redis: Redis, prefix:
     keys = store.keys
     window, scores = keys.window("m1", "injury", "v1"), keys.scores("m1", "injury", "v1")
     assert redis.zcard(window) == 2 and redis.zcard(scores) == 3 and redis.zcard(keys.review("m1", "injury")) == 1
-    assert store.reviews.lease("m1", "injury", 5, 600)[0] == ["waiting"]  # a reviewer holds it
+    assert store.reviews.lease("m1", "injury", 5, 600, by="alice")[0] == ["waiting"]  # a reviewer holds it
+    assert redis.hlen(keys.review_lease_holders("m1", "injury")) == 1
     for i in ("labeled", "waiting", "failed", "queued"):
         assert store.delete(i) is True
         assert store.get(i) is None and store.delete(i) is False
@@ -172,6 +182,7 @@ def test_delete_erases_an_output_and_every_entry_naming_it(redis: Redis, prefix:
     assert [m.split(b"|")[0] for m in redis.zrange(scores, 0, -1)] == [b"kept"]
     for key in (keys.review("m1", "injury"), keys.review_leases("m1", "injury"), keys.dead, keys.pending):
         assert redis.zcard(key) == 0, key
+    assert redis.hlen(keys.review_lease_holders("m1", "injury")) == 0
     assert stale is not None and store.finish_scored([(stale, hit, {})]) == 0  # its job, run late, writes nothing
     assert store.get("queued") is None
     assert store.counters() == counters  # what happened is still counted
