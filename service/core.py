@@ -91,6 +91,10 @@ class Redline:
             raise NotFound(f"no detector {detector!r}")
 
     def _overloaded(self, full: BacklogFull) -> Overloaded:
+        if full.tenant is not None:  # only the caller's own tenant is ever named
+            return Overloaded(f"{full.pending} outputs of tenant {full.tenant!r} are waiting to be scored "
+                              f"(REDLINE_MAX_PENDING_PER_TENANT={self.settings.max_pending_per_tenant}); retry later",
+                              retry_after_s=self.settings.retry_after_s)
         return Overloaded(f"{full.pending} outputs are waiting to be scored (REDLINE_MAX_PENDING="
                           f"{self.settings.max_pending}); retry later", retry_after_s=self.settings.retry_after_s)
 

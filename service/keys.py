@@ -40,6 +40,12 @@ class Keys:
         return f"{self.prefix}:pending"
 
     @property
+    def pending_by_tenant(self) -> str:
+        """Hash: tenant -> how many of its outputs are in `pending` (`default`: the open mode's), kept in
+        step with it by every script that adds to or takes from it (store_scripts.PENDING)."""
+        return f"{self.prefix}:pending-by-tenant"
+
+    @property
     def counters(self) -> str:
         """Hash: exactly-once counters (`scored|model|detector`, `flagged|...`) bumped with each score write."""
         return f"{self.prefix}:counters"

@@ -111,6 +111,12 @@ class RedlineCollector(Collector):
         yield depth
         yield GaugeMetricFamily("redline_outputs_pending", "Outputs accepted and not yet scored",
                                 value=r.zcard(keys.pending))
+        # Tenants are the keys file's (bounded); REDLINE_MAX_PENDING_PER_TENANT refuses each past its share.
+        by_tenant = GaugeMetricFamily("redline_tenant_outputs_pending", "Outputs accepted and not yet scored, "
+                                      "by tenant (`default` without API keys)", labels=["tenant"])
+        for tenant, count in sorted(self.redline.store.pending_by_tenant().items()):
+            by_tenant.add_metric([tenant], count)
+        yield by_tenant
         yield GaugeMetricFamily("redline_workers_alive", "Scoring workers with a recent heartbeat",
                                 value=self.redline.workers_alive())
         yield self._detector_workers()

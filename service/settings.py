@@ -65,6 +65,9 @@ class Settings:
     """Most distinct deployed-model names accepted (they are metric label values, so bounded)."""
     max_pending: int = 100_000
     """Backpressure: outputs accepted and not yet scored beyond which submits get 429."""
+    max_pending_per_tenant: int = 0
+    """The same bound for one tenant's outputs, so one tenant's flood is refused before it fills the
+    backlog for all (0: none)."""
     retry_after_s: int = 5
     """Retry-After sent with 429 when the backlog is full."""
     max_labels_per_request: int = 1000
@@ -147,6 +150,8 @@ class Settings:
             raise ConfigError("REDLINE_MAX_BATCH_WAIT_MS and REDLINE_INTRA_OP_THREADS must be >= 0")
         if self.auth not in ("auto", "off"):
             raise ConfigError("REDLINE_AUTH must be 'auto' or 'off'")
+        if self.max_pending_per_tenant < 0:
+            raise ConfigError("REDLINE_MAX_PENDING_PER_TENANT must be >= 0 (0: no per-tenant bound)")
         if self.monitor_cache_s < 0:
             raise ConfigError("REDLINE_MONITOR_CACHE_S must be >= 0")
         if not 0.0 <= self.audit_rate <= 1.0:

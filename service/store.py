@@ -56,11 +56,21 @@ class DetectorScore:
 
 
 class BacklogFull(Exception):
-    """create() stored nothing: the outputs would take the backlog past `max_pending`."""
+    """create() stored nothing: the outputs would take the backlog past `max_pending`, or their tenant's
+    share of it past `max_pending_per_tenant` (then `tenant` names it, and `pending` counts its own)."""
 
-    def __init__(self, pending: int) -> None:
-        super().__init__(pending)
-        self.pending = pending
+    def __init__(self, pending: int, tenant: str | None = None) -> None:
+        super().__init__(pending, tenant)
+        self.pending, self.tenant = pending, tenant
+
+    @classmethod
+    def from_reply(cls, states: list[str]) -> BacklogFull | None:
+        """The refusal a create or retry script answered with, if it did."""
+        if states and states[0] == "overloaded":
+            return cls(int(states[1]))
+        if states and states[0] == "tenant_overloaded":
+            return cls(int(states[2]), states[1])
+        return None
 
 
 def redis_time(redis: Redis) -> float:
@@ -80,7 +90,8 @@ class OutputStore:
 
     def __init__(self, redis: Redis, keys: Keys, ttl_s: int, retention_s: int = 15 * 86400,
                  window_cap: int = 100_000, clock: Callable[[], float] | None = None,
-                 max_models: int | None = None, max_pending: int | None = None) -> None:
+                 max_models: int | None = None, max_pending: int | None = None,
+                 max_pending_per_tenant: int | None = None) -> None:
         # Redis's clock (see redis_time); injectable so tests can place outputs and labels in time.
         self.clock: Callable[[], float] = clock or partial(redis_time, redis)
         self.redis = redis
@@ -90,6 +101,7 @@ class OutputStore:
         self.window_cap = window_cap
         self.max_models = max_models  # distinct deployed-model names create() admits; None: no bound
         self.max_pending = max_pending  # outputs waiting to be scored past which create() stores nothing
+        self.max_pending_per_tenant = max_pending_per_tenant  # the same, for one tenant's outputs
         self._random = random.Random()
         self._create = redis.register_script(scripts.CREATE)
         self._finish = redis.register_script(scripts.FINISH)
@@ -97,6 +109,7 @@ class OutputStore:
         self._reassign = redis.register_script(scripts.REASSIGN)
         self._retry = redis.register_script(scripts.RETRY)
         self._delete = redis.register_script(scripts.DELETE)
+        self._drop_pending = redis.register_script(scripts.DROP_PENDING)
         # A version's claim lasts as long as scores of that version can be read: records and windows.
         self.versions = VersionClaims(redis, keys, max(ttl_s, retention_s))
         self.reviews = ReviewQueues(redis, keys, lambda: self.clock())  # late-bound: the clock may be replaced
@@ -104,7 +117,8 @@ class OutputStore:
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> OutputStore:
         return cls(redis, Keys(settings.queue_prefix), settings.record_ttl_s, settings.window_retention_s,
-                   settings.window_max_entries, max_models=settings.max_models, max_pending=settings.max_pending)
+                   settings.window_max_entries, max_models=settings.max_models, max_pending=settings.max_pending,
+                   max_pending_per_tenant=settings.max_pending_per_tenant or None)
 
     def create(self, outputs: Sequence[NewOutput], job_id: str, notify: str | None = None) -> list[str]:
         """Store outputs atomically; returns "new" or the existing status for each.
@@ -129,15 +143,16 @@ class OutputStore:
             records.append({"id": out.id, "digest": fields["digest"], "model": out.model,
                             "fields": [x for kv in fields.items() for x in kv],
                             "counters": [f"labeled|{d}|{out.model}" for d in out.labels]})
-        result = self._create(keys=[self.keys.pending, self.keys.counters, self.keys.models],
+        result = self._create(keys=[self.keys.pending, self.keys.counters, self.keys.models,
+                                    self.keys.pending_by_tenant],
                               args=[self.ttl_s, repr(now), self.keys.prefix, json.dumps(records),
-                                    -1 if self.max_models is None else self.max_models,
-                                    -1 if self.max_pending is None else self.max_pending])
+                                    _bound(self.max_models), _bound(self.max_pending),
+                                    _bound(self.max_pending_per_tenant)])
         states = [r.decode() for r in result]
         if states and states[0] == "conflict":
             raise Conflict(f"output id {states[1]!r} already exists with different content")
-        if states and states[0] == "overloaded":
-            raise BacklogFull(int(states[1]))
+        if full := BacklogFull.from_reply(states):
+            raise full
         if states and states[0] == "too_many_models":
             raise ValidationFailed(f"model {states[1]!r} would exceed REDLINE_MAX_MODELS={self.max_models} "
                                    f"distinct deployed models ({states[2]} known)", code="too_many_models")
@@ -215,7 +230,7 @@ class OutputStore:
         returns those moved, in order. Others (scored, failed or expired since they were read) are left."""
         if not output_ids:
             return []
-        moved = self._reassign(keys=[self.keys.pending],
+        moved = self._reassign(keys=[self.keys.pending, self.keys.pending_by_tenant],
                                args=[self.keys.prefix, job_id, repr(self.clock()), json.dumps(list(output_ids))])
         return [text(i) for i in moved]
 
@@ -223,13 +238,23 @@ class OutputStore:
         """Queue failed outputs again under `job_id` (the caller enqueues it); returns "requeued", the
         current status ("queued", "scored") or "missing" for each id. Raises BacklogFull, changing
         nothing, when they would take the backlog past `max_pending`."""
-        result = self._retry(keys=[self.keys.pending, self.keys.dead],
+        result = self._retry(keys=[self.keys.pending, self.keys.dead, self.keys.pending_by_tenant],
                              args=[self.keys.prefix, job_id, repr(self.clock()), json.dumps(list(output_ids)),
-                                   -1 if self.max_pending is None else self.max_pending])
+                                   _bound(self.max_pending), _bound(self.max_pending_per_tenant)])
         states = [text(r) for r in result]
-        if states and states[0] == "overloaded":
-            raise BacklogFull(int(states[1]))
+        if full := BacklogFull.from_reply(states):
+            raise full
         return states
+
+    def drop_pending(self, output_ids: Sequence[str]) -> None:
+        """Take outputs off the pending set that are no longer queued (the reaper found their records gone)."""
+        if output_ids:
+            self._drop_pending(keys=[self.keys.pending, self.keys.pending_by_tenant],
+                               args=[json.dumps(list(output_ids))])
+
+    def pending_by_tenant(self) -> dict[str, int]:
+        """Outputs waiting to be scored, by tenant (`default` for the open mode's)."""
+        return {text(k): int(v) for k, v in self.redis.hgetall(self.keys.pending_by_tenant).items()}
 
     def delete(self, output_id: str) -> bool:
         """Erase an output and every entry naming it (see store_scripts.DELETE); False if there is none. A job still
@@ -243,20 +268,26 @@ class OutputStore:
                      "sc": self.keys.scores_base(model, d), "rv": self.keys.review(model, d),
                      "ls": self.keys.review_leases(model, d), "lh": self.keys.review_lease_holders(model, d)}
                  for d in record.get("detectors", [])}
-        return bool(self._delete(keys=[self.keys.output(output_id), self.keys.pending, self.keys.dead],
+        return bool(self._delete(keys=[self.keys.output(output_id), self.keys.pending, self.keys.dead,
+                                       self.keys.pending_by_tenant],
                                  args=[output_id, json.dumps(bases)]))
 
     def _run_finish(self, payload: list[dict[str, Any]]) -> int:
         if not payload:
             return 0
         now = self.clock()
-        return int(self._finish(keys=[self.keys.pending, self.keys.counters, self.keys.monitored, self.keys.dead],
+        return int(self._finish(keys=[self.keys.pending, self.keys.counters, self.keys.monitored, self.keys.dead,
+                                      self.keys.pending_by_tenant],
                                 args=[self.keys.prefix, json.dumps(payload), NOTIFY_TTL_S, repr(now),
                                       repr(now - self.ttl_s)]))
 
     def counters(self) -> dict[str, int]:
         """Exactly-once counters keyed `event|detector|model` (e.g. `scored|injury|gpt-x`) or `failed|model`."""
         return {text(k): int(v) for k, v in self.redis.hgetall(self.keys.counters).items()}
+
+
+def _bound(most: int | None) -> int:
+    return -1 if most is None else most  # the scripts' "no bound"
 
 
 _JSON_FIELDS = ("detectors", "metadata", "scores", "batch")

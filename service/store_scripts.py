@@ -4,12 +4,47 @@ half of one. Each script's comment gives its KEYS and ARGV; `store.py`, `review_
 `version_claims.py` pass them.
 """
 
-# KEYS[1] = pending zset, KEYS[2] = counters, KEYS[3] = deployed-model set. ARGV = ttl, now, prefix,
-# JSON list of records, most distinct models, most pending outputs (-1: no bound). Checks every id, then
-# the bounds, before writing, so a refused batch stores nothing (not even its model names); returns per
-# record "new" or its current status, or {'conflict', id} / {'overloaded', pending} /
+# Shared by every script that adds to or takes from the pending set: keeps the per-tenant count of
+# pending outputs (REDLINE_MAX_PENDING_PER_TENANT) in step with the set itself, by the set's own answer
+# (ZADD 1: a new member; ZREM 1: one removed), so an update or a repeat never counts twice.
+PENDING = """
+local function tenant_of(id)
+  return string.match(id, '^([^~]+)~') or 'default'
+end
+local function pending_add(pk, tk, score, id)
+  if redis.call('ZADD', pk, score, id) == 1 then redis.call('HINCRBY', tk, tenant_of(id), 1) end
+end
+local function pending_remove(pk, tk, id)
+  -- A tenant drained to 0 keeps its field, so its gauge reads 0 rather than vanishing; below 0 only for
+  -- outputs queued before these counts existed (an upgrade), which count as none.
+  if redis.call('ZREM', pk, id) == 1 and redis.call('HINCRBY', tk, tenant_of(id), -1) < 0 then
+    redis.call('HSET', tk, tenant_of(id), 0)
+  end
+end
+-- {'tenant_overloaded', tenant, its pending} if adding `ids` would take a tenant past `most` (-1: no bound).
+local function tenant_bound(tk, ids, most)
+  if most < 0 then return nil end
+  local adding = {}
+  for _, id in ipairs(ids) do
+    local t = tenant_of(id)
+    adding[t] = (adding[t] or 0) + 1
+  end
+  for t, n in pairs(adding) do
+    local have = tonumber(redis.call('HGET', tk, t) or '0')
+    if have + n > most then return {'tenant_overloaded', t, tostring(have)} end
+  end
+  return nil
+end
+"""
+
+
+# KEYS[1] = pending zset, KEYS[2] = counters, KEYS[3] = deployed-model set, KEYS[4] = pending by tenant.
+# ARGV = ttl, now, prefix, JSON list of records, most distinct models, most pending outputs, most pending
+# outputs of one tenant (-1: no bound). Checks every id, then the bounds, before writing, so a refused
+# batch stores nothing (not even its model names); returns per record "new" or its current status, or
+# {'conflict', id} / {'overloaded', pending} / {'tenant_overloaded', tenant, pending} /
 # {'too_many_models', model, count}.
-CREATE = """
+CREATE = PENDING + """
 local ttl, now, prefix, max_models, max_pending = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[5]),
   tonumber(ARGV[6])
 local records = cjson.decode(ARGV[4])
@@ -32,6 +67,10 @@ local pending = redis.call('ZCARD', KEYS[1])
 if max_pending >= 0 and adding > 0 and pending + adding > max_pending then
   return {'overloaded', tostring(pending)}
 end
+local new_ids = {}
+for i, rec in ipairs(records) do if result[i] == 'new' then table.insert(new_ids, rec.id) end end
+local over = tenant_bound(KEYS[4], new_ids, tonumber(ARGV[7]))
+if over then return over end
 -- Model names become metric labels: admit a new one only with an output that is stored, and check the
 -- bound here, in the same atomic step as the SADD, so concurrent API processes cannot overshoot it.
 local unseen, fresh = {}, {}
@@ -54,7 +93,7 @@ for i, rec in ipairs(records) do
     local key = prefix .. ':output:' .. rec.id
     redis.call('HSET', key, unpack(rec.fields))
     redis.call('EXPIRE', key, ttl)
-    redis.call('ZADD', KEYS[1], now, rec.id)
+    pending_add(KEYS[1], KEYS[4], now, rec.id)
     for _, c in ipairs(rec.counters) do redis.call('HINCRBY', KEYS[2], c, 1) end
   end
 end
@@ -93,13 +132,14 @@ local function design_weight(flagged, audit, rate)
 end
 """
 
-# KEYS[1] = pending zset, KEYS[2] = counters hash, KEYS[3] = monitored set, KEYS[4] = dead-letter zset.
+# KEYS[1] = pending zset, KEYS[2] = counters hash, KEYS[3] = monitored set, KEYS[4] = dead-letter zset,
+# KEYS[5] = pending by tenant.
 # ARGV = prefix, JSON list of results, notify TTL, now, dead-letter horizon. Writes only records still
 # queued; for each scored detector records the score (drift) and joins a label already given (window),
 # or, without one, queues the output for review when the detector flagged it or it is audit-sampled.
 # A failure is listed as a dead letter in the same step, so no failed output goes unlisted; entries
 # older than the records themselves (the record TTL) are dropped, which keeps the set bounded.
-FINISH = WINDOW_PUT + """
+FINISH = WINDOW_PUT + PENDING + """
 local prefix = ARGV[1]
 local results = cjson.decode(ARGV[2])
 local written, failed = 0, 0
@@ -108,7 +148,7 @@ for _, r in ipairs(results) do
   local cur = redis.call('HMGET', key, 'status', 'model', 'notify', 'created_at')
   if cur[1] == 'queued' then
     redis.call('HSET', key, unpack(r.fields))
-    redis.call('ZREM', KEYS[1], r.id)
+    pending_remove(KEYS[1], KEYS[5], r.id)
     if r.dead then
       redis.call('ZADD', KEYS[4], ARGV[4], r.id)
       failed = failed + 1
@@ -145,18 +185,18 @@ return written
 """
 
 
-# KEYS[1] = pending zset. ARGV = prefix, job id, now, JSON list of output ids. Moves the outputs that
-# exist and are still queued to a new job (one more attempt); returns those ids. Checked here, not by
-# the caller's earlier read: a record that expired meanwhile would be recreated partially and without
-# a TTL by a plain HSET, and one scored meanwhile would be queued again for nothing.
-REASSIGN = """
+# KEYS[1] = pending zset, KEYS[2] = pending by tenant. ARGV = prefix, job id, now, JSON list of output
+# ids. Moves the outputs that exist and are still queued to a new job (one more attempt); returns those
+# ids. Checked here, not by the caller's earlier read: a record that expired meanwhile would be recreated
+# partially and without a TTL by a plain HSET, and one scored meanwhile would be queued again for nothing.
+REASSIGN = PENDING + """
 local moved = {}
 for _, id in ipairs(cjson.decode(ARGV[4])) do
   local key = ARGV[1] .. ':output:' .. id
   if redis.call('HGET', key, 'status') == 'queued' then
     redis.call('HSET', key, 'job', ARGV[2])
     redis.call('HINCRBY', key, 'attempts', 1)
-    redis.call('ZADD', KEYS[1], ARGV[3], id)
+    pending_add(KEYS[1], KEYS[2], ARGV[3], id)
     table.insert(moved, id)
   end
 end
@@ -164,12 +204,13 @@ return moved
 """
 
 
-# KEYS[1] = pending zset, KEYS[2] = dead-letter zset. ARGV = prefix, job id, now, JSON list of output ids,
-# most pending outputs (-1: no bound). Moves failed outputs back to queued, under a new job with a fresh
-# count of attempts, and off the dead-letter list; returns per id "requeued", its status when it is not
-# failed, or "missing"; or {'overloaded', pending}, having changed nothing. Failed outputs hold no
+# KEYS[1] = pending zset, KEYS[2] = dead-letter zset, KEYS[3] = pending by tenant. ARGV = prefix, job id,
+# now, JSON list of output ids, most pending outputs, most of one tenant (-1: no bound). Moves failed
+# outputs back to queued, under a new job with a fresh count of attempts, and off the dead-letter list;
+# returns per id "requeued", its status when it is not failed, or "missing"; or {'overloaded', pending}
+# / {'tenant_overloaded', tenant, pending}, having changed nothing. Failed outputs hold no
 # score, so scoring them now is their first and only score.
-RETRY = """
+RETRY = PENDING + """
 local prefix, job, now, max_pending = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
 local ids = cjson.decode(ARGV[4])
 local out, adding = {}, 0
@@ -183,12 +224,16 @@ local pending = redis.call('ZCARD', KEYS[1])
 if max_pending >= 0 and adding > 0 and pending + adding > max_pending then
   return {'overloaded', tostring(pending)}
 end
+local requeue = {}
+for i, id in ipairs(ids) do if out[i] == 'requeued' then table.insert(requeue, id) end end
+local over = tenant_bound(KEYS[3], requeue, tonumber(ARGV[6]))
+if over then return over end
 for i, id in ipairs(ids) do
   if out[i] == 'requeued' then
     local key = prefix .. ':output:' .. id
     redis.call('HSET', key, 'status', 'queued', 'job', job)
     redis.call('HDEL', key, 'error', 'scored_at', 'attempts', 'notify')
-    redis.call('ZADD', KEYS[1], now, id)
+    pending_add(KEYS[1], KEYS[3], now, id)
     redis.call('ZREM', KEYS[2], id)
   end
 end
@@ -196,12 +241,13 @@ return out
 """
 
 
-# KEYS[1] = the output's record, KEYS[2] = pending zset, KEYS[3] = dead-letter zset. ARGV = output id,
+# KEYS[1] = the output's record, KEYS[2] = pending zset, KEYS[3] = dead-letter zset, KEYS[4] = pending by
+# tenant. ARGV = output id,
 # JSON {detector: {win, idx, sc, rv, ls, lh}} key bases for the output's detectors. Erases the output: its
 # record (texts, metadata, scores, labels) and every entry naming its id (pending, dead letters,
 # review queues and their leases, and, for the detector version that scored it, its window entry and score history).
 # Counters keep counting what happened. Returns 1, or 0 when there is no such record.
-DELETE = """
+DELETE = PENDING + """
 local id = ARGV[1]
 local cur = redis.call('HMGET', KEYS[1], 'id', 'scores', 'created_at')
 if not cur[1] then return 0 end
@@ -225,7 +271,7 @@ for name, d in pairs(cjson.decode(ARGV[2])) do
   end
 end
 redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], id)
+pending_remove(KEYS[2], KEYS[4], id)
 redis.call('ZREM', KEYS[3], id)
 return 1
 """
@@ -320,4 +366,12 @@ for i, it in ipairs(items) do
   end
 end
 return out
+"""
+
+
+# KEYS[1] = pending zset, KEYS[2] = pending by tenant. ARGV = JSON list of ids. Takes outputs the reaper
+# found no longer queued (their records expired) off the pending set.
+DROP_PENDING = PENDING + """
+for _, id in ipairs(cjson.decode(ARGV[1])) do pending_remove(KEYS[1], KEYS[2], id) end
+return 0
 """

@@ -176,6 +176,30 @@ def test_a_review_lease_names_the_key_that_holds_it(client, keys: dict[str, str]
         ("r0", key_id, False), ("r1", None, True), ("r2", None, True)]
 
 
+def test_a_tenant_past_its_share_of_the_backlog_is_refused_and_others_are_not(  # type: ignore[no-untyped-def]
+        redis: Redis, settings: Settings, keys: dict[str, str]) -> None:
+    # REDLINE_MAX_PENDING_PER_TENANT: one tenant's flood must not fill the backlog for every tenant.
+    s = dataclasses.replace(settings, api_keys_file=keys["file"], max_pending_per_tenant=2, retry_after_s=3)
+    app = create_app(s, redis)
+    app.extensions["scorer"] = build_scorer(redis, s, "tenant-bound")
+    client = app.test_client()
+
+    def post(key: str, *ids: str):  # type: ignore[no-untyped-def]
+        return client.post("/v1/outputs", headers=auth(keys[key]), json={"outputs": [
+            {"id": i, "model": "bot", "response": "blood everywhere", "detectors": ["injury"]} for i in ids]})
+
+    assert post("a", "x1", "x2").status_code == 202
+    refused = post("a", "x3")
+    error = refused.get_json()["error"]
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "3" and error["code"] == "overloaded"
+    assert "2 outputs of tenant 'team-a' are waiting" in error["message"]
+    assert "REDLINE_MAX_PENDING_PER_TENANT=2" in error["message"]
+    assert client.get("/v1/outputs/x3", headers=auth(keys["a"])).status_code == 404  # nothing of it stored
+    assert post("b", "x1", "x2").status_code == 202  # team-b has its own share
+    score_all(client)
+    assert post("a", "x3").status_code == 202  # scored: room again
+
+
 def test_tenants_never_see_each_other(client, keys: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     a, b = auth(keys["a"]), auth(keys["b"])
     assert client.post("/v1/outputs", json=OUT, headers=a).status_code == 202

@@ -72,12 +72,16 @@ def test_counters_come_from_the_exactly_once_counts(scored: Redline) -> None:
     assert reg.get_sample_value("redline_outputs_flagged_total", {"model": "bot", "detector": "injury"}) == flagged
     assert reg.get_sample_value("redline_labels_total", {"model": "bot", "detector": "injury"}) == 6
     assert reg.get_sample_value("redline_outputs_pending") == 0
+    assert reg.get_sample_value("redline_tenant_outputs_pending", {"tenant": "default"}) == 0  # all scored
     # Scored here without a worker, so the job that carried them is still queued.
     assert reg.get_sample_value("redline_queue_depth", {"priority": "default"}) == 1
     assert reg.get_sample_value("redline_queue_depth", {"priority": "high"}) == 0
     assert reg.get_sample_value("redline_detector_threshold", {"detector": "injury"}) == 0.5
     version = scored.detectors["injury"].version
     assert reg.get_sample_value("redline_detector_info", {"detector": "injury", "version": version}) == 1
+    scored.submit([NewOutput(id="waiting", model="bot", response="x", detectors=["injury"])])
+    assert reg.get_sample_value("redline_tenant_outputs_pending", {"tenant": "default"}) == 1
+    scored.delete_output("waiting")
 
 
 def test_failures_are_counted_from_zero_for_every_deployed_model(scored: Redline) -> None:

@@ -157,6 +157,8 @@ def test_sigkilled_workers_lose_nothing_and_score_each_output_once(redis_url: st
         version = load_configs([shipped_models])["injury"].version
         assert redis.zcard(Keys(prefix).window("chaos", "injury", version)) == n_out
         assert redis.zcard(Keys(prefix).review("chaos", "injury")) == 0  # all came labeled: none to review
+        # Requeues and repeated finishes kept the per-tenant count in step with the pending set.
+        assert redis.hgetall(Keys(prefix).pending_by_tenant) == {b"default": b"0"}
         requeued = sum(1 for i in ids if redis.hget(f"{prefix}:output:{i}", "attempts"))
         assert requeued > 0  # the kills really did abandon outputs, and they came back
     finally:

@@ -9,7 +9,7 @@ from redis import Redis
 from service.errors import Conflict
 from service.keys import Keys
 from service.review_queues import Lease
-from service.store import DetectorScore, NewOutput, OutputStore
+from service.store import BacklogFull, DetectorScore, NewOutput, OutputStore
 
 
 @pytest.fixture()
@@ -200,3 +200,47 @@ def test_a_label_after_its_score_keeps_the_score_exact_in_the_window(store: Outp
     store.apply_labels([("late", "m1", "injury", 1)])  # after the score: joined by the label script
     members = store.redis.zrange(store.keys.window("m1", "injury", "v1"), 0, -1)
     assert [struct.unpack("<d", m.split(b"|", 1)[1][:8])[0] for m in members] == [score, score]
+
+
+def test_each_tenants_pending_count_follows_the_pending_set_and_bounds_it(redis: Redis, prefix: str) -> None:
+    # REDLINE_MAX_PENDING_PER_TENANT reads these counts: every way into or out of `pending` keeps them.
+    store = OutputStore(redis, Keys(prefix), ttl_s=3600, max_pending_per_tenant=3)
+    hit = {"injury": DetectorScore(score=0.9, flagged=True, threshold=0.5, version="v1")}
+
+    def outs(*ids: str) -> list[NewOutput]:
+        return [NewOutput(id=i, model=i.split("~")[0] + "~m" if "~" in i else "m", response=i, detectors=["injury"])
+                for i in ids]
+
+    def counts_match() -> dict[str, int]:
+        actual: dict[str, int] = {}
+        for member in redis.zrange(store.keys.pending, 0, -1):
+            tenant = member.decode().split("~")[0] if b"~" in member else "default"
+            actual[tenant] = actual.get(tenant, 0) + 1
+        assert {t: n for t, n in store.pending_by_tenant().items() if n} == actual
+        return actual
+
+    assert store.create(outs("a~1", "a~2", "b~1", "solo"), "j") == ["new"] * 4
+    assert counts_match() == {"a": 2, "b": 1, "default": 1}
+    assert store.create(outs("a~1"), "j") == ["queued"]  # a resubmission adds nothing
+    with pytest.raises(BacklogFull) as full:  # a's third and fourth: past its bound of 3, and nothing stored
+        store.create(outs("a~3", "a~4"), "j")
+    assert (full.value.tenant, full.value.pending) == ("a", 2) and store.get("a~3") is None
+    assert store.create(outs("b~2", "b~3"), "j") == ["new"] * 2  # another tenant is not held back
+    assert counts_match() == {"a": 2, "b": 3, "default": 1}
+    record = store.get("a~1")
+    assert record is not None and store.finish_scored([(record, hit, {})]) == 1
+    assert store.finish_scored([(record, hit, {})]) == 0  # written once: counted down once
+    assert store.finish_failed({"a~2": "boom", "b~1": "boom"}) == 2
+    assert counts_match() == {"b": 2, "default": 1}
+    assert store.reassign(["b~2", "b~3"], "j2") == ["b~2", "b~3"]  # a new attempt: still one each
+    assert counts_match() == {"b": 2, "default": 1}
+    assert store.create(outs("b~4"), "j") == ["new"]
+    with pytest.raises(BacklogFull) as full:  # b is full again: its failed output cannot come back yet
+        store.retry_failed(["b~1"], "j3")
+    assert full.value.tenant == "b" and store.get("b~1")["status"] == "failed"  # type: ignore[index]
+    assert store.retry_failed(["a~2"], "j3") == ["requeued"]
+    assert store.delete("b~4") and store.delete("b~1")  # pending, and failed (not pending): one counted down
+    redis.delete(store.keys.output("solo"))  # its record expired; the reaper drops it
+    store.drop_pending(["solo"])
+    assert counts_match() == {"a": 1, "b": 2}
+    assert store.pending_by_tenant()["default"] == 0  # drained: 0, not gone (its gauge reads 0)

@@ -33,8 +33,7 @@ def requeue_abandoned(redis: Redis, store: OutputStore, queues: ScoreQueues, old
     ids = [text(i) for i in raw_ids]
     records = store.get_many(ids, ["id", "status", "job", "attempts"])
     gone = [i for i, r in zip(ids, records, strict=True) if not r or r.get("status") != QUEUED]
-    if gone:
-        redis.zrem(keys.pending, *gone)
+    store.drop_pending(gone)
     live = [r for r in records if r and r.get("status") == QUEUED]
     if not live:
         return 0
