@@ -98,7 +98,8 @@ PANELS = [
     panel(11, "Queue depth and pending outputs", [
         ("max by (priority) (redline_queue_depth)", "jobs queued ({{priority}})"),
         ("max(redline_outputs_pending)", "outputs pending"),
-    ], 0, 40),
+        ("max by (tenant) (redline_tenant_outputs_pending)", "outputs pending ({{tenant}})"),
+    ], 0, 40, description="Outputs pending by tenant: what REDLINE_MAX_PENDING_PER_TENANT bounds, where set."),
     panel(12, "Workers alive, batch size and Redis", [
         ("max(redline_workers_alive)", "workers alive"),
         ('max by (detector, version) (redline_detector_workers{detector=~"$detector"})',
