@@ -35,6 +35,9 @@ class Window:
     count: int | None = None
     seconds: int | None = None
 
+    # Every text `parse` may accept, for the OpenAPI document (it still refuses count:0 and 0s).
+    PATTERN = r"count:[0-9]{1,7}|[0-9]{1,6}[smhdw]"
+
     @classmethod
     def parse(cls, text: str) -> Window:
         if m := re.fullmatch(r"count:([0-9]{1,7})", text):

@@ -9,7 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from . import __version__
 from . import schemas as s
-from .monitoring import MAX_WINDOWS_PER_REQUEST
+from .monitoring import MAX_WINDOWS_PER_REQUEST, Window
 from .settings import Settings
 
 REF = "#/components/schemas/{model}"
@@ -132,7 +132,8 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
                                 "description": "detector version; default: the one served",
                                 "schema": {"type": "string", "minLength": 1, "maxLength": 128}},
                                {"name": "cursor", "in": "query", "required": False,
-                                "description": "`next` of the previous page", "schema": {"type": "string"}},
+                                "description": "`next` of the previous page",
+                                "schema": {"type": "string", "minLength": 1}},
                                page_limit],
                 "responses": {"200": _json(_ref(s.LabeledPage)), **_errors(401, 403, 404, 422, 503)}}},
         "/v1/monitor": {"get": {
@@ -143,7 +144,7 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
                             "description": "count:<W> or a duration (90s, 15m, 1h, 24h, 7d); repeat it for "
                                            "several windows; default: every configured window",
                             "schema": {"type": "array", "maxItems": MAX_WINDOWS_PER_REQUEST,
-                                       "items": {"type": "string"}}}],
+                                       "items": {"type": "string", "pattern": f"^({Window.PATTERN})$"}}}],
             "responses": {"200": _json({"oneOf": [_ref(s.Monitor), _ref(s.MonitorWindows), _ref(s.MonitorList)]}),
                           **_errors(401, 403, 404, 422, 503)}}},
         "/v1/review": {"get": {

@@ -27,7 +27,7 @@ class OutputIn(Strict):
     prompt: str | None = Field(None, description="Context the detectors may use (sycophancy needs it)")
     detectors: list[str] | None = Field(None, min_length=1, description="Default: every detector")
     metadata: dict[str, Any] | None = None
-    labels: dict[str, Label] | None = Field(None, description="Ground truth known at submit time")
+    labels: dict[str, Label] | None = Field(None, min_length=1, description="Ground truth known at submit time")
 
 
 class SubmitRequest(Strict):

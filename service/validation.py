@@ -163,12 +163,26 @@ def parse_outputs(body: dict[str, Any], settings: Settings, detectors: Collectio
     return parsed
 
 
+def whole_number(value: Any) -> int | None:
+    """A JSON integer as int, or None. JSON has one number type, and JSON Schema's "integer" (the
+    OpenAPI document's) admits 900.0 as it admits 900, as the labels' 0 and 1 always did; true and
+    false are not numbers here, though Python counts them as ints."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def parse_timeout_ms(body: dict[str, Any], settings: Settings) -> int:
     """`timeout_ms` for sync scoring: an integer in [1, REDLINE_MAX_SYNC_TIMEOUT_MS]."""
     value = body.get("timeout_ms")
     if value is None:
         value = settings.sync_timeout_ms
-    if isinstance(value, bool) or not isinstance(value, int):
+    value = whole_number(value)
+    if value is None:
         raise ValidationFailed("'timeout_ms' must be an integer number of milliseconds")
     if not 1 <= value <= settings.max_sync_timeout_ms:
         raise ValidationFailed(f"'timeout_ms' must be between 1 and {settings.max_sync_timeout_ms}")
@@ -322,8 +336,8 @@ def parse_review_lease(body: dict[str, Any], settings: Settings) -> tuple[str, s
     numbers = {}
     for name, default, top, setting in (("limit", 50, most, " (REDLINE_MAX_OUTPUTS_PER_REQUEST)"),
                                         ("lease_s", REVIEW_LEASE_S, MAX_REVIEW_LEASE_S, " seconds")):
-        value = body.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        value = whole_number(body.get(name, default))
+        if value is None or not 1 <= value <= top:
             raise ValidationFailed(f"'{name}' must be an integer from 1 to {top}{setting}")
         numbers[name] = value
     return model, detector, numbers["limit"], numbers["lease_s"]

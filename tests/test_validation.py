@@ -10,6 +10,7 @@ from service.validation import (
     parse_json_body,
     parse_label_batch,
     parse_outputs,
+    parse_review_lease,
     parse_timeout_ms,
     require_object,
 )
@@ -68,7 +69,7 @@ def test_body_must_be_a_json_object() -> None:
         require_object([1])
 
 
-@pytest.mark.parametrize("value", [0, -1, "100", True, 10**9])
+@pytest.mark.parametrize("value", [0, -1, "100", True, 10**9, 100.5, float("nan")])
 def test_timeout_bounds(value: object) -> None:
     with pytest.raises(ValidationFailed, match="timeout_ms"):
         parse_timeout_ms({"timeout_ms": value}, S)
@@ -76,6 +77,17 @@ def test_timeout_bounds(value: object) -> None:
 
 def test_timeout_default() -> None:
     assert parse_timeout_ms({}, S) == S.sync_timeout_ms
+
+
+def test_integer_fields_take_json_integers_written_with_a_fraction_of_zero() -> None:
+    # JSON Schema's "integer", the OpenAPI document's, admits 900.0: a fuzzer's valid request was refused.
+    assert parse_timeout_ms({"timeout_ms": 100.0}, S) == 100
+    body = {"model": "m", "detector": "injury", "limit": 2.0, "lease_s": 900.0}
+    assert parse_review_lease(body, S) == ("m", "injury", 2, 900)
+    with pytest.raises(ValidationFailed, match="'lease_s' must be an integer"):
+        parse_review_lease({**body, "lease_s": 900.5}, S)
+    with pytest.raises(ValidationFailed, match="'limit' must be an integer"):
+        parse_review_lease({**body, "limit": True}, S)
 
 
 def test_a_label_id_ending_in_a_newline_is_refused() -> None:
