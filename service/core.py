@@ -60,9 +60,9 @@ class Redline:
         fresh = [o.id for o, s in zip(outputs, states, strict=True) if s == "new"]
         # Labels sent again with an output that already exists are applied like PUT .../labels.
         existing = [o for o, s in zip(outputs, states, strict=True) if s != "new" and o.labels]
-        for by in sorted({o.labeled_by or "" for o in existing}):  # one key per request: one call
-            self.store.apply_labels([(o.id, o.model, d, v) for o in existing if (o.labeled_by or "") == by
-                                     for d, v in o.labels.items()], by or None)
+        for by in {o.labeled_by for o in existing}:  # one request's outputs share one key: one call
+            self.store.apply_labels([(o.id, o.model, d, v) for o in existing if o.labeled_by == by
+                                     for d, v in o.labels.items()], by)
         if fresh:
             # If we die between create and enqueue, the reaper queues these outputs again.
             self.queues.enqueue(fresh, job_id, HIGH if sync else DEFAULT)

@@ -43,8 +43,8 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     claims = core.store.versions.all()
     if args.versions_command == "release":
         return release(core, claims, args.detector, args.version)
-    here = {name: (config.version, print_) for (name, config), print_ in
-            zip(core.detectors.items(), fingerprints(core.detectors.values()).values(), strict=True)}
+    prints = fingerprints(core.detectors.values())  # by detector name
+    here = {name: (config.version, prints[name]) for name, config in core.detectors.items()}
     served = core.served_versions()
     now = datetime.now(tz=UTC)
     rows = [("DETECTOR", "VERSION", "FINGERPRINT", "LAPSES", "LIVE WORKERS", "FILES HERE")]
