@@ -21,6 +21,12 @@ local function pending_remove(pk, tk, id)
     redis.call('HSET', tk, tenant_of(id), 0)
   end
 end
+-- {'overloaded', pending} if adding `adding` outputs would take the whole backlog past `most` (-1: no bound).
+local function backlog_bound(pk, adding, most)
+  local pending = redis.call('ZCARD', pk)
+  if most >= 0 and adding > 0 and pending + adding > most then return {'overloaded', tostring(pending)} end
+  return nil
+end
 -- {'tenant_overloaded', tenant, its pending} if adding `ids` would take a tenant past `most` (-1: no bound).
 local function tenant_bound(tk, ids, most)
   if most < 0 then return nil end
@@ -63,10 +69,8 @@ end
 -- across API processes because nothing runs between this check and the writes.
 local adding = 0
 for i = 1, #records do if result[i] == 'new' then adding = adding + 1 end end
-local pending = redis.call('ZCARD', KEYS[1])
-if max_pending >= 0 and adding > 0 and pending + adding > max_pending then
-  return {'overloaded', tostring(pending)}
-end
+local full = backlog_bound(KEYS[1], adding, max_pending)
+if full then return full end
 local new_ids = {}
 for i, rec in ipairs(records) do if result[i] == 'new' then table.insert(new_ids, rec.id) end end
 local over = tenant_bound(KEYS[4], new_ids, tonumber(ARGV[7]))
@@ -220,10 +224,8 @@ for i, id in ipairs(ids) do
   elseif status == 'failed' then out[i] = 'requeued'; adding = adding + 1
   else out[i] = status end
 end
-local pending = redis.call('ZCARD', KEYS[1])
-if max_pending >= 0 and adding > 0 and pending + adding > max_pending then
-  return {'overloaded', tostring(pending)}
-end
+local full = backlog_bound(KEYS[1], adding, max_pending)
+if full then return full end
 local requeue = {}
 for i, id in ipairs(ids) do if out[i] == 'requeued' then table.insert(requeue, id) end end
 local over = tenant_bound(KEYS[3], requeue, tonumber(ARGV[6]))
