@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from .datasets import HELDOUT_SETS
-from .train import GRAPH_FILES, rebuild_command
+from .finetune import rebuild_command
+from .recipe import DESCRIPTIONS, TARGET_FNR
+from .release import GRAPH_FILES
 from .variants import VARIANTS
 
 HERE = Path(__file__).resolve().parent
@@ -264,7 +266,8 @@ def _variants(v: dict[str, Any] | None, parity: dict[str, Any], target: float, s
     own = parity.get("int8", {}).get("own_threshold")
     if own:
         lines += ["", "int8 is not what a CPU worker serves: over every validation row it is further from torch than "
-                  "the 0.02 this project allows (`models.train.cpu_graph`). At its own threshold (same rule) it keeps",
+                  "the 0.02 this project allows (`models.calibration.cpu_graph`). "
+                  "At its own threshold (same rule) it keeps",
                   f"ROC AUC {own['roc_auc']:.4f}, FNR {_pct(own['fnr'])} and FPR {_pct(own['fpr'])}. To serve "
                   "it, point this detector's model.json `onnx` at `../minilm/encoder.int8.onnx` and set `threshold` "
                   f"to {own['threshold']:.6f} (a threshold belongs to the scores it was calibrated on), and give "
@@ -293,8 +296,6 @@ def _variants(v: dict[str, Any] | None, parity: dict[str, Any], target: float, s
 
 
 def _describe(name: str) -> str:
-    from .train import DESCRIPTIONS
-
     return DESCRIPTIONS[name]
 
 
@@ -306,10 +307,9 @@ def write_cards(report: dict[str, Any]) -> None:
     speed = json.loads(SPEED.read_text()) if SPEED.exists() else None
     variants = json.loads(VARIANTS.read_text()) if VARIANTS.exists() else None
     gpu_speed = json.loads(GPU_SPEED.read_text()) if GPU_SPEED.exists() else None
-    from .train import TARGET_FNR
 
     for name, r in report.items():
-        version = json.loads((HERE / name / "model.json").read_text())["version"]  # models.train.settle_versions
+        version = json.loads((HERE / name / "model.json").read_text())["version"]  # models.release.settle_versions
         (HERE / name / "README.md").write_text(card(name, {**r, "target_fnr": TARGET_FNR[name], "version": version},
                                                      speed, variants, gpu_speed))
 

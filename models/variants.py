@@ -16,7 +16,7 @@ over the whole batch, so an output's score moved with the other outputs in its b
 measured), and was 0.4 from torch. This variant is instead SmoothQuant + W8A8 with one activation
 scale per token: scores do not depend on the batch (`batch_dependence` below measures it).
 CPU workers serve it only once it is within 0.02 of torch on every validation row
-(`models.train.cpu_graph`). For v1.2.0 it is not: the heads read small differences between pooled
+(`models.calibration.cpu_graph`). For v1.2.0 it is not: the heads read small differences between pooled
 features, and int8 moves single scores by far more, although at its own thresholds it keeps each
 detector's AUC and FPR (`models.train` records both on the full validation set). Measured
 2026-11-22 on 225 validation texts: fine-tuning left a few inputs on a

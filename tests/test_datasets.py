@@ -88,7 +88,7 @@ def test_download_fails_clearly_without_network(tmp_path: Path, monkeypatch: pyt
 
 
 def test_exported_labels_join_training_only_and_never_a_validation_text(tmp_path: Path) -> None:
-    from models import cards, train
+    from models import cards, splits
 
     held = datasets.Example("", "He fell off the ladder and broke his hip.", 1, "g", "redline-injury")
     path = tmp_path / "labeled.jsonl"
@@ -96,7 +96,7 @@ def test_exported_labels_join_training_only_and_never_a_validation_text(tmp_path
             {"id": "b", "label": 0, "score": 0.7, "prompt": None, "response": "The stock market crashed."},
             {"id": "c", "label": 1, "score": 0.9, "prompt": "", "response": held.response}]  # a validation text
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
-    got = train.load_labeled([path], [held])
+    got = splits.load_labeled([path], [held])
     assert [(e.prompt, e.response, e.label) for e in got] == [("How was work?", "I cut my hand badly.", 1),
                                                              ("", "The stock market crashed.", 0)]
     assert {e.source for e in got} == {"exported:labeled.jsonl"}
@@ -108,9 +108,9 @@ def test_exported_labels_join_training_only_and_never_a_validation_text(tmp_path
         broken = tmp_path / "broken.jsonl"
         broken.write_text(json.dumps(rows[0]) + "\n" + (bad if isinstance(bad, str) else json.dumps(bad)) + "\n")
         with pytest.raises(SystemExit, match=f"broken.jsonl:2: .*{why}"):
-            train.load_labeled([broken], [])
-    assert train.labeled_files([f"injury={path}", f"injury={path}"]) == {"injury": [path, path]}
+            splits.load_labeled([broken], [])
+    assert splits.labeled_files([f"injury={path}", f"injury={path}"]) == {"injury": [path, path]}
     for spec, why in ((f"toxicity={path}", "a detector among"), ("injury=", "a detector among"),
                       (f"injury={tmp_path / 'none.jsonl'}", "no such file")):
         with pytest.raises(SystemExit, match=why):
-            train.labeled_files([spec])
+            splits.labeled_files([spec])

@@ -73,9 +73,9 @@ def test_export_writes_every_labeled_output_once_in_order(served: dict) -> None:
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)
     assert (report["positives"], report["negatives"]) == (11, 12)
-    from models import train  # and what the training pipeline's --labeled reads
+    from models import splits  # and what the training pipeline's --labeled reads
 
-    examples = train.load_labeled([out], [])
+    examples = splits.load_labeled([out], [])
     assert [(e.prompt, e.response, e.label) for e in examples] == \
         [(r["prompt"], r["response"], r["label"]) for r in rows]
 

@@ -26,7 +26,7 @@ def test_fake_int8_matches_the_int8_graph_layer_by_layer(tmp_path: Path, monkeyp
     import torch
     from onnx import helper
 
-    from models import train, variants
+    from models import encoder, variants
     from models.datasets import Example
     from models.quant_aware import FakeInt8
 
@@ -34,10 +34,10 @@ def test_fake_int8_matches_the_int8_graph_layer_by_layer(tmp_path: Path, monkeyp
     rows = json.loads(variants.CALIBRATION_TEXTS.read_text())
     calibration = [Example(r["prompt"], r["response"], 0, "", "") for r in rows[::10]]
     texts = [Example(r["prompt"], r["response"], 0, "", "") for r in rows[1::40]]
-    featurizer = train.Featurizer()  # the pretrained encoder: real activation outliers, no training
-    module = train.PooledHeads(featurizer.encoder, np.zeros((3 * 384, 3), np.float32), np.zeros(3, np.float32)).eval()
+    featurizer = encoder.Featurizer()  # the pretrained encoder: real activation outliers, no training
+    module = encoder.PooledHeads(featurizer.encoder, np.zeros((3 * 384, 3), np.float32), np.zeros(3, np.float32)).eval()
     fp32 = tmp_path / "fp32.onnx"
-    train._export(module, featurizer, fp32, "logits")
+    encoder.export_onnx(module, featurizer, fp32, "logits")
 
     ranges = variants.activation_ranges(fp32, [(e.prompt, e.response) for e in calibration])
     graph = variants.quantize_per_token(variants.smooth(onnx.load(str(fp32)), ranges))

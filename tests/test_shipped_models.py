@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import assemble, train, variants
+from models import assemble, recipe, release, variants
+from models.calibration import FP16_BAR, INT8_BAR
 from models.datasets import HELDOUT_SETS, load_injury_heldout
-from models.train import FP16_BAR, GRAPH_FILES, INT8_BAR
+from models.release import GRAPH_FILES
 from service import evaluation as ev
 from service.detector_config import fingerprints, load_configs
 from workers.detector import OnnxDetector, OnnxModel, load_detectors
@@ -32,7 +33,7 @@ def detectors() -> dict[str, OnnxDetector]:
     return load_detectors(load_configs([SHIPPED_MODELS]), ["CPUExecutionProvider"])
 
 
-SERVED = REPORT["injury"]["served"]  # the graph CPU workers serve (models.train.cpu_graph): fp32 or int8
+SERVED = REPORT["injury"]["served"]  # the graph CPU workers serve (models.calibration.cpu_graph): fp32 or int8
 
 
 def test_three_detectors_share_one_graph_and_are_calibrated_on_it(detectors: dict[str, OnnxDetector]) -> None:
@@ -55,39 +56,40 @@ def test_three_detectors_share_one_graph_and_are_calibrated_on_it(detectors: dic
 def test_each_shipped_version_is_served_with_the_files_it_was_shipped_with() -> None:
     # Workers refuse a detector version whose files changed (tests/test_version_claims.py), so a
     # retrain, recalibration or hand-edited threshold under an old version would stop upgraded workers.
-    ledger = train.shipped_fingerprints()
+    ledger = release.shipped_fingerprints()
     configs = load_configs([SHIPPED_MODELS])
     prints = fingerprints(configs.values())
-    for name in train.DETECTORS:
-        assert configs[name].version == train.VERSION
-        assert ledger[name][train.VERSION] == prints[name], f"{name} {train.VERSION}: files changed, version did not"
+    for name in recipe.DETECTORS:
+        assert configs[name].version == recipe.VERSION
+        assert ledger[name][recipe.VERSION] == prints[name], f"{name} {recipe.VERSION}: files changed, version did not"
 
 
 def test_the_pipeline_gives_changed_files_a_version_of_their_own_and_keeps_every_older_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     models = tmp_path / "models"  # a copy: settle_versions rewrites model.json
-    for name in train.DETECTORS:
+    for name in recipe.DETECTORS:
         (models / name).mkdir(parents=True)
         config = json.loads((SHIPPED_MODELS / name / "model.json").read_text())
         rel = {k: str((SHIPPED_MODELS / name / config[k]).resolve()) for k in ("onnx", "onnx_gpu", "tokenizer")}
         (models / name / "model.json").write_text(json.dumps({**config, **rel}))
-    monkeypatch.setattr(train, "HERE", models)
-    shipped = train.shipped_fingerprints()
+    monkeypatch.setattr(release, "HERE", models)
+    shipped = release.shipped_fingerprints()
     ledger = tmp_path / "fingerprints.json"
     ledger.write_text(json.dumps(shipped))
-    assert train.settle_versions(train.VERSION, ledger) == dict.fromkeys(train.DETECTORS, train.VERSION)  # as shipped
+    as_shipped = dict.fromkeys(recipe.DETECTORS, recipe.VERSION)
+    assert release.settle_versions(recipe.VERSION, ledger) == as_shipped
     assert json.loads(ledger.read_text()) == shipped
     injury = models / "injury" / "model.json"  # recalibrated, as --calibrate-only on new data would
     injury.write_text(json.dumps({**json.loads(injury.read_text()), "threshold": 0.5}))
-    settled = train.settle_versions(train.VERSION, ledger)
+    settled = release.settle_versions(recipe.VERSION, ledger)
     moved = fingerprints(load_configs([models]).values())["injury"]
-    assert settled == {**dict.fromkeys(train.DETECTORS, train.VERSION), "injury": f"{train.VERSION}+{moved[:8]}"}
+    assert settled == {**dict.fromkeys(recipe.DETECTORS, recipe.VERSION), "injury": f"{recipe.VERSION}+{moved[:8]}"}
     assert json.loads(injury.read_text())["version"] == settled["injury"]
     written = json.loads(ledger.read_text())
     assert written["injury"] == {**shipped["injury"], settled["injury"]: moved}  # the shipped one kept
     assert written["deception"] == shipped["deception"]
-    assert train.settle_versions(train.VERSION, ledger) == settled  # the same files again: the same versions
-    assert train.settle_versions("99.0.0", ledger)["injury"] == "99.0.0"  # a new VERSION is used as it is
+    assert release.settle_versions(recipe.VERSION, ledger) == settled  # the same files again: the same versions
+    assert release.settle_versions("99.0.0", ledger)["injury"] == "99.0.0"  # a new VERSION is used as it is
     assert json.loads(injury.read_text())["version"] == "99.0.0"
 
 
