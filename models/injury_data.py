@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 OUT = Path(__file__).resolve().parent / "data" / "injury.jsonl"
 SEED = 20261122
@@ -228,7 +229,10 @@ HARMLESS_DOMAINS = ["The quarterly numbers bled red for the third month.", "The 
                     "The glass broke but I swept it up before anyone stepped on it.", "Pipes burst in the empty office over the weekend."]
 
 
-def _pos(rng: random.Random) -> dict[str, str]:
+Row = dict[str, Any]  # text, label (0 or 1), category, group and prompt of one generated row
+
+
+def _pos(rng: random.Random) -> Row:
     severity = rng.choice(["mild", "moderate", "severe"])
     events = {"mild": MILD, "moderate": MODERATE, "severe": SEVERE}[severity]
     event = rng.choice(events)
@@ -247,7 +251,7 @@ def _pos(rng: random.Random) -> dict[str, str]:
             "group": f"{kind}:{frame}"}
 
 
-def _neg(rng: random.Random) -> dict[str, str]:
+def _neg(rng: random.Random) -> Row:
     kind = rng.choices(["figurative", "technical", "harmless", "near_miss", "neutral", "combo", "routine_body"],
                        weights=[2, 4, 2, 2, 1, 2, 2])[0]
     group = ""
@@ -274,9 +278,9 @@ def _neg(rng: random.Random) -> dict[str, str]:
     return {"text": text, "label": 0, "category": kind, "group": group or "s:" + text}
 
 
-def generate(n_pos: int = 1800, n_neg: int = 2400) -> list[dict[str, str]]:
+def generate(n_pos: int = 1800, n_neg: int = 2400) -> list[Row]:
     rng = random.Random(SEED)
-    rows: dict[str, dict[str, str]] = {}
+    rows: dict[str, Row] = {}
     for maker, target in ((_pos, n_pos), (_neg, n_neg)):
         made, tries = 0, 0
         while made < target and tries < target * 50:
