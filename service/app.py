@@ -17,9 +17,9 @@ from werkzeug.exceptions import HTTPException
 from .auth import OPEN, KeyStore, Principal, is_loopback
 from .core import Redline
 from .errors import ConfigError, RedlineError, Unavailable
+from .request_body import decompress_body, parse_json_body
 from .schemas import REQUEST_ID_PATTERN
 from .settings import Settings
-from .validation import decompress_body, parse_json_body
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import strict_json
 from .errors import ConfigError
 from .keys import ID_PATTERN
 
@@ -64,9 +64,9 @@ class DetectorConfig:
 def parse_model_json(path: Path) -> DetectorConfig:
     """Read and check one model.json; every problem names the file and the field."""
     try:
-        # -sig: an editor's byte-order mark is no JSON error. NaN and Infinity are not JSON, and a NaN
-        # threshold would compare false with every score: nothing flagged, ever.
-        raw = json.loads(path.read_text(encoding="utf-8-sig"), parse_constant=_not_json)
+        # -sig: an editor's byte-order mark is no JSON error. Strict: a NaN threshold would compare false
+        # with every score (nothing flagged, ever), and of a repeated "threshold" which one counts?
+        raw = strict_json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read model.json: {exc}") from None
     if not isinstance(raw, dict):
@@ -95,9 +95,10 @@ def parse_model_json(path: Path) -> DetectorConfig:
     name = get("name", str, folder.name)
     if not re.fullmatch(ID_PATTERN, name):
         raise ConfigError(f"{path}: name {name!r} must match {ID_PATTERN}")
-    threshold = float(get("threshold", (int, float)))
-    if not math.isfinite(threshold):  # 1e400 parses as inf
-        raise ConfigError(f"{path}: threshold {threshold} is not a finite number")
+    try:  # strict_json refuses a float past the 64-bit range, but an integer of 400 digits is JSON
+        threshold = float(get("threshold", (int, float)))
+    except OverflowError:
+        raise ConfigError(f"{path}: threshold is out of range for a 64-bit float") from None
     activation = get("activation", str, "sigmoid")
     if activation not in ACTIVATIONS:
         raise ConfigError(f"{path}: activation must be one of {ACTIVATIONS}")
@@ -233,10 +234,6 @@ def _optional_variant(folder: Path, rel: str | None, path: Path) -> Path | None:
         log.info("%s: onnx_gpu %s not built; the GPU would use the onnx file", path, resolved)
         return None
     return resolved
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
 
 
 def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -64,7 +64,10 @@ def test_a_threshold_that_overflows_to_infinity_is_refused(tmp_path: Path, synth
     path = _write(tmp_path, version="1", threshold=0.5, output="logits", activation="none",
                   onnx=str(synthetic_models / "synthetic.onnx"), tokenizer=str(synthetic_models / "tokenizer.json"))
     path.write_text(path.read_text().replace('"threshold": 0.5', '"threshold": 1e400'))
-    with pytest.raises(ConfigError, match="threshold inf is not a finite number"):
+    with pytest.raises(ConfigError, match="1e400 is out of range for a 64-bit float"):  # json.loads: inf
+        parse_model_json(path)
+    path.write_text(path.read_text().replace('"threshold": 1e400', '"threshold": 1' + "0" * 400))  # an integer
+    with pytest.raises(ConfigError, match="threshold is out of range for a 64-bit float"):  # not OverflowError
         parse_model_json(path)
 
 
@@ -94,3 +97,15 @@ def test_disabled_detector_is_skipped(tmp_path: Path, synthetic_models: Path) ->
     _write(tmp_path, version="1", threshold=0.5, output="logits", enabled=False,
            onnx=str(synthetic_models / "synthetic.onnx"), tokenizer=str(synthetic_models / "tokenizer.json"))
     assert load_configs([tmp_path]) == {}
+
+
+def test_a_model_json_that_repeats_a_key_is_refused(tmp_path: Path, synthetic_models: Path) -> None:
+    path = _write(tmp_path)
+    onnx, tokenizer = json.dumps(str(synthetic_models / "synthetic.onnx")), json.dumps(
+        str(synthetic_models / "tokenizer.json"))
+    path.write_text(f'{{"version": "1", "output": "logits", "activation": "none", "onnx": {onnx}, '
+                    f'"tokenizer": {tokenizer}, "threshold": 0.9, "threshold": 0.1}}')
+    # json.loads keeps the last of two thresholds; an editor's eye, or another tool, reads the first.
+    with pytest.raises(ConfigError, match="key 'threshold' is repeated in one object") as info:
+        parse_model_json(path)
+    assert str(path) in info.value.message
