@@ -106,13 +106,13 @@ def main() -> None:
                                        for k, i in enumerate(chunk)]}
                     s.post(service.base + "/v1/labels", json=body, timeout=60).raise_for_status()
 
-            start = time.perf_counter()
+            began = time.perf_counter()
             threads = [threading.Thread(target=client) for _ in range(4)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-            rate = len(ids) / (time.perf_counter() - start)
+            rate = len(ids) / (time.perf_counter() - began)
             print(f"label ingest through POST /v1/labels: {rate:,.0f} labels/s ({len(ids):,} labels)")
             if args.models:
                 scrape(service, redis, keys, configs, args.models, n, rng)
