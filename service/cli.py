@@ -176,7 +176,8 @@ def run_worker(settings: Settings, burst: bool = False) -> int:
         raise ConfigError("REDLINE_REDIS_URL is not set")
     from redis import Redis
 
-    from workers.worker import build_worker, wait_for_redis
+    from workers.redis_loss import wait_for_redis
+    from workers.worker import build_worker
 
     from .keys import Keys
 

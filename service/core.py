@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from redis import Redis
 
 from . import export
 from .auth import OPEN, Principal
-from .detector_config import DetectorConfig, fingerprints, load_configs
+from .detector_config import DetectorConfig, load_configs
 from .errors import NotFound, Overloaded, ValidationFailed
+from .fleet import Fleet
 from .keys import Keys, text
 from .monitoring import Monitor, Window
 from .quality_snapshot import QualitySnapshots
@@ -40,8 +40,7 @@ class Redline:
         self.store = OutputStore.from_settings(redis, settings)
         self.queues = ScoreQueues(redis, settings)
         self.detectors: dict[str, DetectorConfig] = load_configs(settings.models_dirs)
-        self._fingerprints: dict[str, str] | None = None  # see files_match
-        self._warned_files: set[str] = set()  # detectors whose differing files this process has logged
+        self.fleet = Fleet(redis, settings, self.store, self.detectors)
         self.monitor = Monitor(redis, settings, self.detectors)
         self.quality = QualitySnapshots(redis, settings, self.monitor, lambda: self.store.clock())
 
@@ -227,40 +226,6 @@ class Redline:
     def output_view(self, output_id: str, who: Principal = OPEN) -> dict[str, Any] | None:
         return self.output_views([output_id], who)[0]
 
-    def workers_alive(self) -> int:
-        cutoff = self.store.clock() - self.settings.worker_ttl_s  # the clock workers beat by
-        return int(self.redis.zcount(self.keys.workers, cutoff, "+inf"))
-
-    def served_versions(self) -> dict[str, dict[str, int]]:
-        """By detector, then version: how many live scoring workers have it loaded. A detector this API
-        serves that no live worker loads fails every output that asks for it (rollout order, models/README)."""
-        cutoff = self.store.clock() - self.settings.worker_ttl_s
-        names = cast("list[bytes]", self.redis.zrangebyscore(self.keys.workers, cutoff, "+inf"))
-        served: dict[str, dict[str, int]] = {}
-        for raw in self.redis.hmget(self.keys.worker_detectors, names) if names else []:
-            for detector, version in (json.loads(raw) if raw else {}).items():
-                served.setdefault(detector, {}).setdefault(version, 0)
-                served[detector][version] += 1
-        return served
-
-    def files_match(self) -> dict[str, bool | None]:
-        """By detector: whether this API's files are those its version is scored with (the workers'
-        claim, `workers.runtime.claim_versions`); None while no worker has claimed it. The monitor judges
-        a version's window at this API's threshold, so a threshold edited here but not on the workers,
-        under the same version, would report an FNR at a threshold nothing flags with."""
-        if self._fingerprints is None:  # hashed once per process: the shipped graph is 45 MB
-            self._fingerprints = fingerprints(self.detectors.values())
-        claims = self.store.versions.held({n: c.version for n, c in self.detectors.items()})
-        match = {n: None if claims[n] is None else claims[n] == self._fingerprints[n] for n in self.detectors}
-        for name in sorted(n for n, m in match.items() if m is False and n not in self._warned_files):
-            # Once per process and detector: /metrics asks at every scrape (RedlineDetectorFilesDiffer).
-            self._warned_files.add(name)
-            log.warning("detector %s %s: this API's files (fingerprint %s) are not those workers score it with "
-                        "(%s); its threshold and FNR reports may not be the workers'. Deploy the same files, "
-                        "or give the changed ones a version of their own", name, self.detectors[name].version,
-                        self._fingerprints[name][:16], (claims[name] or "")[:16])
-        return match
-
     def readiness(self) -> dict[str, Any]:
         """Whether this API can take requests: Redis answers. Live scoring workers are reported, not
         required: with none, outputs are still accepted and wait in the queue, so a load balancer that
@@ -269,7 +234,7 @@ class Redline:
             self.redis.ping()
         except Exception as exc:  # any Redis failure means not ready; say which
             return {"ready": False, "redis": f"unreachable: {exc.__class__.__name__}", "workers_alive": 0}
-        return {"ready": True, "redis": "ok", "workers_alive": self.workers_alive(),
+        return {"ready": True, "redis": "ok", "workers_alive": self.fleet.workers_alive(),
                 "queue_depth": self.queues.depth()}
 
 

@@ -158,7 +158,7 @@ def fingerprints(configs: Iterable[DetectorConfig]) -> dict[str, str]:
     data files, if any) and tokenizer and the fields that turn their output into a score and a flag.
     Windows and counters are kept per version, so the workers serving one version must agree on this,
     or one window would judge two models' scores as one model's (`VersionClaims.claim`); the API
-    compares its own with theirs (`Redline.files_match`).
+    compares its own with theirs (`Fleet.files_match`).
     `onnx_gpu` is left out: it is derived from `onnx` (its card bounds the difference), and GPU and CPU
     workers serve one version together."""
     files: dict[Path, str] = {}

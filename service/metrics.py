@@ -118,7 +118,7 @@ class RedlineCollector(Collector):
             by_tenant.add_metric([tenant], count)
         yield by_tenant
         yield GaugeMetricFamily("redline_workers_alive", "Scoring workers with a recent heartbeat",
-                                value=self.redline.workers_alive())
+                                value=self.redline.fleet.workers_alive())
         yield self._detector_workers()
         yield self._files_match()
         yield self._review_waiting(r, keys)
@@ -164,7 +164,7 @@ class RedlineCollector(Collector):
     def _detector_workers(self) -> GaugeMetricFamily:
         family = GaugeMetricFamily("redline_detector_workers", "Live scoring workers that have a detector loaded, "
                                    "by the version they serve", labels=["detector", "version"])
-        served = self.redline.served_versions()
+        served = self.redline.fleet.served_versions()
         # 0 for the version this API serves, so that "no worker loads it" is a series an alert can read.
         for name, config in self.redline.detectors.items():
             served.setdefault(name, {}).setdefault(config.version, 0)
@@ -177,7 +177,7 @@ class RedlineCollector(Collector):
         family = GaugeMetricFamily("redline_detector_files_match", "Whether this API's files for the detector "
                                    "version it serves are those workers claimed it with (1) or not (0); absent "
                                    "until a worker has claimed it", labels=["detector", "version"])
-        for name, match in sorted(self.redline.files_match().items()):
+        for name, match in sorted(self.redline.fleet.files_match().items()):
             if match is not None:  # "no worker yet" is RedlineDetectorNotLoaded's to report, not a mismatch
                 family.add_metric([name, self.redline.detectors[name].version], int(match))
         return family

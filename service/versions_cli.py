@@ -45,7 +45,7 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
         return release(core, claims, args.detector, args.version)
     prints = fingerprints(core.detectors.values())  # by detector name
     here = {name: (config.version, prints[name]) for name, config in core.detectors.items()}
-    served = core.served_versions()
+    served = core.fleet.served_versions()
     now = datetime.now(tz=UTC)
     rows = [("DETECTOR", "VERSION", "FINGERPRINT", "LAPSES", "LIVE WORKERS", "FILES HERE")]
     for detector, version, fingerprint, ttl_s in claims:
@@ -73,9 +73,9 @@ def release(core: Redline, claims: list[Claim], detector: str, version: str) -> 
     print(f"released {detector} {version!r} (was claimed by {held.get((detector, version), '?')[:16]}): the next "
           "worker to load it claims it for its files, and that version's windows then hold both models' scores",
           file=sys.stderr)
-    live = core.served_versions().get(detector, {}).get(version, 0)
+    live = core.fleet.served_versions().get(detector, {}).get(version, 0)
     if live:
-        # Each renews its claim hourly (workers.worker.CLAIM_RENEW_S): one on the old files would take it back.
+        # Each renews its claim hourly (workers.heart.CLAIM_RENEW_S): one on the old files would take it back.
         print(f"warning: {live} live worker(s) serve {detector} {version!r}; any still on the old files claims "
               "it back at its next renewal (within the hour): stop or upgrade them first", file=sys.stderr)
     return 0

@@ -63,7 +63,7 @@ def test_a_batch_whose_write_is_refused_waits_and_is_written_once(
         return written
 
     worker.scorer.store.finish_scored = refused_before_the_first_write  # type: ignore[method-assign]
-    with caplog.at_level(logging.WARNING, logger="workers.worker"):
+    with caplog.at_level(logging.WARNING, logger="workers"):
         worker.work(burst=True)
     records = core.store.get_many(ids)
     assert [r["status"] if r else None for r in records] == ["scored"] * len(ids)
@@ -110,7 +110,7 @@ def test_rqs_bookkeeping_between_jobs_waits_out_refused_writes(
     restore = refuse_writes(core.redis, "full")
     threading.Timer(1.5, restore).start()
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="workers.worker"):
+    with caplog.at_level(logging.WARNING, logger="workers"):
         calls[step]()
     assert time.monotonic() - started >= 1.0  # it waited for the refusal to end, then went on
     assert "lost Redis while" in caplog.text and "Redis answers" in caplog.text

@@ -122,7 +122,7 @@ def test_a_long_running_worker_renews_its_claims(
         assert redis.get(claim) == held and redis.ttl(claim) > settings.record_ttl_s - 10
         redis.set(claim, "someone-else")  # taken by other files while this claim had lapsed
         worker.heart._last_claim -= 3601
-        with caplog.at_level(logging.ERROR, logger="workers.worker"):
+        with caplog.at_level(logging.ERROR, logger="workers.heart"):
             worker.heart._maybe_renew_claims()
         assert "injury 'synthetic-1' is now claimed by other files (someone-else" in caplog.text
         assert redis.get(claim) == b"someone-else"

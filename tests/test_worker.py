@@ -201,7 +201,7 @@ def test_a_worker_that_loses_redis_mid_batch_waits_and_scores_the_batch_once(
             return written
 
         worker.scorer.store.finish_scored = redis_goes_away_before_the_first_write  # type: ignore[method-assign]
-        with caplog.at_level(logging.WARNING, logger="workers.worker"):
+        with caplog.at_level(logging.WARNING, logger="workers"):
             worker.work(burst=True)  # before the fix this raised: per-job scoring cannot reach Redis either
 
         records = core.store.get_many(ids)
@@ -314,7 +314,7 @@ def test_a_sigterm_while_waiting_for_redis_mid_batch_stops_cleanly_and_the_batch
 def test_workers_publish_the_detector_versions_they_serve(redis: Redis, settings: Settings,
                                                          synthetic_models: Path, tmp_path: Path) -> None:
     core = Redline(settings, redis)
-    assert core.served_versions() == {}
+    assert core.fleet.served_versions() == {}
     first = build_worker(redis, settings)
     other = build_worker(redis, dataclasses.replace(settings, models_dirs=(
         copy_models(synthetic_models, tmp_path / "bumped", version="synthetic-2"),)))
@@ -322,11 +322,11 @@ def test_workers_publish_the_detector_versions_they_serve(redis: Redis, settings
         for worker in (first, other):
             worker.heart.beat()
         # A rollout in progress: one worker on each injury version, both on deception's.
-        assert core.served_versions() == {"injury": {"synthetic-1": 1, "synthetic-2": 1},
+        assert core.fleet.served_versions() == {"injury": {"synthetic-1": 1, "synthetic-2": 1},
                                           "deception": {"synthetic-1": 2}}
         keys, now = core.keys, core.store.clock()
         redis.zadd(keys.workers, {other.heart.worker_name: now - settings.worker_ttl_s - 1})  # went silent
-        assert core.served_versions() == {"injury": {"synthetic-1": 1}, "deception": {"synthetic-1": 1}}
+        assert core.fleet.served_versions() == {"injury": {"synthetic-1": 1}, "deception": {"synthetic-1": 1}}
         redis.zadd(keys.workers, {"gone": now - 86401})  # dead for a day: forgotten, name and detectors
         redis.hset(keys.worker_detectors, "gone", json.dumps({"injury": "old"}))
         first.heart.beat()
@@ -334,7 +334,7 @@ def test_workers_publish_the_detector_versions_they_serve(redis: Redis, settings
         assert redis.hexists(keys.worker_detectors, other.heart.worker_name)  # silent, not yet a day
         redis.delete(keys.worker_detectors)  # a Redis that lost its data: the next beat says it again
         first.heart.beat()
-        assert core.served_versions() == {"injury": {"synthetic-1": 1}, "deception": {"synthetic-1": 1}}
+        assert core.fleet.served_versions() == {"injury": {"synthetic-1": 1}, "deception": {"synthetic-1": 1}}
     finally:
         first.heart.stop()
         other.heart.stop()
@@ -373,3 +373,4 @@ def test_a_stop_swallowed_where_it_was_raised_still_stops_the_worker(redis: Redi
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         worker.heart.stop()
+

@@ -7,7 +7,7 @@ from typing import Any
 from rq import get_current_job
 
 from . import runtime
-from .worker import riding_out_redis_loss
+from .redis_loss import riding_out_redis_loss
 
 
 def score_outputs(output_ids: list[str]) -> dict[str, Any]:

@@ -8,144 +8,29 @@ in one pass, then completes each job through RQ's normal bookkeeping.
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from service.keys import LIVENESS_REFRESH_S, Keys
 from service.queueing import ScoreQueues
 from service.settings import Settings
 
 from . import runtime
-from .reaper import requeue_abandoned
+from .heart import Heart
+from .redis_loss import REDIS_LOST, riding_out_redis_loss
 from .scorer import BatchReport, Scorer
 
 log = logging.getLogger(__name__)
-
-REAPER_INTERVAL_S = 5.0
-# Version claims last the records' lifetime (days): renewing hourly keeps a long-lived worker's.
-CLAIM_RENEW_S = 3600.0
-# Redis answers but refuses writes, for now: full (maxmemory reached under noeviction), or a
-# replica (a failover demoted it). Like a lost Redis, it passes; the worker waits with its models
-# loaded, where crashing would have it restarted in a loop, reloading them each time.
-REDIS_REFUSING = (OutOfMemoryError, ReadOnlyError)
-REDIS_LOST = (RedisConnectionError, RedisTimeoutError, *REDIS_REFUSING)
 T = TypeVar("T")
-REDIS_POLL_S = 0.5  # how often a worker waiting for Redis checks whether it answers
-
-
-class Heart(threading.Thread):
-    """Background liveness: SimpleWorker does not heartbeat while a job runs, so a long batch
-    would look dead. Refreshes this worker's liveness, the leases of the jobs it holds, and
-    runs the reaper (one process at a time) every few seconds."""
-
-    def __init__(self, redis: Redis, settings: Settings, name: str, queues: ScoreQueues, scorer: Scorer) -> None:
-        super().__init__(name="redline-heart", daemon=True)
-        self.redis, self.settings, self.worker_name = redis, settings, name
-        self.keys = Keys(settings.queue_prefix)
-        self.queues, self.scorer = queues, scorer
-        self.held: set[str] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._last_reap = 0.0
-        self._last_claim = time.monotonic()  # build_scorer has just claimed
-        # The detectors a process loads are fixed for its life (see beat).
-        self._served = json.dumps({name: d.version for name, d in sorted(scorer.detectors.items())})
-
-    def hold(self, job_ids: list[str]) -> None:
-        with self._lock:
-            self.held.update(job_ids)
-        try:
-            self._refresh_leases(job_ids)
-        except REDIS_LOST:  # taken when Redis is back, by the next beat
-            log.warning("could not lease %d jobs: Redis is unreachable", len(job_ids))
-
-    def release(self, job_ids: list[str]) -> None:
-        with self._lock:
-            self.held.difference_update(job_ids)
-        if job_ids:
-            try:
-                self.redis.delete(*[self.keys.lease(j) for j in job_ids])
-            except REDIS_LOST:  # the leases expire by themselves (worker_ttl_s)
-                log.warning("could not release the leases of %d jobs: Redis is unreachable", len(job_ids))
-
-    def beat(self) -> None:
-        """Publish liveness now (also called once before the first job), by Redis's clock, which
-        readers compare it with: this host's may differ from theirs."""
-        now = self.scorer.store.clock()
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(self.keys.workers, {self.worker_name: now})
-            # What it serves, with every beat: a Redis that lost its data learns it again.
-            pipe.hset(self.keys.worker_detectors, self.worker_name, self._served)
-            pipe.zrangebyscore(self.keys.workers, "-inf", now - 86400)
-            dead = pipe.execute()[2]
-        if dead:  # forget workers dead for a day, so the set and the hash stay bounded
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zrem(self.keys.workers, *dead)
-                pipe.hdel(self.keys.worker_detectors, *dead)
-                pipe.execute()
-        with self._lock:
-            held = list(self.held)
-        self._refresh_leases(held)
-
-    def run(self) -> None:
-        while not self._stop.wait(LIVENESS_REFRESH_S):
-            try:
-                self.beat()
-                self._maybe_reap()
-                self._maybe_renew_claims()
-            except REDIS_LOST as exc:  # Redis restarting: keep beating once it is back
-                log.warning("heartbeat failed: %s", exc)
-            except Exception:
-                log.exception("heartbeat failed")
-
-    def stop(self) -> None:
-        self._stop.set()
-        try:
-            self.redis.zrem(self.keys.workers, self.worker_name)
-        except Exception:
-            log.warning("could not deregister worker %s", self.worker_name)
-
-    def _refresh_leases(self, job_ids: list[str]) -> None:
-        if not job_ids:
-            return
-        with self.redis.pipeline(transaction=False) as pipe:
-            for job in job_ids:
-                pipe.set(self.keys.lease(job), self.worker_name, ex=self.settings.worker_ttl_s)
-            pipe.execute()
-
-    def _maybe_renew_claims(self) -> None:
-        if time.monotonic() - self._last_claim < CLAIM_RENEW_S:
-            return
-        self._last_claim = time.monotonic()
-        for name, fingerprint in self.scorer.fingerprints.items():
-            version = self.scorer.detectors[name].version
-            held = self.scorer.store.versions.claim(name, version, fingerprint)
-            if held is not None:  # only after the claim lapsed (a Redis that lost its data) and another took it
-                log.error("detector %s %r is now claimed by other files (%s; this worker has %s): its windows "
-                          "mix two models' scores", name, version, held[:16], fingerprint[:16])
-
-    def _maybe_reap(self) -> None:
-        if time.monotonic() - self._last_reap < REAPER_INTERVAL_S:
-            return
-        self._last_reap = time.monotonic()
-        if self.redis.set(self.keys.reaper_lock, self.worker_name, nx=True, ex=int(REAPER_INTERVAL_S)):
-            requeue_abandoned(self.redis, self.scorer.store, self.queues, self.settings.requeue_after_s,
-                              self.settings.max_batch, max_attempts=self.settings.max_attempts)
 
 
 class ScoringWorker(SimpleWorker):
@@ -155,7 +40,6 @@ class ScoringWorker(SimpleWorker):
     heart: Heart
     settings: Settings
     last_report: BatchReport | None = None
-
     def execute_job(self, job: Job, queue: Queue) -> None:
         # A SIGTERM from here on finishes the batch, then stops.
         self.set_state(WorkerStatus.BUSY)
@@ -268,46 +152,6 @@ class ScoringWorker(SimpleWorker):
             # Stopped while Redis is away: the stop itself succeeded (exit 0, not a crash), and RQ's
             # record of this worker expires by itself (its TTL), as does the liveness it judges by.
             log.warning("stopped without telling Redis, which is away")
-
-
-def riding_out_redis_loss(redis: Redis, step: Callable[[], T], what: str,
-                          stop: Callable[[], bool] = lambda: False, probe: str | None = None) -> T:
-    """Run `step`; if Redis goes away or refuses writes meanwhile, wait for it (see `wait_for_redis`)
-    and run `step` again. Only for steps that are safe to run twice: scoring skips outputs whose
-    scores were already written (one atomic script per batch), and RQ's bookkeeping is keyed by job id."""
-    while True:
-        try:
-            return step()
-        except REDIS_LOST as exc:
-            log.warning("lost Redis while %s: %s", what, exc)
-            wait_for_redis(redis, stop=stop, probe=probe)
-            log.warning("%s again", what[0].upper() + what[1:])
-
-
-def wait_for_redis(redis: Redis, stop: Callable[[], bool] = lambda: False, remind_every_s: float = 30.0,
-                   probe: str | None = None) -> None:
-    """Block until Redis answers (and, given a `probe` key, takes a write to it: a full or read-only
-    Redis answers PING), saying so now and every `remind_every_s`; raise a ConnectionError if
-    `stop()` turns true first. Used by a worker started before its Redis and by one that lost Redis
-    mid-batch or mid-job: waiting keeps the models loaded, where exiting would have `redline serve`
-    or an orchestrator restart it in a loop, reloading them each time."""
-    said: float | None = None
-    while not stop():
-        try:
-            if probe is None:
-                redis.ping()
-            else:
-                redis.set(probe, "1", px=int(REDIS_POLL_S * 4000))
-        except REDIS_LOST as exc:
-            if said is None or time.monotonic() - said >= remind_every_s:
-                log.warning("waiting for Redis: %s", exc)
-                said = time.monotonic()
-            time.sleep(REDIS_POLL_S)
-            continue
-        if said is not None:
-            log.warning("Redis answers")
-        return
-    raise RedisConnectionError("stopped while waiting for Redis")
 
 
 def _output_ids(job: Job) -> list[str]:

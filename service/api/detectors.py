@@ -22,6 +22,6 @@ def openapi() -> dict[str, Any]:
 @bp.get("/v1/detectors")
 def list_detectors() -> dict[str, Any]:
     redline = core()
-    served, match = redline.served_versions(), redline.files_match()
+    served, match = redline.fleet.served_versions(), redline.fleet.files_match()
     return {"detectors": [{**c.describe(), "workers": served.get(name, {}), "files_match": match[name]}
                           for name, c in redline.detectors.items()]}

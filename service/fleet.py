@@ -1,0 +1,62 @@
+"""The scoring workers as the API sees them: how many are alive, which detector versions they have
+loaded, and whether this API's detector files are the ones those versions are scored with."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import cast
+
+from redis import Redis
+
+from .detector_config import DetectorConfig, fingerprints
+from .keys import Keys
+from .settings import Settings
+from .store import OutputStore
+
+log = logging.getLogger(__name__)
+
+
+class Fleet:
+    """Read from the workers' heartbeats (`workers.heart.Heart`) and version claims."""
+
+    def __init__(self, redis: Redis, settings: Settings, store: OutputStore,
+                 detectors: dict[str, DetectorConfig]) -> None:
+        self.redis, self.settings, self.store, self.detectors = redis, settings, store, detectors
+        self.keys = Keys(settings.queue_prefix)
+        self._fingerprints: dict[str, str] | None = None  # see files_match
+        self._warned_files: set[str] = set()  # detectors whose differing files this process has logged
+
+    def workers_alive(self) -> int:
+        cutoff = self.store.clock() - self.settings.worker_ttl_s  # the clock workers beat by
+        return int(self.redis.zcount(self.keys.workers, cutoff, "+inf"))
+
+    def served_versions(self) -> dict[str, dict[str, int]]:
+        """By detector, then version: how many live scoring workers have it loaded. A detector this API
+        serves that no live worker loads fails every output that asks for it (rollout order, models/README)."""
+        cutoff = self.store.clock() - self.settings.worker_ttl_s
+        names = cast("list[bytes]", self.redis.zrangebyscore(self.keys.workers, cutoff, "+inf"))
+        served: dict[str, dict[str, int]] = {}
+        for raw in self.redis.hmget(self.keys.worker_detectors, names) if names else []:
+            for detector, version in (json.loads(raw) if raw else {}).items():
+                served.setdefault(detector, {}).setdefault(version, 0)
+                served[detector][version] += 1
+        return served
+
+    def files_match(self) -> dict[str, bool | None]:
+        """By detector: whether this API's files are those its version is scored with (the workers'
+        claim, `workers.runtime.claim_versions`); None while no worker has claimed it. The monitor judges
+        a version's window at this API's threshold, so a threshold edited here but not on the workers,
+        under the same version, would report an FNR at a threshold nothing flags with."""
+        if self._fingerprints is None:  # hashed once per process: the shipped graph is 45 MB
+            self._fingerprints = fingerprints(self.detectors.values())
+        claims = self.store.versions.held({n: c.version for n, c in self.detectors.items()})
+        match = {n: None if claims[n] is None else claims[n] == self._fingerprints[n] for n in self.detectors}
+        for name in sorted(n for n, m in match.items() if m is False and n not in self._warned_files):
+            # Once per process and detector: /metrics asks at every scrape (RedlineDetectorFilesDiffer).
+            self._warned_files.add(name)
+            log.warning("detector %s %s: this API's files (fingerprint %s) are not those workers score it with "
+                        "(%s); its threshold and FNR reports may not be the workers'. Deploy the same files, "
+                        "or give the changed ones a version of their own", name, self.detectors[name].version,
+                        self._fingerprints[name][:16], (claims[name] or "")[:16])
+        return match
