@@ -40,6 +40,12 @@ TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 KEY_ID_HEX = 12
 
 
+def tenant_of(internal_id: str) -> str:
+    """The tenant an internal output id belongs to (as store_scripts.PENDING's tenant_of reads it)."""
+    tenant, sep, _ = internal_id.partition("~")
+    return tenant if sep else DEFAULT_TENANT
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: their tenant and scopes, and which key (None without keys: the open mode)."""

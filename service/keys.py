@@ -167,5 +167,5 @@ class Keys:
         return f"{self.prefix}:models"
 
     def queue_name(self, priority: str) -> str:
-        """RQ queue name for `high` (sync scoring) or `default` priority."""
+        """RQ queue name for `high` (sync scoring), `default` or `bulk` priority (queueing.PRIORITIES)."""
         return f"{self.prefix}-{priority}"

@@ -14,8 +14,13 @@ from .settings import Settings
 
 # The API enqueues by dotted path so it never imports the worker code (or onnxruntime).
 SCORE_JOB = "workers.jobs.score_outputs"
-HIGH, DEFAULT = "high", "default"
-PRIORITIES = (HIGH, DEFAULT)
+HIGH, DEFAULT, BULK = "high", "default", "bulk"
+# Lanes in the order workers drain them. `bulk` holds the submissions of a tenant past its fair share
+# of the backlog (REDLINE_TENANT_FAIR_SHARE), so that one tenant's flood does not delay the others'.
+PRIORITIES = (HIGH, DEFAULT, BULK)
+# Strict priority would starve the bulk lane while other tenants keep the default lane busy: one
+# batch in BULK_EVERY starts from it instead, so a flooding tenant still gets scored.
+BULK_EVERY = 4
 # Finished jobs carry only a small summary; keep them briefly, failures long enough to inspect.
 RESULT_TTL_S = 600
 FAILURE_TTL_S = 7 * 24 * 3600
@@ -26,7 +31,7 @@ def new_job_id() -> str:
 
 
 class ScoreQueues:
-    """The high (sync scoring) and default queues of one deployment."""
+    """The high (sync scoring), default and bulk queues of one deployment."""
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         keys = Keys(settings.queue_prefix)
@@ -36,8 +41,14 @@ class ScoreQueues:
 
     @property
     def ordered(self) -> list[Queue]:
-        """Queues in the order workers should drain them: sync requests first."""
+        """Queues in the order workers should drain them: sync requests first, the bulk lane last."""
         return [self.by_priority[p] for p in PRIORITIES]
+
+    def lane(self, tenant_pending: int) -> str:
+        """DEFAULT, or BULK for a tenant whose outputs waiting to be scored (this submission's
+        included) are past REDLINE_TENANT_FAIR_SHARE."""
+        share = self.settings.tenant_fair_share
+        return BULK if share and tenant_pending > share else DEFAULT
 
     def enqueue(self, output_ids: Sequence[str], job_id: str, priority: str = DEFAULT) -> None:
         """Queue one scoring job for these ids (the records must already be stored)."""

@@ -68,6 +68,9 @@ class Settings:
     max_pending_per_tenant: int = 0
     """The same bound for one tenant's outputs, so one tenant's flood is refused before it fills the
     backlog for all (0: none)."""
+    tenant_fair_share: int = 0
+    """Outputs of one tenant waiting to be scored past which its further submissions go to the bulk
+    lane, scored after the other tenants' (0: one lane for all)."""
     retry_after_s: int = 5
     """Retry-After sent with 429 when the backlog is full."""
     max_labels_per_request: int = 1000
@@ -152,6 +155,8 @@ class Settings:
             raise ConfigError("REDLINE_AUTH must be 'auto' or 'off'")
         if self.max_pending_per_tenant < 0:
             raise ConfigError("REDLINE_MAX_PENDING_PER_TENANT must be >= 0 (0: no per-tenant bound)")
+        if self.tenant_fair_share < 0:
+            raise ConfigError("REDLINE_TENANT_FAIR_SHARE must be >= 0 (0: no bulk lane)")
         if self.monitor_cache_s < 0:
             raise ConfigError("REDLINE_MONITOR_CACHE_S must be >= 0")
         if not 0.0 <= self.audit_rate <= 1.0:

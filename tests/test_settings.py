@@ -26,6 +26,7 @@ def test_reads_typed_values() -> None:
     ({"REDLINE_WORKERS": "0"}, "REDLINE_WORKERS must be positive"),
     ({"REDLINE_SYNC_TIMEOUT_MS": "60000"}, "exceeds REDLINE_MAX_SYNC_TIMEOUT_MS"),
     ({"REDLINE_QUEUE_PREFIX": "a:b"}, "REDLINE_QUEUE_PREFIX"),
+    ({"REDLINE_TENANT_FAIR_SHARE": "-1"}, "REDLINE_TENANT_FAIR_SHARE must be >= 0 (0: no bulk lane)"),
     # Each of these was accepted, then failed far from its cause: gunicorn's bind, logging's setup at
     # start (a traceback), every /v1/monitor request and scrape (422/500), or leases lapsing between
     # heartbeats (live workers' jobs requeued).

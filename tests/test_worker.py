@@ -17,6 +17,7 @@ from redis import Redis
 from models.synthetic import DEFAULT_HEADS, keyword_score
 from service.core import Redline
 from service.embedded_redis import EmbeddedRedis
+from service.keys import text
 from service.settings import Settings
 from service.store import NewOutput
 from workers import jobs
@@ -374,3 +375,35 @@ def test_a_stop_swallowed_where_it_was_raised_still_stops_the_worker(redis: Redi
             signal.signal(sig, handler)
         worker.heart.stop()
 
+
+def test_a_tenant_past_its_fair_share_waits_in_the_bulk_lane_which_is_still_drained(
+        redis: Redis, settings: Settings) -> None:
+    # One job a batch (2 outputs each, max_batch 2), so the order batches are scored in is the lanes' order.
+    settings = dataclasses.replace(settings, tenant_fair_share=4, max_batch=2)
+    core = Redline(settings, redis)
+    jobs_of: dict[str, str] = {}
+
+    def submit(tenant: str, n: int) -> None:
+        outs = [NewOutput(id=f"{tenant}~{n}-{i}", model="m", response=TEXTS[i]) for i in range(2)]
+        core.submit(outs)
+        jobs_of[f"{tenant}{n}"] = core.store.get(outs[0].id)["job"]  # type: ignore[index]
+
+    for n in range(1, 5):  # a: 2, 4, then 6 and 8 waiting: its third and fourth requests are past its share
+        submit("a", n)
+    for tenant in ("b", "c"):
+        for n in (1, 2):
+            submit(tenant, n)
+    lanes = {p: [text(j) for j in redis.lrange(q.key, 0, -1)] for p, q in core.queues.by_priority.items()}
+    name = {job: request for request, job in jobs_of.items()}
+    assert [name[j] for j in lanes["default"]] == ["a1", "a2", "b1", "b2", "c1", "c2"]
+    assert [name[j] for j in lanes["bulk"]] == ["a3", "a4"]
+    assert core.store.pending_by_tenant() == {"a": 8, "b": 4, "c": 4}
+
+    _run_burst(redis, settings)
+    records = [r for r in core.store.get_many([f"{t}~{n}-0" for t, n in (
+        ("a", 1), ("a", 2), ("a", 3), ("a", 4), ("b", 1), ("b", 2), ("c", 1), ("c", 2))]) if r]
+    assert all(r["status"] == "scored" for r in records) and len(records) == 8
+    order = [r["id"].replace("~", "").split("-")[0] for r in sorted(records, key=lambda r: r["scored_at"])]
+    # b and c are not queued behind a's excess; one batch in four (queueing.BULK_EVERY) still takes it.
+    assert order == ["a1", "a2", "b1", "a3", "b2", "c1", "c2", "a4"]
+    assert core.store.pending_by_tenant() == {"a": 0, "b": 0, "c": 0}

@@ -21,7 +21,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from service.queueing import ScoreQueues
+from service.queueing import BULK, BULK_EVERY, ScoreQueues
 from service.settings import Settings
 
 from . import runtime
@@ -40,6 +40,21 @@ class ScoringWorker(SimpleWorker):
     heart: Heart
     settings: Settings
     last_report: BatchReport | None = None
+    batches_started = 0
+
+    def reorder_queues(self, reference_queue: Queue) -> None:
+        """Where the next batch starts (RQ calls this after each dequeue of its loop: once a batch).
+        One batch in BULK_EVERY starts from the bulk lane, right after sync requests, so a tenant past
+        its fair share is slowed, never starved; the others, and every batch's filling, go in lane order."""
+        self.batches_started += 1
+        bulk = self.heart.queues.by_priority[BULK]
+        lanes = [q for q in self.queues if q is not bulk]
+        if self.batches_started % BULK_EVERY == BULK_EVERY - 1:
+            lanes.insert(1, bulk)
+        else:
+            lanes.append(bulk)
+        self._ordered_queues = lanes
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         # A SIGTERM from here on finishes the batch, then stops.
         self.set_state(WorkerStatus.BUSY)
@@ -130,7 +145,7 @@ class ScoringWorker(SimpleWorker):
         deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000
         while len(ids) < self.settings.max_batch:
             try:
-                found = self.queue_class.dequeue_any(self._ordered_queues, None, connection=self.connection,
+                found = self.queue_class.dequeue_any(self.queues, None, connection=self.connection,
                                                      job_class=self.job_class, serializer=self.serializer)
             except REDIS_LOST:
                 break  # a job popped as Redis went away is never seen here: the reaper requeues it
