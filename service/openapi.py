@@ -8,6 +8,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from . import __version__
+from . import monitor_schemas as m
 from . import schemas as s
 from .monitoring import MAX_WINDOWS_PER_REQUEST, Window
 from .settings import Settings
@@ -16,7 +17,7 @@ REF = "#/components/schemas/{model}"
 _REQUESTS = (s.SubmitRequest, s.ScoreRequest, s.LabelBatch, s.RetryRequest, s.ReviewLeaseRequest,
              s.ReviewReleaseRequest)
 _RESPONSES = (s.SubmitResponse, s.ScoreResponse, s.OutputRecord, s.OutputList, s.PutLabelsResponse,
-              s.LabelBatchResponse, s.DetectorsResponse, s.Monitor, s.MonitorWindows, s.MonitorList, s.DeadLetters,
+              s.LabelBatchResponse, s.DetectorsResponse, m.Monitor, m.MonitorWindows, m.MonitorList, s.DeadLetters,
               s.RetryResponse, s.ReviewQueue, s.ReviewLease, s.ReviewRelease, s.Deleted, s.LabeledPage, s.Error,
               s.Health, s.Ready)
 
@@ -145,7 +146,7 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
                                            "several windows; default: every configured window",
                             "schema": {"type": "array", "maxItems": MAX_WINDOWS_PER_REQUEST,
                                        "items": {"type": "string", "pattern": f"^({Window.PATTERN})$"}}}],
-            "responses": {"200": _json({"oneOf": [_ref(s.Monitor), _ref(s.MonitorWindows), _ref(s.MonitorList)]}),
+            "responses": {"200": _json({"oneOf": [_ref(m.Monitor), _ref(m.MonitorWindows), _ref(m.MonitorList)]}),
                           **_errors(401, 403, 404, 422, 503)}}},
         "/v1/review": {"get": {
             "summary": "Outputs awaiting a reviewer's label: flagged by the detector, or audit-sampled",
