@@ -18,11 +18,11 @@ import numpy as np
 from redis import Redis
 
 from . import evaluation as ev
+from .clock import redis_time
 from .detector_config import DetectorConfig
 from .errors import NotFound, ValidationFailed
 from .keys import Keys, text
 from .settings import Settings
-from .store import redis_time
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -82,7 +82,7 @@ class Entries:
 
 class Monitor:
     """Computes monitor responses. Window edges use Redis's clock, as the timestamps in them do
-    (`store.redis_time`); `clock` is injectable so tests control time windows."""
+    (`clock.redis_time`); `clock` is injectable so tests control time windows."""
 
     def __init__(self, redis: Redis, settings: Settings, detectors: dict[str, DetectorConfig],
                  clock: Callable[[], float] | None = None) -> None:

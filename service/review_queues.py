@@ -10,8 +10,44 @@ from typing import NamedTuple
 
 from redis import Redis
 
-from . import store_scripts as scripts
 from .keys import Keys, text
+
+# KEYS[1] = a review queue, KEYS[2] = its leases, KEYS[3] = their holders. ARGV = now, lease seconds,
+# limit, the reviewer's key id ("": none). Leases the `limit` oldest queued ids that no unexpired lease
+# holds, in one step, so two reviewers asking at once never get the same output; returns them and the
+# queue's length. It walks the queue from its old end past leased ids, so a call costs the leases ahead
+# of the first free ids, at most the queue's length.
+LEASE_REVIEW = """
+local now, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for i = 1, #lapsed, 500 do
+  local chunk = {unpack(lapsed, i, math.min(i + 499, #lapsed))}
+  redis.call('ZREM', KEYS[2], unpack(chunk))
+  redis.call('HDEL', KEYS[3], unpack(chunk))
+end
+local out, start, page = {}, 0, 256
+while #out < limit do
+  local ids = redis.call('ZRANGE', KEYS[1], start, start + page - 1)
+  for _, id in ipairs(ids) do
+    if not redis.call('ZSCORE', KEYS[2], id) then
+      out[#out + 1] = id
+      if #out == limit then break end
+    end
+  end
+  if #ids < page then break end
+  start = start + page
+end
+for _, id in ipairs(out) do
+  redis.call('ZADD', KEYS[2], now + lease, id)
+  if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], id, ARGV[4]) else redis.call('HDEL', KEYS[3], id) end
+end
+if #out > 0 then
+  for _, key in ipairs({KEYS[2], KEYS[3]}) do  -- TTL -1 (none yet) too; -2 (no key): EXPIRE does nothing
+    if redis.call('TTL', key) < lease then redis.call('EXPIRE', key, math.ceil(lease)) end
+  end
+end
+return {out, redis.call('ZCARD', KEYS[1])}
+"""
 
 
 class Lease(NamedTuple):
@@ -24,7 +60,7 @@ class ReviewQueues:
 
     def __init__(self, redis: Redis, keys: Keys, clock: Callable[[], float]) -> None:
         self.redis, self.keys, self.clock = redis, keys, clock
-        self._lease = redis.register_script(scripts.LEASE_REVIEW)
+        self._lease = redis.register_script(LEASE_REVIEW)
 
     def awaiting(self, model: str, detector: str, limit: int) -> tuple[list[str], int]:
         """The `limit` oldest outputs awaiting a label for `detector` (flagged by it, or audit-sampled),
@@ -39,7 +75,7 @@ class ReviewQueues:
     def lease(self, model: str, detector: str, limit: int, lease_s: float,
               by: str | None = None) -> tuple[list[str], int, float]:
         """Lease to one reviewer (key id `by`), for `lease_s`, the `limit` oldest outputs awaiting a label
-        for `detector` that no other lease holds (see store_scripts.LEASE_REVIEW); with the queue's length
+        for `detector` that no other lease holds (see LEASE_REVIEW); with the queue's length
         and when the leases end."""
         now = self.clock()
         keys = [self.keys.review(model, detector), self.keys.review_leases(model, detector),

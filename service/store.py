@@ -13,11 +13,13 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 from redis import Redis
 
+from . import label_scripts
 from . import store_scripts as scripts
+from .clock import redis_time
 from .errors import Conflict, ValidationFailed
 from .keys import NOTIFY_TTL_S, Keys, text
 from .review_queues import ReviewQueues
@@ -73,18 +75,6 @@ class BacklogFull(Exception):
         return None
 
 
-def redis_time(redis: Redis) -> float:
-    """Redis's own clock, in Unix seconds.
-
-    Every timestamp that one process writes and another compares (worker liveness, how long an output
-    has waited, window edges, queue wait) is read from here, not from the host: API and workers may
-    run on machines whose clocks differ, and a worker whose clock ran 15 s behind looked dead to every
-    API (so /readyz failed), while one ahead or behind requeued outputs too early or far too late.
-    """
-    seconds, micros = cast("tuple[int, int]", redis.time())
-    return seconds + micros / 1e6
-
-
 class OutputStore:
     """Reads and writes output records under one key prefix."""
 
@@ -105,7 +95,7 @@ class OutputStore:
         self._random = random.Random()
         self._create = redis.register_script(scripts.CREATE)
         self._finish = redis.register_script(scripts.FINISH)
-        self._label = redis.register_script(scripts.LABEL)
+        self._label = redis.register_script(label_scripts.LABEL)
         self._reassign = redis.register_script(scripts.REASSIGN)
         self._retry = redis.register_script(scripts.RETRY)
         self._delete = redis.register_script(scripts.DELETE)

@@ -1,8 +1,10 @@
 """The Lua scripts `OutputStore` runs. Each is one atomic step in Redis: a transition of an output's
 status with its counters, windows and queues, so that no crash or concurrent caller sees, or leaves,
-half of one. Each script's comment gives its KEYS and ARGV; `store.py`, `review_queues.py` and
-`version_claims.py` pass them.
+half of one. Each script's comment gives its KEYS and ARGV; `store.py` passes them. The label and
+window scripts are in `label_scripts`; review leases and version claims keep theirs beside their code.
 """
+
+from .label_scripts import WINDOW_PUT
 
 # Shared by every script that adds to or takes from the pending set: keeps the per-tenant count of
 # pending outputs (REDLINE_MAX_PENDING_PER_TENANT) in step with the set itself, by the set's own answer
@@ -102,38 +104,6 @@ for i, rec in ipairs(records) do
   end
 end
 return result
-"""
-
-# Shared by the scripts below: put one labeled+scored output into its monitoring window,
-# replacing its previous entry (a changed label), then trim by age and by count.
-WINDOW_PUT = """
-local function window_put(w, version, id, score, label, weight, labeled_at, created_at)
-  -- The window of the detector version that scored the output (Keys.window: base .. version).
-  local win, idx = w.win .. tostring(version or ''), w.idx .. tostring(version or '')
-  local old = redis.call('HGET', idx, id)
-  if old then redis.call('ZREM', win, old) end
-  -- id, then 5 little-endian doubles: numpy reads a whole window with one frombuffer (monitoring.py).
-  local member = id .. '|' .. struct.pack('<ddddd', tonumber(score), tonumber(label), tonumber(weight),
-                                           tonumber(labeled_at), tonumber(created_at))
-  redis.call('ZADD', win, created_at, member)
-  redis.call('HSET', idx, id, member)
-  local drop = redis.call('ZRANGEBYSCORE', win, '-inf', '(' .. w.horizon)
-  local excess = redis.call('ZCARD', win) - w.cap
-  if excess > 0 then
-    for _, m in ipairs(redis.call('ZRANGE', win, 0, excess - 1)) do table.insert(drop, m) end
-  end
-  for _, m in ipairs(drop) do
-    redis.call('ZREM', win, m)
-    redis.call('HDEL', idx, string.match(m, '^[^|]+'))
-  end
-end
-
-local function design_weight(flagged, audit, rate)
-  -- Reviewers see every flagged output and an audit sample (rate) of the rest.
-  if flagged then return 1 end
-  if audit == '1' and tonumber(rate) and tonumber(rate) > 0 then return 1 / tonumber(rate) end
-  return 0
-end
 """
 
 # KEYS[1] = pending zset, KEYS[2] = counters hash, KEYS[3] = monitored set, KEYS[4] = dead-letter zset,
@@ -276,98 +246,6 @@ redis.call('DEL', KEYS[1])
 pending_remove(KEYS[2], KEYS[4], id)
 redis.call('ZREM', KEYS[3], id)
 return 1
-"""
-
-
-# KEYS[1] = a review queue, KEYS[2] = its leases, KEYS[3] = their holders. ARGV = now, lease seconds,
-# limit, the reviewer's key id ("": none). Leases the `limit` oldest queued ids that no unexpired lease
-# holds, in one step, so two reviewers asking at once never get the same output; returns them and the
-# queue's length. It walks the queue from its old end past leased ids, so a call costs the leases ahead
-# of the first free ids, at most the queue's length.
-LEASE_REVIEW = """
-local now, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-for i = 1, #lapsed, 500 do
-  local chunk = {unpack(lapsed, i, math.min(i + 499, #lapsed))}
-  redis.call('ZREM', KEYS[2], unpack(chunk))
-  redis.call('HDEL', KEYS[3], unpack(chunk))
-end
-local out, start, page = {}, 0, 256
-while #out < limit do
-  local ids = redis.call('ZRANGE', KEYS[1], start, start + page - 1)
-  for _, id in ipairs(ids) do
-    if not redis.call('ZSCORE', KEYS[2], id) then
-      out[#out + 1] = id
-      if #out == limit then break end
-    end
-  end
-  if #ids < page then break end
-  start = start + page
-end
-for _, id in ipairs(out) do
-  redis.call('ZADD', KEYS[2], now + lease, id)
-  if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], id, ARGV[4]) else redis.call('HDEL', KEYS[3], id) end
-end
-if #out > 0 then
-  for _, key in ipairs({KEYS[2], KEYS[3]}) do  -- TTL -1 (none yet) too; -2 (no key): EXPIRE does nothing
-    if redis.call('TTL', key) < lease then redis.call('EXPIRE', key, math.ceil(lease)) end
-  end
-end
-return {out, redis.call('ZCARD', KEYS[1])}
-"""
-
-
-# KEYS[1] = a detector version's claim. ARGV = fingerprint, TTL seconds. Takes or renews the claim;
-# returns the other fingerprint holding it (and changes nothing), or nil. One script, so two workers
-# starting together with different files cannot both find the version free.
-CLAIM = """
-local held = redis.call('GET', KEYS[1])
-if held and held ~= ARGV[1] then return held end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return false
-"""
-
-
-# KEYS[1] = counters. ARGV = now, JSON list of {key, id, det, label, win...}, key id of the labeler ("": none).
-# Returns per item "new", "changed", "unchanged" or "missing". A changed label replaces the
-# window entry and its attribution (an unchanged one keeps whose it was); counters count each (output,
-# detector) labeled once; a label takes the output off the detector's review queue and ends its review lease.
-LABEL = WINDOW_PUT + """
-local now = ARGV[1]
-local items = cjson.decode(ARGV[2])
-local out = {}
-for i, it in ipairs(items) do
-  local cur = redis.call('HMGET', it.key, 'model', 'label:' .. it.det, 'labeled_at:' .. it.det, 'scores',
-                         'created_at', 'audit', 'audit_rate')
-  if not cur[1] then
-    out[i] = 'missing'
-  elseif cur[2] == it.label then
-    out[i] = 'unchanged'
-  else
-    out[i] = cur[2] and 'changed' or 'new'
-    local labeled_at = cur[3] or now
-    redis.call('HSET', it.key, 'label:' .. it.det, it.label, 'labeled_at:' .. it.det, labeled_at)
-    if ARGV[3] ~= '' then
-      redis.call('HSET', it.key, 'labeled_by:' .. it.det, ARGV[3])
-    else
-      redis.call('HDEL', it.key, 'labeled_by:' .. it.det)
-    end
-    redis.call('ZREM', it.rv, it.id)
-    redis.call('ZREM', it.ls, it.id)  -- its review lease ends with its place on the queue
-    redis.call('HDEL', it.lh, it.id)
-    if not cur[2] then redis.call('HINCRBY', KEYS[1], 'labeled|' .. it.det .. '|' .. cur[1], 1) end
-    if cur[4] then
-      local s = cjson.decode(cur[4])[it.det]
-      if s then
-        -- The number itself: tostring() keeps 14 digits, so a label arriving after its score stored a
-        -- rounded score (two scores 1e-15 apart became a tie).
-        window_put(it, s.version, it.id, s.score, it.label,
-                   design_weight(s.flagged, cur[6], cur[7]), labeled_at, cur[5])
-      end
-    end
-  end
-end
-return out
 """
 
 

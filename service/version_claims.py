@@ -10,8 +10,17 @@ from typing import NamedTuple
 
 from redis import Redis
 
-from . import store_scripts as scripts
 from .keys import Keys, text
+
+# KEYS[1] = a detector version's claim. ARGV = fingerprint, TTL seconds. Takes or renews the claim;
+# returns the other fingerprint holding it (and changes nothing), or nil. One script, so two workers
+# starting together with different files cannot both find the version free.
+CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
 
 
 class Claim(NamedTuple):
@@ -26,7 +35,7 @@ class VersionClaims:
 
     def __init__(self, redis: Redis, keys: Keys, ttl_s: int) -> None:
         self.redis, self.keys, self.ttl_s = redis, keys, ttl_s
-        self._claim = redis.register_script(scripts.CLAIM)
+        self._claim = redis.register_script(CLAIM)
 
     def claim(self, detector: str, version: str, fingerprint: str) -> str | None:
         """Record that `fingerprint` scores `detector` at `version`, and renew that; or, where another
