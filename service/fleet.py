@@ -34,14 +34,38 @@ class Fleet:
     def served_versions(self) -> dict[str, dict[str, int]]:
         """By detector, then version: how many live scoring workers have it loaded. A detector this API
         serves that no live worker loads fails every output that asks for it (rollout order, models/README)."""
-        cutoff = self.store.clock() - self.settings.worker_ttl_s
-        names = cast("list[bytes]", self.redis.zrangebyscore(self.keys.workers, cutoff, "+inf"))
         served: dict[str, dict[str, int]] = {}
-        for raw in self.redis.hmget(self.keys.worker_detectors, names) if names else []:
-            for detector, version in (json.loads(raw) if raw else {}).items():
+        for versions, _ in self._live():
+            for detector, version in versions.items():
                 served.setdefault(detector, {}).setdefault(version, 0)
                 served[detector][version] += 1
         return served
+
+    def served_files(self) -> dict[str, dict[str, dict[str, int]]]:
+        """By detector, then version, then fingerprint: how many live workers score it with those files.
+        Two fingerprints under one version mix two models' scores in its windows: workers refuse that at
+        start, but a version's claim released (`redline versions release`) while workers on the old
+        files still run lets a worker on new files join them. Workers of earlier releases, which publish
+        no fingerprints, are left out."""
+        served: dict[str, dict[str, dict[str, int]]] = {}
+        for versions, files in self._live():
+            for detector, fingerprint in files.items():
+                if detector in versions:
+                    counts = served.setdefault(detector, {}).setdefault(versions[detector], {})
+                    counts[fingerprint] = counts.get(fingerprint, 0) + 1
+        return served
+
+    def _live(self) -> list[tuple[dict[str, str], dict[str, str]]]:
+        """Per live worker: what it serves ({detector: version}) and with which files ({detector: fingerprint})."""
+        cutoff = self.store.clock() - self.settings.worker_ttl_s
+        names = cast("list[bytes]", self.redis.zrangebyscore(self.keys.workers, cutoff, "+inf"))
+        if not names:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.keys.worker_detectors, names)
+            pipe.hmget(self.keys.worker_files, names)
+            served, files = pipe.execute()
+        return [(json.loads(s) if s else {}, json.loads(f) if f else {}) for s, f in zip(served, files, strict=True)]
 
     def files_match(self) -> dict[str, bool | None]:
         """By detector: whether this API's files are those its version is scored with (the workers'

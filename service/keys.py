@@ -69,6 +69,11 @@ class Keys:
         return f"{self.prefix}:worker-detectors"
 
     @property
+    def worker_files(self) -> str:
+        """Hash: worker name -> JSON {detector: fingerprint of its files}; kept like `worker_detectors`."""
+        return f"{self.prefix}:worker-files"
+
+    @property
     def dead(self) -> str:
         """Sorted set: failed outputs (given up on after REDLINE_MAX_ATTEMPTS attempts, or failed on their
         own: a detector the worker lacks, inference that raised) by time of failure; kept as long as records."""

@@ -121,6 +121,7 @@ class RedlineCollector(Collector):
                                 value=self.redline.fleet.workers_alive())
         yield self._detector_workers()
         yield self._files_match()
+        yield self._worker_files()
         yield self._review_waiting(r, keys)
         if self.quality is not None:
             yield GaugeMetricFamily("redline_quality_computed_timestamp_seconds",
@@ -171,6 +172,15 @@ class RedlineCollector(Collector):
         for detector, versions in sorted(served.items()):
             for version, count in sorted(versions.items()):
                 family.add_metric([detector, version], count)
+        return family
+
+    def _worker_files(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily("redline_detector_worker_files", "Distinct files (fingerprints) live workers "
+                                   "score a detector version with: above 1, that version's windows mix models",
+                                   labels=["detector", "version"])
+        for detector, versions in sorted(self.redline.fleet.served_files().items()):
+            for version, prints in sorted(versions.items()):
+                family.add_metric([detector, version], len(prints))
         return family
 
     def _files_match(self) -> GaugeMetricFamily:

@@ -45,15 +45,17 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
         return release(core, claims, args.detector, args.version)
     prints = fingerprints(core.detectors.values())  # by detector name
     here = {name: (config.version, prints[name]) for name, config in core.detectors.items()}
-    served = core.fleet.served_versions()
+    served, files_served = core.fleet.served_versions(), core.fleet.served_files()
     now = datetime.now(tz=UTC)
-    rows = [("DETECTOR", "VERSION", "FINGERPRINT", "LAPSES", "LIVE WORKERS", "FILES HERE")]
+    rows = [("DETECTOR", "VERSION", "FINGERPRINT", "LAPSES", "LIVE WORKERS", "OTHER FILES", "FILES HERE")]
     for detector, version, fingerprint, ttl_s in claims:
         mine = here.get(detector)
         files = "-" if mine is None or mine[0] != version else "match" if mine[1] == fingerprint else "differ"
         lapses = "never" if ttl_s < 0 else (now + timedelta(seconds=ttl_s)).strftime("%Y-%m-%dT%H:%MZ")
+        by_print = files_served.get(detector, {}).get(version, {})
+        other = sum(n for p, n in by_print.items() if p != fingerprint)  # live, on files the claim is not of
         rows.append((detector, version, fingerprint[:16], lapses, str(served.get(detector, {}).get(version, 0)),
-                     files))
+                     str(other), files))
     if len(rows) == 1:
         print("no detector version is claimed yet: the first worker to load a version claims it", file=sys.stderr)
         return 0
@@ -74,8 +76,12 @@ def release(core: Redline, claims: list[Claim], detector: str, version: str) -> 
           "worker to load it claims it for its files, and that version's windows then hold both models' scores",
           file=sys.stderr)
     live = core.fleet.served_versions().get(detector, {}).get(version, 0)
-    if live:
-        # Each renews its claim hourly (workers.heart.CLAIM_RENEW_S): one on the old files would take it back.
-        print(f"warning: {live} live worker(s) serve {detector} {version!r}; any still on the old files claims "
-              "it back at its next renewal (within the hour): stop or upgrade them first", file=sys.stderr)
+    by_print = core.fleet.served_files().get(detector, {}).get(version, {})
+    unknown = live - sum(by_print.values())  # workers of an earlier release publish no fingerprints
+    old = by_print.get(held.get((detector, version), ""), 0) + unknown
+    if old:
+        # Each renews its claim hourly (workers.heart.CLAIM_RENEW_S), so it would take the version back.
+        print(f"warning: {old} live worker(s) serve {detector} {version!r} with the released files"
+              f"{' (or files they do not publish)' if unknown else ''}: each claims it back at its next renewal "
+              "(within the hour): stop or upgrade them first", file=sys.stderr)
     return 0

@@ -184,6 +184,33 @@ def test_an_api_with_other_files_than_its_workers_exports_it_and_logs_it_once(
     assert len(warned) == 1 and warned[0].startswith("detector injury synthetic-1"), warned
 
 
+def test_live_workers_on_two_files_under_one_version_are_seen_and_exported(
+        redis: Redis, settings: Settings, synthetic_models: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Workers refuse that at start, but a claim released while workers on the old files still run lets
+    # one on new files join them: RedlineDetectorVersionMixed reads this gauge.
+    from tests.test_metrics import Scrape
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    core = Redline(settings, redis)
+    prints = fingerprints(load_configs([synthetic_models]).values())
+    first = build_worker(redis, settings)
+    changed = copy_models(synthetic_models, tmp_path / "retrained", threshold=0.7)  # injury's files only
+    assert core.store.versions.release("injury", "synthetic-1")
+    second = build_worker(redis, dataclasses.replace(settings, models_dirs=(changed,)))
+    try:
+        new = fingerprints(load_configs([changed]).values())["injury"]
+        assert core.fleet.served_files() == {"injury": {"synthetic-1": {prints["injury"]: 1, new: 1}},
+                                             "deception": {"synthetic-1": {prints["deception"]: 2}}}
+        scrape = Scrape(core)
+        assert {n: scrape.get_sample_value("redline_detector_worker_files", {"detector": n, "version": "synthetic-1"})
+                for n in ("injury", "deception")} == {"injury": 2, "deception": 1}
+    finally:
+        first.heart.stop()
+        second.heart.stop()
+    assert core.fleet.served_files() == {}  # stopped workers are not live
+
+
 def test_redline_versions_lists_the_claims_and_releases_one_for_other_files(
         redis: Redis, redis_url: str, synthetic_models: Path, prefix: str, tmp_path: Path) -> None:
     # The way past a refused worker, for users of `redline serve`'s embedded Redis, who have no redis-cli.
@@ -198,17 +225,19 @@ def test_redline_versions_lists_the_claims_and_releases_one_for_other_files(
         listing = redline(changed, "versions")
         assert listing.returncode == 0, listing.stderr
         rows = [line.split() for line in listing.stdout.splitlines()]
-        assert rows[0] == ["DETECTOR", "VERSION", "FINGERPRINT", "LAPSES", "LIVE", "WORKERS", "FILES", "HERE"]
+        assert rows[0] == ["DETECTOR", "VERSION", "FINGERPRINT", "LAPSES", "LIVE", "WORKERS", "OTHER", "FILES", "FILES",
+                           "HERE"]
         by_name = {r[0]: r for r in rows[1:]}
         assert set(by_name) == {"deception", "injury"}
         for name, files in (("injury", "differ"), ("deception", "match")):  # as this host's (changed) files say
-            assert by_name[name][1:3] == ["synthetic-1", prints[name][:16]] and by_name[name][4:] == ["1", files]
+            assert by_name[name][1:3] == ["synthetic-1", prints[name][:16]] and by_name[name][4:] == ["1", "0", files]
         refused = redline(changed, "worker", "--burst")
         assert refused.returncode == 2 and "run `redline versions release injury synthetic-1`" in refused.stderr
         released = redline(changed, "versions", "release", "injury", "synthetic-1")
         assert released.returncode == 0, released.stderr
         assert f"was claimed by {prints['injury'][:16]}" in released.stderr
-        assert "1 live worker(s) serve injury 'synthetic-1'" in released.stderr  # it would take the claim back
+        # It runs the released files, so it would take the claim back.
+        assert "1 live worker(s) serve injury 'synthetic-1' with the released files:" in released.stderr
         assert redis.get(Keys(prefix).version_claim("injury", "synthetic-1")) is None
         assert redis.get(Keys(prefix).version_claim("deception", "synthetic-1")) == prints["deception"].encode()
     finally:

@@ -330,8 +330,10 @@ def test_workers_publish_the_detector_versions_they_serve(redis: Redis, settings
         assert core.fleet.served_versions() == {"injury": {"synthetic-1": 1}, "deception": {"synthetic-1": 1}}
         redis.zadd(keys.workers, {"gone": now - 86401})  # dead for a day: forgotten, name and detectors
         redis.hset(keys.worker_detectors, "gone", json.dumps({"injury": "old"}))
+        redis.hset(keys.worker_files, "gone", json.dumps({"injury": "0" * 64}))
         first.heart.beat()
         assert redis.zscore(keys.workers, "gone") is None and not redis.hexists(keys.worker_detectors, "gone")
+        assert not redis.hexists(keys.worker_files, "gone")
         assert redis.hexists(keys.worker_detectors, other.heart.worker_name)  # silent, not yet a day
         redis.delete(keys.worker_detectors)  # a Redis that lost its data: the next beat says it again
         first.heart.beat()

@@ -41,6 +41,8 @@ class Heart(threading.Thread):
         self._last_claim = time.monotonic()  # build_scorer has just claimed
         # The detectors a process loads are fixed for its life (see beat).
         self._served = json.dumps({name: d.version for name, d in sorted(scorer.detectors.items())})
+        # Apart from `_served`, whose format APIs of earlier releases read.
+        self._files = json.dumps(dict(sorted(scorer.fingerprints.items())))
 
     def hold(self, job_ids: list[str]) -> None:
         with self._lock:
@@ -67,12 +69,14 @@ class Heart(threading.Thread):
             pipe.zadd(self.keys.workers, {self.worker_name: now})
             # What it serves, with every beat: a Redis that lost its data learns it again.
             pipe.hset(self.keys.worker_detectors, self.worker_name, self._served)
+            pipe.hset(self.keys.worker_files, self.worker_name, self._files)
             pipe.zrangebyscore(self.keys.workers, "-inf", now - 86400)
-            dead = pipe.execute()[2]
+            dead = pipe.execute()[-1]
         if dead:  # forget workers dead for a day, so the set and the hash stay bounded
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zrem(self.keys.workers, *dead)
                 pipe.hdel(self.keys.worker_detectors, *dead)
+                pipe.hdel(self.keys.worker_files, *dead)
                 pipe.execute()
         with self._lock:
             held = list(self.held)

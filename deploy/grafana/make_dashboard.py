@@ -107,12 +107,16 @@ PANELS = [
         # min: one API replica with other files is enough to show 0.
         ('min by (detector, version) (redline_detector_files_match{detector=~"$detector"})',
          "API files match {{detector}} {{version}}"),
+        ('max by (detector, version) (redline_detector_worker_files{detector=~"$detector"})',
+         "sets of files for {{detector}} {{version}}"),
         ("histogram_quantile(0.5, sum by (le) (rate(redline_batch_size_bucket[5m])))", "batch size p50"),
         ("max(redline_redis_up)", "Redis up"),
     ], 12, 40, description="Workers with a detector: live workers that have it loaded, per version (0: outputs "
                            "asking for it fail). API files match 0: an API's files for that version differ from the "
-                           "workers' (RedlineDetectorFilesDiffer). While Redis is unreachable (Redis up 0) the "
-                           "Redis-backed series, workers alive among them, are absent: the API cannot read them."),
+                           "workers' (RedlineDetectorFilesDiffer); sets of files above 1: workers score one "
+                           "version with two models' files (RedlineDetectorVersionMixed). While Redis is "
+                           "unreachable (Redis up 0) the Redis-backed series, workers alive among them, are absent: "
+                           "the API cannot read them."),
     panel(13, "Detector versions served", [
         ('max by (detector, version) (redline_detector_info{detector=~"$detector"})', "{{detector}} {{version}}"),
     ], 0, 48, w=24, h=5, description="Quality windows are per detector version: where a version's line starts, "
