@@ -93,7 +93,7 @@ class Redline:
         if not self.settings.tenant_fair_share:
             return DEFAULT
         # One field per tenant of the keys file: a small hash.
-        return self.queues.lane(self.store.pending_by_tenant().get(tenant_of(internal_id), 0))
+        return self.queues.lane(self.store.backlog.counts().get(tenant_of(internal_id), 0))
 
     def _require_detector(self, detector: str) -> None:
         if detector not in self.detectors:

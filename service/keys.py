@@ -46,6 +46,11 @@ class Keys:
         return f"{self.prefix}:pending-by-tenant"
 
     @property
+    def pending_counted(self) -> str:
+        """String, no TTL: set once `pending_by_tenant` was counted from `pending` itself (TenantBacklog)."""
+        return f"{self.prefix}:pending-by-tenant-counted"
+
+    @property
     def counters(self) -> str:
         """Hash: exactly-once counters (`scored|model|detector`, `flagged|...`) bumped with each score write."""
         return f"{self.prefix}:counters"

@@ -114,7 +114,7 @@ class RedlineCollector(Collector):
         # Tenants are the keys file's (bounded); REDLINE_MAX_PENDING_PER_TENANT refuses each past its share.
         by_tenant = GaugeMetricFamily("redline_tenant_outputs_pending", "Outputs accepted and not yet scored, "
                                       "by tenant (`default` without API keys)", labels=["tenant"])
-        for tenant, count in sorted(self.redline.store.pending_by_tenant().items()):
+        for tenant, count in sorted(self.redline.store.backlog.counts().items()):
             by_tenant.add_metric([tenant], count)
         yield by_tenant
         yield GaugeMetricFamily("redline_workers_alive", "Scoring workers with a recent heartbeat",

@@ -24,6 +24,7 @@ from .errors import Conflict, ValidationFailed
 from .keys import NOTIFY_TTL_S, Keys, text
 from .review_queues import ReviewQueues
 from .settings import Settings
+from .tenant_backlog import TenantBacklog
 from .version_claims import VersionClaims
 
 QUEUED, SCORED, FAILED = "queued", "scored", "failed"
@@ -103,6 +104,7 @@ class OutputStore:
         # A version's claim lasts as long as scores of that version can be read: records and windows.
         self.versions = VersionClaims(redis, keys, max(ttl_s, retention_s))
         self.reviews = ReviewQueues(redis, keys, lambda: self.clock())  # late-bound: the clock may be replaced
+        self.backlog = TenantBacklog(redis, keys)
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> OutputStore:
@@ -241,10 +243,6 @@ class OutputStore:
         if output_ids:
             self._drop_pending(keys=[self.keys.pending, self.keys.pending_by_tenant],
                                args=[json.dumps(list(output_ids))])
-
-    def pending_by_tenant(self) -> dict[str, int]:
-        """Outputs waiting to be scored, by tenant (`default` for the open mode's)."""
-        return {text(k): int(v) for k, v in self.redis.hgetall(self.keys.pending_by_tenant).items()}
 
     def delete(self, output_id: str) -> bool:
         """Erase an output and every entry naming it (see store_scripts.DELETE); False if there is none. A job still

@@ -22,7 +22,7 @@ def test_mypy_is_clean() -> None:
 # may shrink, never grow, and leaves the list once it fits. (The style's floor of 50 lines is not
 # held: a jobs module or a package's __init__ is short by nature.)
 LONGER_THAN_300 = {
-    "service/store.py": 306,
+    "service/store.py": 304,
     "models/injury_data.py": 314,
     "models/cards.py": 318, "models/variants.py": 359,
 }

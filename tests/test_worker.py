@@ -399,7 +399,7 @@ def test_a_tenant_past_its_fair_share_waits_in_the_bulk_lane_which_is_still_drai
     name = {job: request for request, job in jobs_of.items()}
     assert [name[j] for j in lanes["default"]] == ["a1", "a2", "b1", "b2", "c1", "c2"]
     assert [name[j] for j in lanes["bulk"]] == ["a3", "a4"]
-    assert core.store.pending_by_tenant() == {"a": 8, "b": 4, "c": 4}
+    assert core.store.backlog.counts() == {"a": 8, "b": 4, "c": 4}
 
     _run_burst(redis, settings)
     records = [r for r in core.store.get_many([f"{t}~{n}-0" for t, n in (
@@ -408,4 +408,12 @@ def test_a_tenant_past_its_fair_share_waits_in_the_bulk_lane_which_is_still_drai
     order = [r["id"].replace("~", "").split("-")[0] for r in sorted(records, key=lambda r: r["scored_at"])]
     # b and c are not queued behind a's excess; one batch in four (queueing.BULK_EVERY) still takes it.
     assert order == ["a1", "a2", "b1", "a3", "b2", "c1", "c2", "a4"]
-    assert core.store.pending_by_tenant() == {"a": 0, "b": 0, "c": 0}
+    assert core.store.backlog.counts() == {"a": 0, "b": 0, "c": 0}
+
+
+def test_a_worker_start_counts_the_pending_set_by_tenant_once(redis: Redis, settings: Settings) -> None:
+    keys = Redline(settings, redis).keys
+    redis.zadd(keys.pending, {"t~queued-by-an-earlier-release": 1.0})
+    build_worker(redis, settings).heart.stop()
+    assert Redline(settings, redis).store.backlog.counts() == {"t": 1}
+    assert redis.get(keys.pending_counted) == b"1"

@@ -32,6 +32,9 @@ def build_scorer(redis: Redis, settings: Settings, worker_name: str | None = Non
     store = OutputStore.from_settings(redis, settings)
     prints = fingerprints(configs.values())
     claim_versions(store, configs, prints)  # before the slow load: a clash is found at once
+    counted = store.backlog.recount_once()
+    if counted is not None:  # the first worker of a deployment, or of the release that brought the counts
+        log.info("counted the %d outputs waiting to be scored by tenant", counted)
     detectors = load_detectors(configs, settings.providers, threads)
     # Host and PID say where a worker runs; the suffix keeps names unique where both repeat. A
     # container restarted after an unclean death (OOM kill) has the same hostname and PID 1, and RQ
