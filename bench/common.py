@@ -15,8 +15,11 @@ from pathlib import Path
 import onnxruntime as ort
 import requests
 
+from models import synthetic, variants
+from service.detector_config import load_configs
 from service.embedded_redis import EmbeddedRedis
 from service.processes import die_with_parent, free_port
+from service.settings import Settings
 from workers.cpus import CGROUP_ROOT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +36,20 @@ def machine() -> str:
         pass
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"onnxruntime {ort.__version__}")
+
+
+def bench_models(models_dir: Path | None, tmp: Path) -> Path:
+    """`models_dir`, else the shipped detectors (their graphs built from the committed files), else a
+    synthetic model of MiniLM-like compute built under `tmp` (and said so)."""
+    if models_dir is not None:
+        return models_dir
+    shipped = Settings().models_dirs[0]
+    variants.ensure()  # the shipped graphs are built from committed files, not committed
+    if load_configs([shipped]):
+        return shipped
+    synthetic.build(tmp / "synthetic", encoder_layers=6)
+    print("no shipped detectors: using a synthetic model of MiniLM-like compute")
+    return tmp / "synthetic"
 
 
 class LocalRedline:

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from models import synthetic, variants
 from service.detector_config import load_configs
 from service.settings import Settings
 from workers.detector import load_detectors
 
-from .common import LocalRedline, machine
+from .common import LocalRedline, bench_models, machine
 
 WORDS = ("the patient said the results were fine but the doctor wanted more tests before the surgery "
          "and the family asked about recovery time after the accident on the highway last week").split()
@@ -108,16 +107,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        models_dir = args.models_dir
-        if models_dir is None:
-            shipped = Settings().models_dirs[0]
-            variants.ensure()  # the shipped graphs are built from committed files, not committed
-            if load_configs([shipped]):
-                models_dir = shipped
-            else:
-                models_dir = Path(tmp) / "synthetic"
-                synthetic.build(models_dir, encoder_layers=6)
-                print("no shipped detectors: using a synthetic model of MiniLM-like compute")
+        models_dir = bench_models(args.models_dir, Path(tmp))
         texts = make_texts(512, args.words)
         print(f"machine: {machine()}")
         print(f"models: {models_dir}")

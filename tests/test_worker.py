@@ -417,3 +417,16 @@ def test_a_worker_start_counts_the_pending_set_by_tenant_once(redis: Redis, sett
     build_worker(redis, settings).heart.stop()
     assert Redline(settings, redis).store.backlog.counts() == {"t": 1}
     assert redis.get(keys.pending_counted) == b"1"
+
+
+def test_a_batch_that_began_outside_the_bulk_lane_takes_no_bulk_job(redis: Redis, settings: Settings) -> None:
+    # Filling it from the bulk lane would make the other tenants' outputs wait for a backfill job's scores.
+    settings = dataclasses.replace(settings, tenant_fair_share=2, max_batch=64)
+    core = Redline(settings, redis)
+    for tenant, n in (("a", 1), ("a", 2), ("b", 1)):  # a's second request is past its share: bulk
+        core.submit([NewOutput(id=f"{tenant}~{n}-{i}", model="m", response=TEXTS[i]) for i in range(2)])
+    assert core.queues.by_priority["bulk"].count == 1
+    _run_burst(redis, settings)
+    batch = {i: r["batch"]["id"] for i, r in zip(("a1", "a2", "b1"), core.store.get_many(["a~1-0", "a~2-0", "b~1-0"]),
+                                                   strict=True) if r}
+    assert batch["a1"] == batch["b1"] != batch["a2"]  # a's bulk job was scored in a batch of its own

@@ -45,7 +45,8 @@ class ScoringWorker(SimpleWorker):
     def reorder_queues(self, reference_queue: Queue) -> None:
         """Where the next batch starts (RQ calls this after each dequeue of its loop: once a batch).
         One batch in BULK_EVERY starts from the bulk lane, right after sync requests, so a tenant past
-        its fair share is slowed, never starved; the others, and every batch's filling, go in lane order."""
+        its fair share is slowed, never starved; the others start in lane order (see `_gather` for
+        how a batch fills)."""
         self.batches_started += 1
         bulk = self.heart.queues.by_priority[BULK]
         lanes = [q for q in self.queues if q is not bulk]
@@ -143,9 +144,13 @@ class ScoringWorker(SimpleWorker):
         self.heart.hold([job.id])
         ids = _output_ids(job)
         deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000
+        # Bulk-lane jobs ride only in batches that began in the bulk lane: in another, a tenant's
+        # backfill job would make the other tenants' outputs wait for its scores too.
+        bulk = self.heart.queues.by_priority[BULK].key  # RQ hands back a new Queue object: compare keys
+        lanes = self.queues if queue.key == bulk else [q for q in self.queues if q.key != bulk]
         while len(ids) < self.settings.max_batch:
             try:
-                found = self.queue_class.dequeue_any(self.queues, None, connection=self.connection,
+                found = self.queue_class.dequeue_any(lanes, None, connection=self.connection,
                                                      job_class=self.job_class, serializer=self.serializer)
             except REDIS_LOST:
                 break  # a job popped as Redis went away is never seen here: the reaper requeues it
