@@ -14,7 +14,7 @@ import numpy as np
 from service import evaluation as ev
 from service.detector_config import load_configs
 
-from . import assemble, variants
+from . import assemble, int8, variants
 from .datasets import HELDOUT_SETS, Example, load_injury_heldout
 from .heads import tfidf_baseline
 from .recipe import DETECTORS, HERE, SHARED, TARGET_FNR, VERSION
@@ -55,7 +55,7 @@ def metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[st
 def write_calibration_texts(splits: dict[str, Split]) -> None:
     """Committed, so that deriving the int8 variant needs no dataset and never sees validation rows."""
     rows = [{"detector": name, "prompt": e.prompt, "response": e.response} for name, e in calibration_rows(splits)]
-    variants.CALIBRATION_TEXTS.write_text(json.dumps(rows, indent=0, ensure_ascii=False) + "\n")
+    int8.CALIBRATION_TEXTS.write_text(json.dumps(rows, indent=0, ensure_ascii=False) + "\n")
 
 
 # The issue's parity bars: what a CPU worker serves is int8 only while every head's int8 scores are

@@ -30,9 +30,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .variants import SMOOTHING_ALPHA
+from .int8 import SMOOTHING_ALPHA
 
-# The Linears of one BERT self-attention that read the same hidden states (models.variants.smooth
+# The Linears of one BERT self-attention that read the same hidden states (models.int8.smooth
 # groups MatMuls by their input, which gives the same groups).
 SHARED_INPUT = (".query", ".key", ".value")
 # Training steps between two measurements of the activation ranges: they move as the encoder trains,
@@ -84,7 +84,7 @@ class FakeInt8:
         return self.calibrated_at is None or step - self.calibrated_at >= RECALIBRATE_EVERY
 
     def calibrate(self, batches: Iterable[dict[str, Any]], step: int = 0) -> None:
-        """The variant's activation ranges (`models.variants.activation_ranges`): per input channel,
+        """The variant's activation ranges (`models.int8.activation_ranges`): per input channel,
         the largest |x| over the real (unpadded) tokens of `batches`, float path, dropout off. They
         move as the encoder trains, so training calls this again every few hundred steps."""
         import torch
@@ -129,7 +129,7 @@ class FakeInt8:
                 w_range = torch.stack([self._weight(m, d).abs().amax(0) for m, d in self.groups[g]]).amax(0)
                 s = (self.x_range[g] ** SMOOTHING_ALPHA / w_range.clamp(min=1e-5) ** (1 - SMOOTHING_ALPHA)
                      ).clamp(1e-3, 1e3)
-                s = torch.exp2(torch.round(torch.log2(s)))  # as models.variants.power_of_two
+                s = torch.exp2(torch.round(torch.log2(s)))  # as models.int8.power_of_two
             return F.linear(per_token_int8(x / s, self.levels), per_channel_int8(weight * s, self.levels), module.bias)
 
         return forward

@@ -26,12 +26,12 @@ def test_fake_int8_matches_the_int8_graph_layer_by_layer(tmp_path: Path, monkeyp
     import torch
     from onnx import helper
 
-    from models import encoder, variants
+    from models import encoder, int8
     from models.datasets import Example
     from models.quant_aware import FakeInt8
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    rows = json.loads(variants.CALIBRATION_TEXTS.read_text())
+    rows = json.loads(int8.CALIBRATION_TEXTS.read_text())
     calibration = [Example(r["prompt"], r["response"], 0, "", "") for r in rows[::10]]
     texts = [Example(r["prompt"], r["response"], 0, "", "") for r in rows[1::40]]
     featurizer = encoder.Featurizer()  # the pretrained encoder: real activation outliers, no training
@@ -39,9 +39,9 @@ def test_fake_int8_matches_the_int8_graph_layer_by_layer(tmp_path: Path, monkeyp
     fp32 = tmp_path / "fp32.onnx"
     encoder.export_onnx(module, featurizer, fp32, "logits")
 
-    ranges = variants.activation_ranges(fp32, [(e.prompt, e.response) for e in calibration])
-    graph = variants.quantize_per_token(variants.smooth(onnx.load(str(fp32)), ranges))
-    matmuls = variants._weight_matmuls(onnx.load(str(fp32)))  # names and inputs as before smoothing
+    ranges = int8.activation_ranges(fp32, [(e.prompt, e.response) for e in calibration])
+    graph = int8.quantize_per_token(int8.smooth(onnx.load(str(fp32)), ranges))
+    matmuls = int8.weight_matmuls(onnx.load(str(fp32)))  # names and inputs as before smoothing
     assert len(matmuls) == 36
     wanted = sorted({n.input[0] for n in matmuls} | {n.output[0] for n in matmuls})
     graph.graph.output.extend([helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in wanted])

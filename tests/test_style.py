@@ -24,7 +24,7 @@ def test_mypy_is_clean() -> None:
 LONGER_THAN_300 = {
     "service/store.py": 304,
     "models/injury_data.py": 314,
-    "models/cards.py": 318, "models/variants.py": 359,
+    "models/cards.py": 318,
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import assemble, variants
+from models import assemble, int8, variants
 from workers import detector
 from workers.detector import OnnxModel
 
@@ -40,11 +40,11 @@ def test_ensure_rebuilds_a_variant_derived_by_another_recipe(tmp_path: Path) -> 
 def test_smoothing_factors_are_powers_of_two_and_absorb_last_bit_noise() -> None:
     rng = np.random.default_rng(0)
     s = np.exp(rng.normal(0, 2, size=10_000)).astype(np.float32)
-    rounded = variants.power_of_two(s)
+    rounded = int8.power_of_two(s)
     assert np.all(np.log2(rounded) == np.round(np.log2(rounded)))
     assert np.all((rounded / s <= np.sqrt(2) + 1e-6) & (s / rounded <= np.sqrt(2) + 1e-6))
     # Ranges from another CPU's fp32 kernels differ in their last bits: the grid hides that.
-    jittered = variants.power_of_two(s * (1 + rng.uniform(-1e-6, 1e-6, size=s.size)).astype(np.float32))
+    jittered = int8.power_of_two(s * (1 + rng.uniform(-1e-6, 1e-6, size=s.size)).astype(np.float32))
     assert np.mean(jittered == rounded) > 0.999
 
 
