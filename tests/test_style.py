@@ -23,7 +23,6 @@ def test_mypy_is_clean() -> None:
 # held: a jobs module or a package's __init__ is short by nature.)
 LONGER_THAN_300 = {
     "service/store.py": 304,
-    "models/injury_data.py": 314,
     "models/cards.py": 318,
 }
 
