@@ -138,8 +138,8 @@ class OutputStore:
         result = self._create(keys=[self.keys.pending, self.keys.counters, self.keys.models,
                                     self.keys.pending_by_tenant],
                               args=[self.ttl_s, repr(now), self.keys.prefix, json.dumps(records),
-                                    _bound(self.max_models), _bound(self.max_pending),
-                                    _bound(self.max_pending_per_tenant)])
+                                    scripts.bound(self.max_models), scripts.bound(self.max_pending),
+                                    scripts.bound(self.max_pending_per_tenant)])
         states = [r.decode() for r in result]
         if states and states[0] == "conflict":
             raise Conflict(f"output id {states[1]!r} already exists with different content")
@@ -232,7 +232,7 @@ class OutputStore:
         nothing, when they would take the backlog past `max_pending`."""
         result = self._retry(keys=[self.keys.pending, self.keys.dead, self.keys.pending_by_tenant],
                              args=[self.keys.prefix, job_id, repr(self.clock()), json.dumps(list(output_ids)),
-                                   _bound(self.max_pending), _bound(self.max_pending_per_tenant)])
+                                   scripts.bound(self.max_pending), scripts.bound(self.max_pending_per_tenant)])
         states = [text(r) for r in result]
         if full := BacklogFull.from_reply(states):
             raise full
@@ -272,10 +272,6 @@ class OutputStore:
     def counters(self) -> dict[str, int]:
         """Exactly-once counters keyed `event|detector|model` (e.g. `scored|injury|gpt-x`) or `failed|model`."""
         return {text(k): int(v) for k, v in self.redis.hgetall(self.keys.counters).items()}
-
-
-def _bound(most: int | None) -> int:
-    return -1 if most is None else most  # the scripts' "no bound"
 
 
 _JSON_FIELDS = ("detectors", "metadata", "scores", "batch")

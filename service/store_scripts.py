@@ -4,7 +4,14 @@ half of one. Each script's comment gives its KEYS and ARGV; `store.py` passes th
 window scripts are in `label_scripts`; review leases and version claims keep theirs beside their code.
 """
 
+from __future__ import annotations
+
 from .label_scripts import WINDOW_PUT
+
+
+def bound(most: int | None) -> int:
+    """A bound as the scripts' ARGV takes it: -1 for none."""
+    return -1 if most is None else most
 
 # Shared by every script that adds to or takes from the pending set: keeps the per-tenant count of
 # pending outputs (REDLINE_MAX_PENDING_PER_TENANT) in step with the set itself, by the set's own answer
