@@ -110,8 +110,9 @@ def test_the_backlog_bound_counts_only_new_outputs_and_holds_across_api_processe
 def test_sigkilled_workers_lose_nothing_and_score_each_output_once(redis_url: str, shipped_models: Path,
                                                                    tmp_path: Path) -> None:
     prefix = "chaos" + uuid.uuid4().hex[:6]
+    # With a fair share, past the first 1,000 outputs jobs wait in the bulk lane: kills hit jobs of both.
     env = redline_env(redis_url, shipped_models, prefix, worker_ttl_s=4, requeue_after_s=3, max_attempts=100,
-                      max_batch=32, max_outputs_per_request=100)
+                      max_batch=32, max_outputs_per_request=100, tenant_fair_share=1000)
     redis = Redis.from_url(redis_url)
     api, base = start_api(env, tmp_path / "api.log")
     workers = [start_worker(env, tmp_path / f"w{i}.log", redis, prefix) for i in range(2)]
@@ -129,6 +130,7 @@ def test_sigkilled_workers_lose_nothing_and_score_each_output_once(redis_url: st
 
     try:
         submit(3000)
+        assert redis.llen(f"rq:queue:{prefix}-bulk") > 0
         rng = random.Random(0)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and (redis.zcard(f"{prefix}:pending") or kills < 3):
