@@ -92,8 +92,7 @@ class Redline:
         to wait in the bulk lane. No Redis call while every tenant shares one lane."""
         if not self.settings.tenant_fair_share:
             return DEFAULT
-        # One field per tenant of the keys file: a small hash.
-        return self.queues.lane(self.store.backlog.counts().get(tenant_of(internal_id), 0))
+        return self.queues.lane(self.store.backlog.count(tenant_of(internal_id)))
 
     def _require_detector(self, detector: str) -> None:
         if detector not in self.detectors:

@@ -31,29 +31,30 @@ class Fleet:
         cutoff = self.store.clock() - self.settings.worker_ttl_s  # the clock workers beat by
         return int(self.redis.zcount(self.keys.workers, cutoff, "+inf"))
 
+    def served(self) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, dict[str, int]]]]:
+        """From one read of the heartbeats: by detector, then version, how many live scoring workers have
+        it loaded (a detector this API serves that no live worker loads fails every output that asks for
+        it: rollout order, models/README); and by detector, version, then fingerprint, how many score it
+        with those files. Two fingerprints under one version mix two models' scores in its windows:
+        workers refuse that at start, but a version's claim released (`redline versions release`) while
+        workers on the old files still run lets a worker on new files join them. Workers of earlier
+        releases publish no fingerprints: they count in the first only."""
+        versions: dict[str, dict[str, int]] = {}
+        files: dict[str, dict[str, dict[str, int]]] = {}
+        for served, prints in self._live():
+            for detector, version in served.items():
+                versions.setdefault(detector, {}).setdefault(version, 0)
+                versions[detector][version] += 1
+                if detector in prints:
+                    counts = files.setdefault(detector, {}).setdefault(version, {})
+                    counts[prints[detector]] = counts.get(prints[detector], 0) + 1
+        return versions, files
+
     def served_versions(self) -> dict[str, dict[str, int]]:
-        """By detector, then version: how many live scoring workers have it loaded. A detector this API
-        serves that no live worker loads fails every output that asks for it (rollout order, models/README)."""
-        served: dict[str, dict[str, int]] = {}
-        for versions, _ in self._live():
-            for detector, version in versions.items():
-                served.setdefault(detector, {}).setdefault(version, 0)
-                served[detector][version] += 1
-        return served
+        return self.served()[0]
 
     def served_files(self) -> dict[str, dict[str, dict[str, int]]]:
-        """By detector, then version, then fingerprint: how many live workers score it with those files.
-        Two fingerprints under one version mix two models' scores in its windows: workers refuse that at
-        start, but a version's claim released (`redline versions release`) while workers on the old
-        files still run lets a worker on new files join them. Workers of earlier releases, which publish
-        no fingerprints, are left out."""
-        served: dict[str, dict[str, dict[str, int]]] = {}
-        for versions, files in self._live():
-            for detector, fingerprint in files.items():
-                if detector in versions:
-                    counts = served.setdefault(detector, {}).setdefault(versions[detector], {})
-                    counts[fingerprint] = counts.get(fingerprint, 0) + 1
-        return served
+        return self.served()[1]
 
     def _live(self) -> list[tuple[dict[str, str], dict[str, str]]]:
         """Per live worker: what it serves ({detector: version}) and with which files ({detector: fingerprint})."""

@@ -119,9 +119,10 @@ class RedlineCollector(Collector):
         yield by_tenant
         yield GaugeMetricFamily("redline_workers_alive", "Scoring workers with a recent heartbeat",
                                 value=self.redline.fleet.workers_alive())
-        yield self._detector_workers()
+        versions, files = self.redline.fleet.served()
+        yield self._detector_workers(versions)
         yield self._files_match()
-        yield self._worker_files()
+        yield self._worker_files(files)
         yield self._review_waiting(r, keys)
         if self.quality is not None:
             yield GaugeMetricFamily("redline_quality_computed_timestamp_seconds",
@@ -162,10 +163,9 @@ class RedlineCollector(Collector):
                 family.add_metric([model, detector], count)
         return family
 
-    def _detector_workers(self) -> GaugeMetricFamily:
+    def _detector_workers(self, served: dict[str, dict[str, int]]) -> GaugeMetricFamily:
         family = GaugeMetricFamily("redline_detector_workers", "Live scoring workers that have a detector loaded, "
                                    "by the version they serve", labels=["detector", "version"])
-        served = self.redline.fleet.served_versions()
         # 0 for the version this API serves, so that "no worker loads it" is a series an alert can read.
         for name, config in self.redline.detectors.items():
             served.setdefault(name, {}).setdefault(config.version, 0)
@@ -174,11 +174,11 @@ class RedlineCollector(Collector):
                 family.add_metric([detector, version], count)
         return family
 
-    def _worker_files(self) -> GaugeMetricFamily:
+    def _worker_files(self, files: dict[str, dict[str, dict[str, int]]]) -> GaugeMetricFamily:
         family = GaugeMetricFamily("redline_detector_worker_files", "Distinct files (fingerprints) live workers "
                                    "score a detector version with: above 1, that version's windows mix models",
                                    labels=["detector", "version"])
-        for detector, versions in sorted(self.redline.fleet.served_files().items()):
+        for detector, versions in sorted(files.items()):
             for version, prints in sorted(versions.items()):
                 family.add_metric([detector, version], len(prints))
         return family

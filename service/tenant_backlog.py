@@ -5,6 +5,8 @@ them, and counts them from the pending set itself once, for the outputs queued b
 
 from __future__ import annotations
 
+from typing import cast
+
 from redis import Redis
 
 from .keys import Keys, text
@@ -37,6 +39,10 @@ class TenantBacklog:
     def counts(self) -> dict[str, int]:
         """Outputs waiting to be scored, by tenant (`default` for the open mode's)."""
         return {text(k): int(v) for k, v in self.redis.hgetall(self.keys.pending_by_tenant).items()}
+
+    def count(self, tenant: str) -> int:
+        """Outputs of `tenant` waiting to be scored."""
+        return int(cast("bytes | None", self.redis.hget(self.keys.pending_by_tenant, tenant)) or 0)
 
     def recount_once(self) -> int | None:
         """Count the pending set by tenant, unless that was done before in this deployment; returns how

@@ -45,7 +45,7 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
         return release(core, claims, args.detector, args.version)
     prints = fingerprints(core.detectors.values())  # by detector name
     here = {name: (config.version, prints[name]) for name, config in core.detectors.items()}
-    served, files_served = core.fleet.served_versions(), core.fleet.served_files()
+    served, files_served = core.fleet.served()
     now = datetime.now(tz=UTC)
     rows = [("DETECTOR", "VERSION", "FINGERPRINT", "LAPSES", "LIVE WORKERS", "OTHER FILES", "FILES HERE")]
     for detector, version, fingerprint, ttl_s in claims:
@@ -75,8 +75,9 @@ def release(core: Redline, claims: list[Claim], detector: str, version: str) -> 
     print(f"released {detector} {version!r} (was claimed by {held.get((detector, version), '?')[:16]}): the next "
           "worker to load it claims it for its files, and that version's windows then hold both models' scores",
           file=sys.stderr)
-    live = core.fleet.served_versions().get(detector, {}).get(version, 0)
-    by_print = core.fleet.served_files().get(detector, {}).get(version, {})
+    served, files = core.fleet.served()
+    live = served.get(detector, {}).get(version, 0)
+    by_print = files.get(detector, {}).get(version, {})
     unknown = live - sum(by_print.values())  # workers of an earlier release publish no fingerprints
     old = by_print.get(held.get((detector, version), ""), 0) + unknown
     if old:

@@ -48,13 +48,15 @@ class ScoringWorker(SimpleWorker):
         its fair share is slowed, never starved; the others start in lane order (see `_gather` for
         how a batch fills)."""
         self.batches_started += 1
-        bulk = self.heart.queues.by_priority[BULK]
-        lanes = [q for q in self.queues if q is not bulk]
-        if self.batches_started % BULK_EVERY == BULK_EVERY - 1:
-            lanes.insert(1, bulk)
-        else:
-            lanes.append(bulk)
+        lanes, bulk = self._lanes_but_bulk()
+        lanes.insert(1 if self.batches_started % BULK_EVERY == BULK_EVERY - 1 else len(lanes), bulk)
         self._ordered_queues = lanes
+
+    def _lanes_but_bulk(self) -> tuple[list[Queue], Queue]:
+        """The lanes in order without the bulk lane, and the bulk lane. By key: RQ hands back a new
+        Queue object with each dequeued job."""
+        bulk = self.heart.queues.by_priority[BULK]
+        return [q for q in self.queues if q.key != bulk.key], bulk
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         # A SIGTERM from here on finishes the batch, then stops.
@@ -146,8 +148,8 @@ class ScoringWorker(SimpleWorker):
         deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000
         # Bulk-lane jobs ride only in batches that began in the bulk lane: in another, a tenant's
         # backfill job would make the other tenants' outputs wait for its scores too.
-        bulk = self.heart.queues.by_priority[BULK].key  # RQ hands back a new Queue object: compare keys
-        lanes = self.queues if queue.key == bulk else [q for q in self.queues if q.key != bulk]
+        others, bulk = self._lanes_but_bulk()
+        lanes = self.queues if queue.key == bulk.key else others
         while len(ids) < self.settings.max_batch:
             try:
                 found = self.queue_class.dequeue_any(lanes, None, connection=self.connection,
