@@ -53,9 +53,6 @@ class Fleet:
     def served_versions(self) -> dict[str, dict[str, int]]:
         return self.served()[0]
 
-    def served_files(self) -> dict[str, dict[str, dict[str, int]]]:
-        return self.served()[1]
-
     def _live(self) -> list[tuple[dict[str, str], dict[str, str]]]:
         """Per live worker: what it serves ({detector: version}) and with which files ({detector: fingerprint})."""
         cutoff = self.store.clock() - self.settings.worker_ttl_s

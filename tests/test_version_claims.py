@@ -200,7 +200,7 @@ def test_live_workers_on_two_files_under_one_version_are_seen_and_exported(
     second = build_worker(redis, dataclasses.replace(settings, models_dirs=(changed,)))
     try:
         new = fingerprints(load_configs([changed]).values())["injury"]
-        assert core.fleet.served_files() == {"injury": {"synthetic-1": {prints["injury"]: 1, new: 1}},
+        assert core.fleet.served()[1] == {"injury": {"synthetic-1": {prints["injury"]: 1, new: 1}},
                                              "deception": {"synthetic-1": {prints["deception"]: 2}}}
         scrape = Scrape(core)
         assert {n: scrape.get_sample_value("redline_detector_worker_files", {"detector": n, "version": "synthetic-1"})
@@ -208,7 +208,7 @@ def test_live_workers_on_two_files_under_one_version_are_seen_and_exported(
     finally:
         first.heart.stop()
         second.heart.stop()
-    assert core.fleet.served_files() == {}  # stopped workers are not live
+    assert core.fleet.served()[1] == {}  # stopped workers are not live
 
 
 def test_redline_versions_lists_the_claims_and_releases_one_for_other_files(
