@@ -19,7 +19,7 @@ from .fleet import Fleet
 from .keys import Keys, text
 from .monitoring import Monitor, Window
 from .quality_snapshot import QualitySnapshots
-from .queueing import DEFAULT, HIGH, ScoreQueues, new_job_id
+from .queueing import HIGH, ScoreQueues, new_job_id
 from .review_queues import Lease
 from .settings import Settings
 from .store import QUEUED, BacklogFull, NewOutput, OutputStore
@@ -63,8 +63,10 @@ class Redline:
             self.store.apply_labels([(o.id, o.model, d, v) for o in existing if o.labeled_by == by
                                      for d, v in o.labels.items()], by)
         if fresh:
-            # If we die between create and enqueue, the reaper queues these outputs again.
-            self.queues.enqueue(fresh, job_id, HIGH if sync else self._lane(fresh[0]))
+            # If we die between create and enqueue, the reaper queues these outputs again. One
+            # request's outputs share one tenant.
+            lane = HIGH if sync else self.queues.lane(tenant_of(fresh[0]), self.store.backlog)
+            self.queues.enqueue(fresh, job_id, lane)
         return states, token
 
     def retry_failed(self, ids: list[str], who: Principal = OPEN) -> dict[str, Any]:
@@ -79,20 +81,12 @@ class Redline:
         requeued = [i for i, s in zip(ids, states, strict=True) if s == "requeued"]
         if requeued:
             # If we die between the script and the enqueue, the reaper queues these outputs again.
-            internal = [who.output_id(i) for i in requeued]
-            self.queues.enqueue(internal, job_id, self._lane(internal[0]))
+            self.queues.enqueue([who.output_id(i) for i in requeued], job_id,
+                                self.queues.lane(who.tenant, self.store.backlog))
         return {"requeued": requeued,
                 "skipped": [{"id": i, "status": s} for i, s in zip(ids, states, strict=True)
                             if s not in ("requeued", "missing")],
                 "missing": [i for i, s in zip(ids, states, strict=True) if s == "missing"]}
-
-    def _lane(self, internal_id: str) -> str:
-        """The lane for a job of this output's tenant (one request's outputs share one tenant): read
-        after the outputs are stored, so a submission that takes its tenant past its share is the first
-        to wait in the bulk lane. No Redis call while every tenant shares one lane."""
-        if not self.settings.tenant_fair_share:
-            return DEFAULT
-        return self.queues.lane(self.store.backlog.count(tenant_of(internal_id)))
 
     def _require_detector(self, detector: str) -> None:
         if detector not in self.detectors:

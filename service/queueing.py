@@ -11,6 +11,7 @@ from rq.serializers import JSONSerializer
 
 from .keys import Keys
 from .settings import Settings
+from .tenant_backlog import TenantBacklog
 
 # The API enqueues by dotted path so it never imports the worker code (or onnxruntime).
 SCORE_JOB = "workers.jobs.score_outputs"
@@ -44,11 +45,12 @@ class ScoreQueues:
         """Queues in the order workers should drain them: sync requests first, the bulk lane last."""
         return [self.by_priority[p] for p in PRIORITIES]
 
-    def lane(self, tenant_pending: int) -> str:
-        """DEFAULT, or BULK for a tenant whose outputs waiting to be scored (this submission's
-        included) are past REDLINE_TENANT_FAIR_SHARE."""
+    def lane(self, tenant: str, backlog: TenantBacklog) -> str:
+        """The lane for a job of `tenant`'s outputs, read once they are stored (so the submission that
+        takes its tenant past REDLINE_TENANT_FAIR_SHARE is the first to wait): DEFAULT, or BULK past
+        the share. No Redis call while every tenant shares one lane."""
         share = self.settings.tenant_fair_share
-        return BULK if share and tenant_pending > share else DEFAULT
+        return BULK if share and backlog.count(tenant) > share else DEFAULT
 
     def enqueue(self, output_ids: Sequence[str], job_id: str, priority: str = DEFAULT) -> None:
         """Queue one scoring job for these ids (the records must already be stored)."""

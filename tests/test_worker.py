@@ -132,6 +132,21 @@ def test_reaper_requeues_outputs_whose_job_was_lost(redis: Redis, settings: Sett
     assert core.store.counters()["scored|injury|m"] == 3
 
 
+def test_the_reaper_requeues_each_tenants_outputs_in_its_own_lane(redis: Redis, settings: Settings) -> None:
+    # A tenant past its fair share whose job was abandoned (its worker killed) waits in the bulk lane
+    # again, rather than jumping ahead of the other tenants' outputs.
+    core = Redline(settings=dataclasses.replace(settings, tenant_fair_share=2), redis=redis)
+    core.store.create([NewOutput(id=f"a~{i}", model="a~m", response="hello", detectors=["injury"]) for i in range(3)],
+                      job_id="dead-job")
+    core.store.create([NewOutput(id="b~0", model="b~m", response="hello", detectors=["injury"])], job_id="dead-job")
+    time.sleep(0.01)
+    assert requeue_abandoned(redis, core.store, core.queues, older_than_s=0, chunk=32) == 4
+    jobs = {p: [text(j) for j in redis.lrange(q.key, 0, -1)] for p, q in core.queues.by_priority.items()}
+    assert len(jobs["bulk"]) == 1 and len(jobs["default"]) == 1 and not jobs["high"]
+    assert core.store.get("a~0")["job"] == jobs["bulk"][0]  # type: ignore[index]
+    assert core.store.get("b~0")["job"] == jobs["default"][0]  # type: ignore[index]
+
+
 def test_the_reaper_leaves_outputs_that_expired_or_were_scored_after_it_read_them(
         redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     core = Redline(settings, redis)

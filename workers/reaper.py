@@ -13,6 +13,7 @@ from typing import cast
 
 from redis import Redis
 
+from service.auth import tenant_of
 from service.keys import Keys, text
 from service.queueing import ScoreQueues, new_job_id
 from service.store import QUEUED, OutputStore
@@ -48,14 +49,19 @@ def requeue_abandoned(redis: Redis, store: OutputStore, queues: ScoreQueues, old
     for record in exhausted:
         reason = f"gave up after {max_attempts} scoring attempts; last error: {job_error(redis, record.get('job', ''))}"
         store.finish_failed({record["id"]: reason})  # lists it as a dead letter too
-    orphans = [r["id"] for r in lost if r not in exhausted]
+    by_tenant: dict[str, list[str]] = {}  # each tenant's back in its own lane (REDLINE_TENANT_FAIR_SHARE)
+    for record in lost:
+        if record not in exhausted:
+            by_tenant.setdefault(tenant_of(record["id"]), []).append(record["id"])
     requeued = 0
-    for start in range(0, len(orphans), chunk):
-        job_id = new_job_id()
-        part = store.reassign(orphans[start:start + chunk], job_id)  # those still queued, as of now
-        if part:
-            queues.enqueue(part, job_id)
-            requeued += len(part)
+    for tenant, orphans in sorted(by_tenant.items()):
+        lane = queues.lane(tenant, store.backlog)
+        for start in range(0, len(orphans), chunk):
+            job_id = new_job_id()
+            part = store.reassign(orphans[start:start + chunk], job_id)  # those still queued, as of now
+            if part:
+                queues.enqueue(part, job_id, lane)
+                requeued += len(part)
     if requeued:
         log.warning("requeued %d abandoned outputs", requeued)
     return requeued
