@@ -39,6 +39,7 @@ class ScoringWorker(SimpleWorker):
     scorer: Scorer
     heart: Heart
     settings: Settings
+    lanes: ScoreQueues  # the queues it was built to drain (`self.queues`), by priority
     last_report: BatchReport | None = None
     batches_started = 0
 
@@ -55,7 +56,7 @@ class ScoringWorker(SimpleWorker):
     def _lanes_but_bulk(self) -> tuple[list[Queue], Queue]:
         """The lanes in order without the bulk lane, and the bulk lane. By key: RQ hands back a new
         Queue object with each dequeued job."""
-        bulk = self.heart.queues.by_priority[BULK]
+        bulk = self.lanes.by_priority[BULK]
         return [q for q in self.queues if q.key != bulk.key], bulk
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -193,6 +194,7 @@ def build_worker(redis: Redis, settings: Settings, name: str | None = None) -> S
     worker = ScoringWorker(queues.ordered, connection=redis, serializer=JSONSerializer, name=scorer.worker)
     worker.scorer = scorer
     worker.settings = settings
+    worker.lanes = queues
     worker.heart = Heart(redis, settings, scorer.worker, queues, scorer)
     worker.heart.beat()
     worker.heart.start()
