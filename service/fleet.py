@@ -10,7 +10,6 @@ from typing import cast
 from redis import Redis
 
 from .detector_config import DetectorConfig, fingerprints
-from .keys import Keys
 from .settings import Settings
 from .store import OutputStore
 
@@ -23,7 +22,7 @@ class Fleet:
     def __init__(self, redis: Redis, settings: Settings, store: OutputStore,
                  detectors: dict[str, DetectorConfig]) -> None:
         self.redis, self.settings, self.store, self.detectors = redis, settings, store, detectors
-        self.keys = Keys(settings.queue_prefix)
+        self.keys = store.keys
         self._fingerprints: dict[str, str] | None = None  # see files_match
         self._warned_files: set[str] = set()  # detectors whose differing files this process has logged
 
