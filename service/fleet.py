@@ -1,15 +1,18 @@
-"""The scoring workers as the API sees them: how many are alive, which detector versions they have
-loaded, and whether this API's detector files are the ones those versions are scored with."""
+"""The scoring workers as their heartbeats show them: how many are alive, which detector versions they
+have loaded, and whether this API's detector files are the ones those versions are scored with. Read by
+the API, and by a worker looking for one that can score what it cannot (`workers.handoff`)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from typing import cast
 
 from redis import Redis
 
 from .detector_config import DetectorConfig, fingerprints
+from .keys import text
 from .settings import Settings
 from .store import OutputStore
 
@@ -40,7 +43,7 @@ class Fleet:
         releases publish no fingerprints: they count in the first only."""
         versions: dict[str, dict[str, int]] = {}
         files: dict[str, dict[str, dict[str, int]]] = {}
-        for served, prints in self._live():
+        for _, served, prints in self._live():
             for detector, version in served.items():
                 versions.setdefault(detector, {}).setdefault(version, 0)
                 versions[detector][version] += 1
@@ -52,8 +55,14 @@ class Fleet:
     def served_versions(self) -> dict[str, dict[str, int]]:
         return self.served()[0]
 
-    def _live(self) -> list[tuple[dict[str, str], dict[str, str]]]:
-        """Per live worker: what it serves ({detector: version}) and with which files ({detector: fingerprint})."""
+    def others_serve(self, detectors: Collection[str], me: str) -> bool:
+        """Whether a live worker other than `me` has every one of `detectors` loaded (any version): one that
+        can score an output `me` cannot (workers.handoff)."""
+        return any(name != me and set(detectors) <= served.keys() for name, served, _ in self._live())
+
+    def _live(self) -> list[tuple[str, dict[str, str], dict[str, str]]]:
+        """Per live worker: its name, what it serves ({detector: version}) and with which files
+        ({detector: fingerprint})."""
         cutoff = self.store.clock() - self.settings.worker_ttl_s
         names = cast("list[bytes]", self.redis.zrangebyscore(self.keys.workers, cutoff, "+inf"))
         if not names:
@@ -62,7 +71,8 @@ class Fleet:
             pipe.hmget(self.keys.worker_detectors, names)
             pipe.hmget(self.keys.worker_files, names)
             served, files = pipe.execute()
-        return [(json.loads(s) if s else {}, json.loads(f) if f else {}) for s, f in zip(served, files, strict=True)]
+        return [(text(n), json.loads(s) if s else {}, json.loads(f) if f else {})
+                for n, s, f in zip(names, served, files, strict=True)]
 
     def files_match(self) -> dict[str, bool | None]:
         """By detector: whether this API's files are those its version is scored with (the workers'

@@ -217,13 +217,14 @@ class OutputStore:
                     "dets": [], "dead": True} for i, reason in reasons.items()]
         return self._run_finish(payload)
 
-    def reassign(self, output_ids: Sequence[str], job_id: str) -> list[str]:
-        """Move outputs still queued to `job_id` (an abandoned job's outputs, about to be queued again);
-        returns those moved, in order. Others (scored, failed or expired since they were read) are left."""
+    def reassign(self, output_ids: Sequence[str], job_id: str, handoff: bool = False) -> list[str]:
+        """Move outputs still queued to `job_id`, to be queued again: an abandoned job's (an `attempts`) or
+        ones a worker passes on (`handoff`). Returns those moved; scored, failed or expired ones are left."""
         if not output_ids:
             return []
         moved = self._reassign(keys=[self.keys.pending, self.keys.pending_by_tenant],
-                               args=[self.keys.prefix, job_id, repr(self.clock()), json.dumps(list(output_ids))])
+                               args=[self.keys.prefix, job_id, repr(self.clock()), json.dumps(list(output_ids)),
+                                     "handoffs" if handoff else "attempts"])
         return [text(i) for i in moved]
 
     def retry_failed(self, output_ids: Sequence[str], job_id: str) -> list[str]:
@@ -257,8 +258,7 @@ class OutputStore:
                      "ls": self.keys.review_leases(model, d), "lh": self.keys.review_lease_holders(model, d)}
                  for d in record.get("detectors", [])}
         return bool(self._delete(keys=[self.keys.output(output_id), self.keys.pending, self.keys.dead,
-                                       self.keys.pending_by_tenant],
-                                 args=[output_id, json.dumps(bases)]))
+                                       self.keys.pending_by_tenant], args=[output_id, json.dumps(bases)]))
 
     def _run_finish(self, payload: list[dict[str, Any]]) -> int:
         if not payload:

@@ -167,16 +167,18 @@ return written
 
 
 # KEYS[1] = pending zset, KEYS[2] = pending by tenant. ARGV = prefix, job id, now, JSON list of output
-# ids. Moves the outputs that exist and are still queued to a new job (one more attempt); returns those
-# ids. Checked here, not by the caller's earlier read: a record that expired meanwhile would be recreated
-# partially and without a TTL by a plain HSET, and one scored meanwhile would be queued again for nothing.
+# ids, what the move counts as ('attempts': its job was lost; 'handoffs': a worker lacking one of its
+# detectors passed it on). Moves the outputs that exist and are still queued to a new job, counting one
+# more; returns those ids. Checked here, not by the caller's earlier read: a record that expired meanwhile
+# would be recreated partially and without a TTL by a plain HSET, and one scored meanwhile would be queued
+# again for nothing.
 REASSIGN = PENDING + """
 local moved = {}
 for _, id in ipairs(cjson.decode(ARGV[4])) do
   local key = ARGV[1] .. ':output:' .. id
   if redis.call('HGET', key, 'status') == 'queued' then
     redis.call('HSET', key, 'job', ARGV[2])
-    redis.call('HINCRBY', key, 'attempts', 1)
+    redis.call('HINCRBY', key, ARGV[5], 1)
     pending_add(KEYS[1], KEYS[2], ARGV[3], id)
     table.insert(moved, id)
   end
@@ -211,7 +213,7 @@ for i, id in ipairs(ids) do
   if out[i] == 'requeued' then
     local key = prefix .. ':output:' .. id
     redis.call('HSET', key, 'status', 'queued', 'job', job)
-    redis.call('HDEL', key, 'error', 'scored_at', 'attempts', 'notify')
+    redis.call('HDEL', key, 'error', 'scored_at', 'attempts', 'handoffs', 'notify')
     pending_add(KEYS[1], KEYS[3], now, id)
     redis.call('ZREM', KEYS[2], id)
   end

@@ -299,7 +299,7 @@ def test_dead_letters_list_failed_jobs_and_given_up_outputs(redis: Redis, settin
     core.queues.enqueue(["stuck"], "raises-stuck")
     broken = build_worker(redis, settings)
 
-    def scoring_fails(output_ids: list[str]) -> None:
+    def scoring_fails(output_ids: list[str], job_id: str | None = None) -> None:
         raise RuntimeError("inference session lost")
 
     broken.scorer.score = scoring_fails  # type: ignore[method-assign,assignment]

@@ -11,8 +11,8 @@ from .redis_loss import riding_out_redis_loss
 
 
 def score_outputs(output_ids: list[str]) -> dict[str, Any]:
-    """Score these outputs. Those a batching worker already scored are skipped, so this is cheap
-    when the job's outputs rode along in an earlier batch, and safe to run twice."""
+    """Score these outputs. Those a batching worker already scored, or moved to another job, are
+    skipped, so this is cheap when the job's outputs rode along in an earlier batch, and safe to run twice."""
     job = get_current_job()
     assert job is not None, "score_outputs runs inside an RQ worker"
     scorer = runtime.current(job.connection)
@@ -20,6 +20,6 @@ def score_outputs(output_ids: list[str]) -> dict[str, Any]:
     # job's failure (a dead letter) once Redis is back, and leave its outputs to the reaper. A stop
     # ends the wait at once (ScoringWorker.set_shutdown_requested_date), the job timeout at the
     # latest; the reaper then requeues the outputs.
-    report = riding_out_redis_loss(job.connection, lambda: scorer.score(output_ids), f"running job {job.id}",
+    report = riding_out_redis_loss(job.connection, lambda: scorer.score(output_ids, job.id), f"running job {job.id}",
                                    probe=scorer.store.keys.write_probe)
     return {"batch": report.batch_id, "scored": report.scored, "failed": report.failed}

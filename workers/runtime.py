@@ -13,11 +13,14 @@ from redis import Redis
 
 from service.detector_config import DetectorConfig, fingerprints, load_configs
 from service.errors import ConfigError
+from service.fleet import Fleet
+from service.queueing import ScoreQueues
 from service.settings import Settings
 from service.store import OutputStore
 
 from . import cpus
 from .detector import load_detectors
+from .handoff import Handoff
 from .scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,8 @@ def build_scorer(redis: Redis, settings: Settings, worker_name: str | None = Non
     # container restarted after an unclean death (OOM kill) has the same hostname and PID 1, and RQ
     # refuses a name whose old record has not expired (its TTL, minutes), so the restart would fail.
     name = worker_name or f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
-    return Scorer(store, detectors, name, settings.max_batch_tokens, settings.audit_rate, prints)
+    handoff = Handoff(store, Fleet(redis, settings, store, {}), ScoreQueues(redis, settings))
+    return Scorer(store, detectors, name, settings.max_batch_tokens, settings.audit_rate, prints, handoff)
 
 
 def claim_versions(store: OutputStore, configs: Mapping[str, DetectorConfig], prints: Mapping[str, str]) -> None:

@@ -14,10 +14,11 @@ from service.metrics import BATCH_SIZE, INFERENCE_SECONDS, QUEUE_WAIT
 from service.store import QUEUED, DetectorScore, OutputStore
 
 from .detector import OnnxDetector, OnnxModel, TextPair
+from .handoff import Handoff
 
 log = logging.getLogger(__name__)
 
-_READ_FIELDS = ("id", "status", "model", "prompt", "response", "detectors", "created_at")
+_READ_FIELDS = ("id", "status", "model", "prompt", "response", "detectors", "created_at", "job", "notify", "handoffs")
 
 
 @dataclass
@@ -29,27 +30,33 @@ class BatchReport:
     scored: int
     failed: int
     calls: list[int]
+    handed_off: int = 0  # passed on to workers with detectors this one lacks (workers.handoff)
 
 
 class Scorer:
     """Holds the loaded detectors of one worker process."""
 
     def __init__(self, store: OutputStore, detectors: dict[str, OnnxDetector], worker: str,
-                 max_batch_tokens: int, audit_rate: float = 0.0, fingerprints: Mapping[str, str] | None = None) -> None:
+                 max_batch_tokens: int, audit_rate: float = 0.0, fingerprints: Mapping[str, str] | None = None,
+                 handoff: Handoff | None = None) -> None:
         self.audit_rate = audit_rate
+        self.handoff = handoff  # None: an output asking for a detector not loaded here fails at once
         self.fingerprints = dict(fingerprints or {})  # by detector: the version claims it holds (runtime.py)
         self.store = store
         self.detectors = detectors
         self.worker = worker
         self.max_batch_tokens = max_batch_tokens
 
-    def score(self, output_ids: Sequence[str]) -> BatchReport:
-        """Score those of `output_ids` that are still queued; already-scored ones are left alone."""
+    def score(self, output_ids: Sequence[str], job_id: str | None = None) -> BatchReport:
+        """Score those of `output_ids` that are still queued; already-scored ones are left alone, and so,
+        given the `job_id` they were queued under, are those moved to another job since (passed on, or
+        requeued by the reaper): that job scores them, and passing them on again would queue them twice."""
         batch_id = uuid.uuid4().hex[:16]
         started = self.store.clock()  # created_at's clock, for the queue-wait histogram
         records = [r for r in self.store.get_many(list(dict.fromkeys(output_ids)), _READ_FIELDS)
-                   if r and r.get("status") == QUEUED]
+                   if r and r.get("status") == QUEUED and (job_id is None or r.get("job", job_id) == job_id)]
         failures: dict[str, str] = {}
+        lacking: dict[str, frozenset[str]] = {}
         for record in records:
             if not isinstance(record.get("detectors"), list) or not {"response", "model", "created_at"} <= set(record):
                 failures[record["id"]] = "stored record is incomplete"  # fail alone, not the batch
@@ -57,7 +64,9 @@ class Scorer:
             missing = [d for d in record["detectors"] if d not in self.detectors]
             if missing:
                 failures[record["id"]] = f"detectors not loaded by worker {self.worker}: {', '.join(missing)}"
-        todo = [r for r in records if r["id"] not in failures]
+                lacking[record["id"]] = frozenset(missing)
+        handed_off = self._hand_off(lacking, records, failures)
+        todo = [r for r in records if r["id"] not in failures and r["id"] not in lacking]  # lacking: passed on
         scores: dict[str, dict[str, DetectorScore]] = {r["id"]: {} for r in todo}
         calls: list[int] = []
         inference_started = time.perf_counter()
@@ -84,7 +93,18 @@ class Scorer:
         failed = self.store.finish_failed(failures)
         if todo:
             self._observe(inference_s, len(todo), [started - r["created_at"] for r in todo])
-        return BatchReport(batch_id, len(output_ids), written, failed, calls)
+        return BatchReport(batch_id, len(output_ids), written, failed, calls, len(handed_off))
+
+    def _hand_off(self, lacking: dict[str, frozenset[str]], records: list[dict[str, Any]],
+                  failures: dict[str, str]) -> list[str]:
+        """Pass outputs asking for detectors not loaded here on to workers that have them, instead of
+        failing them; an output passed on is neither scored nor failed by this batch."""
+        if not lacking or self.handoff is None:
+            return []
+        passed = self.handoff.pass_on(lacking, [r for r in records if r["id"] in lacking], self.worker)
+        for output_id in passed:
+            del failures[output_id]
+        return passed
 
     def _observe(self, inference_s: float, size: int, waits: list[float]) -> None:
         """Worker histograms go to Redis, shared by all workers and exported by the API's /metrics."""

@@ -24,7 +24,7 @@ from rq.worker import WorkerStatus
 from service.queueing import BULK, BULK_EVERY, ScoreQueues
 from service.settings import Settings
 
-from . import runtime
+from . import handoff, runtime
 from .heart import Heart
 from .redis_loss import REDIS_LOST, riding_out_redis_loss
 from .scorer import BatchReport, Scorer
@@ -71,6 +71,8 @@ class ScoringWorker(SimpleWorker):
                 self.last_report = report
                 log.info("batch %s: %d outputs from %d jobs, session calls %s", report.batch_id,
                          len(ids), len(batch), report.calls)
+                if report.handed_off and not self._stop_requested:
+                    time.sleep(handoff.PAUSE_S)  # let the workers that can score them take them
             except (StopRequested, *REDIS_LOST):
                 raise  # stopped while Redis was away: the leases lapse and the reaper requeues the batch
             except Exception:
