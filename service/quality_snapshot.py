@@ -28,8 +28,8 @@ from redis import Redis
 from redis.exceptions import LockError, RedisError
 
 from .keys import Keys
-from .metrics import QualityCollector
 from .monitoring import Window, listing_row
+from .quality_metrics import QualityCollector
 from .settings import Settings
 
 log = logging.getLogger(__name__)
