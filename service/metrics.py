@@ -136,19 +136,30 @@ class RedlineCollector(Collector):
                     for event, (name, doc) in _COUNTERS.items()}
         failed = CounterMetricFamily("redline_outputs_failed_total", "Outputs that could not be scored",
                                      labels=["model"])
-        # Every deployed model's failure count, 0 until its first: Prometheus's increase() cannot see
-        # the first failure of a series that appears already at 1, so RedlineOutputsFailing would miss it.
-        failures = {text(m): 0.0 for m in r.smembers(keys.models)}
+        requeued = CounterMetricFamily(
+            "redline_outputs_requeued_total", "Outputs queued again: their job was lost (abandoned: a worker "
+            "died or stopped mid-batch) or a worker without one of their detectors passed them on (handoff)",
+            labels=["model", "reason"])
+        # Every deployed model's counts, 0 until the first: Prometheus's increase() cannot see the first
+        # event of a series that appears already at 1, so RedlineOutputsFailing would miss it.
+        models = [text(m) for m in r.smembers(keys.models)]
+        failures = dict.fromkeys(models, 0.0)
+        requeues = {(m, reason): 0.0 for m in models for reason in ("abandoned", "handoff")}
         for field, value in r.hgetall(keys.counters).items():
             parts = text(field).split("|")
             if parts[0] in families and len(parts) == 3:
                 families[parts[0]].add_metric([parts[2], parts[1]], float(value))
             elif parts[0] == "failed" and len(parts) == 2:
                 failures[parts[1]] = float(value)
+            elif parts[0] == "requeued" and len(parts) == 3:
+                requeues[(parts[2], parts[1])] = float(value)
         for model, count in sorted(failures.items()):
             failed.add_metric([model], count)
+        for (model, reason), count in sorted(requeues.items()):
+            requeued.add_metric([model, reason], count)
         yield from families.values()
         yield failed
+        yield requeued
 
     def _review_waiting(self, r: Redis, keys: Keys) -> GaugeMetricFamily:
         family = GaugeMetricFamily("redline_review_waiting", "Outputs awaiting a reviewer's label (GET /v1/review)",

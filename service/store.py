@@ -222,7 +222,7 @@ class OutputStore:
         ones a worker passes on (`handoff`). Returns those moved; scored, failed or expired ones are left."""
         if not output_ids:
             return []
-        moved = self._reassign(keys=[self.keys.pending, self.keys.pending_by_tenant],
+        moved = self._reassign(keys=[self.keys.pending, self.keys.pending_by_tenant, self.keys.counters],
                                args=[self.keys.prefix, job_id, repr(self.clock()), json.dumps(list(output_ids)),
                                      "handoffs" if handoff else "attempts"])
         return [text(i) for i in moved]

@@ -166,19 +166,23 @@ return written
 """
 
 
-# KEYS[1] = pending zset, KEYS[2] = pending by tenant. ARGV = prefix, job id, now, JSON list of output
-# ids, what the move counts as ('attempts': its job was lost; 'handoffs': a worker lacking one of its
-# detectors passed it on). Moves the outputs that exist and are still queued to a new job, counting one
-# more; returns those ids. Checked here, not by the caller's earlier read: a record that expired meanwhile
+# KEYS[1] = pending zset, KEYS[2] = pending by tenant, KEYS[3] = counters. ARGV = prefix, job id, now,
+# JSON list of output ids, what the move counts as ('attempts': its job was lost; 'handoffs': a worker
+# lacking one of its detectors passed it on). Moves the outputs that exist and are still queued to a new
+# job, counting one more in the record and in `requeued|abandoned|<model>` or `requeued|handoff|<model>`;
+# returns those ids. Checked here, not by the caller's earlier read: a record that expired meanwhile
 # would be recreated partially and without a TTL by a plain HSET, and one scored meanwhile would be queued
 # again for nothing.
 REASSIGN = PENDING + """
 local moved = {}
+local reason = ARGV[5] == 'handoffs' and 'handoff' or 'abandoned'
 for _, id in ipairs(cjson.decode(ARGV[4])) do
   local key = ARGV[1] .. ':output:' .. id
-  if redis.call('HGET', key, 'status') == 'queued' then
+  local found = redis.call('HMGET', key, 'status', 'model')
+  if found[1] == 'queued' then
     redis.call('HSET', key, 'job', ARGV[2])
     redis.call('HINCRBY', key, ARGV[5], 1)
+    redis.call('HINCRBY', KEYS[3], 'requeued|' .. reason .. '|' .. (found[2] or ''), 1)
     pending_add(KEYS[1], KEYS[2], ARGV[3], id)
     table.insert(moved, id)
   end

@@ -54,6 +54,9 @@ def test_a_worker_without_a_detector_passes_its_outputs_to_one_with_it(
     assert {i: (records[i].get("handoffs"), records[i].get("attempts")) for i in ("p0", "p1", "p2", "s0")} == {
         i: ("1", None) for i in ("p0", "p1", "p2", "s0")}
     assert client.get("/v1/dead-letters").get_json()["outputs"] == []
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'redline_outputs_requeued_total{model="m",reason="handoff"} 4.0' in metrics
+    assert 'redline_outputs_requeued_total{model="m",reason="abandoned"} 0.0' in metrics
     # The sync request's output goes back to the sync lane, the others to theirs, each under its new job.
     [high_job] = _queued_jobs(core, "high")
     [default_job] = _queued_jobs(core, "default")

@@ -84,13 +84,24 @@ def test_counters_come_from_the_exactly_once_counts(scored: Redline) -> None:
     scored.delete_output("waiting")
 
 
-def test_failures_are_counted_from_zero_for_every_deployed_model(scored: Redline) -> None:
+def test_failures_and_requeues_are_counted_from_zero_for_every_deployed_model(scored: Redline) -> None:
     # The series exists at 0 before the first failure, so Prometheus's increase() sees that failure
     # (RedlineOutputsFailing); a series that first appeared at 1 would look like no change.
-    assert _registry(scored).get_sample_value("redline_outputs_failed_total", {"model": "bot"}) == 0
+    # The same for requeues, by reason.
+    reg = _registry(scored)
+    assert reg.get_sample_value("redline_outputs_failed_total", {"model": "bot"}) == 0
+    for reason in ("abandoned", "handoff"):
+        assert reg.get_sample_value("redline_outputs_requeued_total", {"model": "bot", "reason": reason}) == 0
     scored.submit([NewOutput(id="f1", model="bot", response="x", detectors=["injury"])])
+    assert scored.store.reassign(["f1"], "j2") == ["f1"] and scored.store.reassign(["f1"], "j3", handoff=True)
     scored.store.finish_failed({"f1": "boom"})
-    assert _registry(scored).get_sample_value("redline_outputs_failed_total", {"model": "bot"}) == 1
+    reg = _registry(scored)
+    assert reg.get_sample_value("redline_outputs_failed_total", {"model": "bot"}) == 1
+    for reason in ("abandoned", "handoff"):
+        assert reg.get_sample_value("redline_outputs_requeued_total", {"model": "bot", "reason": reason}) == 1
+    assert scored.store.reassign(["f1"], "j4") == []  # failed: not moved, not counted
+    assert _registry(scored).get_sample_value("redline_outputs_requeued_total",
+                                              {"model": "bot", "reason": "abandoned"}) == 1
 
 
 def test_worker_histograms_are_shared_through_redis(scored: Redline) -> None:

@@ -126,6 +126,7 @@ def test_reaper_requeues_outputs_whose_job_was_lost(redis: Redis, settings: Sett
     time.sleep(0.01)
     assert requeue_abandoned(redis, core.store, core.queues, older_than_s=0, chunk=32) == 3
     assert requeue_abandoned(redis, core.store, core.queues, older_than_s=0, chunk=32) == 0  # now queued
+    assert core.store.counters()["requeued|abandoned|m"] == 3
     _run_burst(redis, settings)
     assert [core.store.get(f"lost{i}")["status"] for i in range(3)] == ["scored"] * 3  # type: ignore[index]
     assert core.store.get("held")["status"] == "queued"  # type: ignore[index]

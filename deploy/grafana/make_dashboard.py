@@ -85,8 +85,12 @@ PANELS = [
         (f"sum by (detector) ({once('redline_labels_total')})", "labels/s {{detector}}"),
         # Counted per model only (an output fails as a whole); `max` again counts the replicas once.
         ('sum(max by (model) (rate(redline_outputs_failed_total{model=~"$model"}[5m])))', "failed/s"),
+        ('sum by (reason) (max by (model, reason) (rate(redline_outputs_requeued_total{model=~"$model"}[5m])))',
+         "requeued/s {{reason}}"),
     ], 0, 32, unit="reqps", description="failed/s: outputs that could not be scored (GET /v1/dead-letters "
-                                        "says why; POST /v1/dead-letters/retry once fixed)."),
+                                        "says why; POST /v1/dead-letters/retry once fixed). requeued/s: "
+                                        "abandoned, a worker died or stopped mid-batch (memory?); handoff, "
+                                        "a worker without one of an output's detectors passed it on (a rollout)."),
     panel(10, "Latency percentiles", [
         ("histogram_quantile(0.5, sum by (le) (rate(redline_http_request_duration_seconds_bucket[5m])))", "API p50"),
         ("histogram_quantile(0.99, sum by (le) (rate(redline_http_request_duration_seconds_bucket[5m])))", "API p99"),
