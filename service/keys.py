@@ -176,6 +176,6 @@ class Keys:
         """Set: deployed model names seen; bounded by REDLINE_MAX_MODELS since they become metric labels."""
         return f"{self.prefix}:models"
 
-    def queue_name(self, priority: str) -> str:
-        """RQ queue name for `high` (sync scoring), `default` or `bulk` priority (queueing.PRIORITIES)."""
-        return f"{self.prefix}-{priority}"
+    def queue_name(self, lane: str) -> str:
+        """RQ queue name of a lane: `high` (sync scoring), `default`, or a bulk lane (queueing.PRIORITIES)."""
+        return f"{self.prefix}-{lane}"

@@ -25,6 +25,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from .keys import Keys, text
+from .queueing import priority_of
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,11 @@ class RedlineCollector(Collector):
         for histogram in WORKER_HISTOGRAMS:
             yield histogram.family(r.hgetall(keys.histogram(histogram.name)))
         depth = GaugeMetricFamily("redline_queue_depth", "Scoring jobs waiting, by queue priority", labels=["priority"])
-        for priority, queue in self.redline.queues.by_priority.items():
-            depth.add_metric([priority], queue.count)
+        by_priority: dict[str, int] = {}
+        for lane, queue in self.redline.queues.by_priority.items():  # the bulk lane's shards as one
+            by_priority[priority_of(lane)] = by_priority.get(priority_of(lane), 0) + queue.count
+        for priority, count in by_priority.items():
+            depth.add_metric([priority], count)
         yield depth
         yield GaugeMetricFamily("redline_outputs_pending", "Outputs accepted and not yet scored",
                                 value=r.zcard(keys.pending))

@@ -23,6 +23,7 @@ from service.core import Redline
 from service.detector_config import load_configs
 from service.embedded_redis import EmbeddedRedis
 from service.keys import Keys
+from service.queueing import bulk_lane
 from service.settings import Settings
 from service.store import NewOutput
 from workers.reaper import requeue_abandoned
@@ -130,7 +131,7 @@ def test_sigkilled_workers_lose_nothing_and_score_each_output_once(redis_url: st
 
     try:
         submit(3000)
-        assert redis.llen(f"rq:queue:{prefix}-bulk") > 0
+        assert redis.llen(f"rq:queue:{prefix}-{bulk_lane('default')}") > 0  # without keys, the tenant is `default`
         rng = random.Random(0)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and (redis.zcard(f"{prefix}:pending") or kills < 3):

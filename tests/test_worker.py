@@ -18,6 +18,7 @@ from models.synthetic import DEFAULT_HEADS, keyword_score
 from service.core import Redline
 from service.embedded_redis import EmbeddedRedis
 from service.keys import text
+from service.queueing import bulk_lane
 from service.settings import Settings
 from service.store import NewOutput
 from workers import jobs
@@ -143,8 +144,8 @@ def test_the_reaper_requeues_each_tenants_outputs_in_its_own_lane(redis: Redis, 
     time.sleep(0.01)
     assert requeue_abandoned(redis, core.store, core.queues, older_than_s=0, chunk=32) == 4
     jobs = {p: [text(j) for j in redis.lrange(q.key, 0, -1)] for p, q in core.queues.by_priority.items()}
-    assert len(jobs["bulk"]) == 1 and len(jobs["default"]) == 1 and not jobs["high"]
-    assert core.store.get("a~0")["job"] == jobs["bulk"][0]  # type: ignore[index]
+    assert {lane: len(j) for lane, j in jobs.items() if j} == {bulk_lane("a"): 1, "default": 1}
+    assert core.store.get("a~0")["job"] == jobs[bulk_lane("a")][0]  # type: ignore[index]
     assert core.store.get("b~0")["job"] == jobs["default"][0]  # type: ignore[index]
 
 
@@ -414,7 +415,7 @@ def test_a_tenant_past_its_fair_share_waits_in_the_bulk_lane_which_is_still_drai
     lanes = {p: [text(j) for j in redis.lrange(q.key, 0, -1)] for p, q in core.queues.by_priority.items()}
     name = {job: request for request, job in jobs_of.items()}
     assert [name[j] for j in lanes["default"]] == ["a1", "a2", "b1", "b2", "c1", "c2"]
-    assert [name[j] for j in lanes["bulk"]] == ["a3", "a4"]
+    assert [name[j] for j in lanes[bulk_lane("a")]] == ["a3", "a4"]
     assert core.store.backlog.counts() == {"a": 8, "b": 4, "c": 4}
 
     _run_burst(redis, settings)
@@ -425,6 +426,25 @@ def test_a_tenant_past_its_fair_share_waits_in_the_bulk_lane_which_is_still_drai
     # b and c are not queued behind a's excess; one batch in four (queueing.BULK_EVERY) still takes it.
     assert order == ["a1", "a2", "b1", "a3", "b2", "c1", "c2", "a4"]
     assert core.store.backlog.counts() == {"a": 0, "b": 0, "c": 0}
+
+
+def test_tenants_past_their_share_at_once_are_drained_side_by_side(redis: Redis, settings: Settings) -> None:
+    # Two tenants flood at once. In one bulk queue the second would wait for all of the first's excess;
+    # in their own bulk lanes (a stable hash: a and b differ) the bulk batches take them in turn.
+    assert bulk_lane("a") != bulk_lane("b")
+    settings = dataclasses.replace(settings, tenant_fair_share=2, max_batch=2)  # one 2-output job a batch
+    core = Redline(settings, redis)
+    for tenant, requests in (("a", 5), ("b", 3)):  # each one's first request is within its share
+        for n in range(1, requests + 1):
+            core.submit([NewOutput(id=f"{tenant}~{n}-{i}", model="m", response=TEXTS[i]) for i in range(2)])
+    depth = {lane: q.count for lane, q in core.queues.by_priority.items() if q.count}
+    assert depth == {"default": 2, bulk_lane("a"): 4, bulk_lane("b"): 2}
+    _run_burst(redis, settings)
+    records = [r for r in core.store.get_many([f"{t}~{n}-0" for t, k in (("a", 5), ("b", 3))
+                                               for n in range(1, k + 1)]) if r]
+    assert len(records) == 8 and all(r["status"] == "scored" for r in records)
+    order = [r["id"].replace("~", "").split("-")[0] for r in sorted(records, key=lambda r: r["scored_at"])]
+    assert order == ["a1", "b1", "b2", "a2", "b3", "a3", "a4", "a5"]  # one FIFO: a1 b1 a2 a3 a4 a5 b2 b3
 
 
 def test_a_worker_start_counts_the_pending_set_by_tenant_once(redis: Redis, settings: Settings) -> None:
@@ -441,7 +461,7 @@ def test_a_batch_that_began_outside_the_bulk_lane_takes_no_bulk_job(redis: Redis
     core = Redline(settings, redis)
     for tenant, n in (("a", 1), ("a", 2), ("b", 1)):  # a's second request is past its share: bulk
         core.submit([NewOutput(id=f"{tenant}~{n}-{i}", model="m", response=TEXTS[i]) for i in range(2)])
-    assert core.queues.by_priority["bulk"].count == 1
+    assert core.queues.by_priority[bulk_lane("a")].count == 1
     _run_burst(redis, settings)
     batch = {i: r["batch"]["id"] for i, r in zip(("a1", "a2", "b1"), core.store.get_many(["a~1-0", "a~2-0", "b~1-0"]),
                                                    strict=True) if r}

@@ -21,7 +21,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from service.queueing import BULK, BULK_EVERY, ScoreQueues
+from service.queueing import BULK_EVERY, BULK_LANES, ScoreQueues
 from service.settings import Settings
 
 from . import handoff, runtime
@@ -39,25 +39,35 @@ class ScoringWorker(SimpleWorker):
     scorer: Scorer
     heart: Heart
     settings: Settings
-    lanes: ScoreQueues  # the queues it was built to drain (`self.queues`), by priority
+    lanes: ScoreQueues  # the queues it was built to drain (`self.queues`), by lane
     last_report: BatchReport | None = None
     batches_started = 0
+    bulk_next = 0  # the bulk lane the next bulk batch tries first
 
     def reorder_queues(self, reference_queue: Queue) -> None:
         """Where the next batch starts (RQ calls this after each dequeue of its loop: once a batch).
-        One batch in BULK_EVERY starts from the bulk lane, right after sync requests, so a tenant past
+        One batch in BULK_EVERY starts from the bulk lanes, right after sync requests, so a tenant past
         its fair share is slowed, never starved; the others start in lane order (see `_gather` for
-        how a batch fills)."""
+        how a batch fills). The bulk lanes are taken in turn: the next bulk batch starts from the lane
+        after the one this batch began in, so tenants flooding at once share the bulk batches."""
         self.batches_started += 1
-        lanes, bulk = self._lanes_but_bulk()
-        lanes.insert(1 if self.batches_started % BULK_EVERY == BULK_EVERY - 1 else len(lanes), bulk)
-        self._ordered_queues = lanes
+        bulk_keys = self._bulk_keys()
+        if reference_queue.key in bulk_keys:
+            self.bulk_next = (bulk_keys.index(reference_queue.key) + 1) % len(bulk_keys)
+        others, bulk = self._lanes_but_bulk(self.bulk_next)
+        at = 1 if self.batches_started % BULK_EVERY == BULK_EVERY - 1 else len(others)
+        self._ordered_queues = others[:at] + bulk + others[at:]
 
-    def _lanes_but_bulk(self) -> tuple[list[Queue], Queue]:
-        """The lanes in order without the bulk lane, and the bulk lane. By key: RQ hands back a new
-        Queue object with each dequeued job."""
-        bulk = self.lanes.by_priority[BULK]
-        return [q for q in self.queues if q.key != bulk.key], bulk
+    def _bulk_keys(self) -> list[str]:
+        """The bulk lanes' keys, in lane order. By key: RQ hands back a new Queue object with each
+        dequeued job."""
+        return [self.lanes.by_priority[lane].key for lane in BULK_LANES]
+
+    def _lanes_but_bulk(self, start: int) -> tuple[list[Queue], list[Queue]]:
+        """The lanes in order without the bulk lanes, and the bulk lanes from the `start`th on, round."""
+        bulk = [self.lanes.by_priority[lane] for lane in BULK_LANES]
+        keys = {q.key for q in bulk}
+        return [q for q in self.queues if q.key not in keys], bulk[start:] + bulk[:start]
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         # A SIGTERM from here on finishes the batch, then stops.
@@ -149,10 +159,13 @@ class ScoringWorker(SimpleWorker):
         self.heart.hold([job.id])
         ids = _output_ids(job)
         deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000
-        # Bulk-lane jobs ride only in batches that began in the bulk lane: in another, a tenant's
-        # backfill job would make the other tenants' outputs wait for its scores too.
-        others, bulk = self._lanes_but_bulk()
-        lanes = self.queues if queue.key == bulk.key else others
+        # Bulk-lane jobs ride only in batches that began in a bulk lane (and those take their own lane's
+        # first): in another, a tenant's backfill job would make the other tenants' outputs wait for its
+        # scores too.
+        bulk_keys = self._bulk_keys()
+        began_in = bulk_keys.index(queue.key) if queue.key in bulk_keys else None
+        others, bulk = self._lanes_but_bulk(began_in or 0)
+        lanes = others if began_in is None else others + bulk
         while len(ids) < self.settings.max_batch:
             try:
                 found = self.queue_class.dequeue_any(lanes, None, connection=self.connection,

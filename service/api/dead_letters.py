@@ -14,6 +14,7 @@ from ..app import caller, core, json_body
 from ..auth import Principal
 from ..core import iso
 from ..keys import text
+from ..queueing import priority_of
 from ..store import SCORED
 from ..validation import parse_retry, query_limit
 
@@ -32,7 +33,7 @@ def dead_letters() -> dict[str, Any]:
     outputs = [{"id": who.public_id(r["id"]), "model": who.public_model(r.get("model", "")), "status": r.get("status"),
                 "error": r.get("error"), "failed_at": iso(t)} for r, (_, t) in zip(records, dead, strict=True) if r]
     failed: list[tuple[str, Job, list[str]]] = []  # (queue, job, the caller's output ids in it)
-    for priority, queue in redline.queues.by_priority.items():
+    for lane, queue in redline.queues.by_priority.items():
         job_ids = FailedJobRegistry(queue=queue).get_job_ids(0, limit - 1)
         for job in Job.fetch_many(job_ids, connection=redline.redis, serializer=JSONSerializer):
             if job is None:  # expired between listing and fetching
@@ -41,7 +42,7 @@ def dead_letters() -> dict[str, Any]:
             owned = [i for i in ids if isinstance(i, str) and who.owns(i)]
             if ids and not owned:
                 continue  # another tenant's job
-            failed.append((priority, job, owned))
+            failed.append((priority_of(lane), job, owned))
     in_jobs = sorted({i for _, _, owned in failed for i in owned})
     status = {i: (r or {}).get("status") for i, r in zip(in_jobs, redline.store.get_many(in_jobs, ["status"]),
                                                            strict=True)}
