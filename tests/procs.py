@@ -1,4 +1,5 @@
-"""Start real Redline processes (gunicorn API, scoring workers) for integration tests."""
+"""Start real Redline processes (gunicorn API, scoring workers) for integration tests, or a real worker in
+process (`run_burst`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import requests
 from redis import Redis
 
 from service.processes import die_with_parent, free_port
+from service.settings import Settings
+from workers.worker import build_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,3 +176,8 @@ def copy_models(models: Path, to: Path, detectors: tuple[str, ...] = ("injury",)
         path = to / detector / "model.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
     return to
+
+
+def run_burst(redis: Redis, settings: Settings) -> None:
+    """A ScoringWorker in this process that scores what is queued, then stops."""
+    build_worker(redis, settings).work(burst=True)

@@ -17,10 +17,11 @@ from service.app import create_app
 from service.core import Redline
 from service.keys import Keys
 from service.settings import Settings
+from service.store import NewOutput
 from workers.handoff import MAX_HANDOFFS
 from workers.worker import build_worker
 
-from .procs import redline_env, start_api, start_worker, wait_for
+from .procs import redline_env, run_burst, start_api, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +136,13 @@ def test_a_rolling_update_that_adds_a_detector_fails_no_output(redis_url: str, s
         new.popen.send_signal(signal.SIGCONT)
         for proc in (old, new, api):
             proc.stop()
+
+
+def test_detector_missing_on_worker_fails_output_with_reason(redis: Redis, settings: Settings) -> None:
+    # No worker at all has it: failed at once, naming it.
+    core = Redline(settings, redis)
+    out = NewOutput(id="x1", model="m", response="hi", detectors=["injury", "gone"])
+    core.submit([out])
+    run_burst(redis, settings)
+    record = core.store.get("x1")
+    assert record is not None and record["status"] == "failed" and "gone" in record["error"]

@@ -46,3 +46,29 @@ def test_documented_defaults_are_the_real_ones() -> None:
     real = {f.name: _as_documented(getattr(Settings(), f.name)) for f in dataclasses.fields(Settings)}
     assert set(documented) == set(real)
     assert {k: v for k, v in documented.items() if v != real[k]} == {}
+
+
+def test_every_test_the_readme_names_exists() -> None:
+    # The guarantees table names the test that proves each row: a renamed or moved test must not leave
+    # the README pointing at nothing. `::name` refers to the file named last before it in the same cell,
+    # a bare `test_name` to any test file.
+    defined = {path.name: set(re.findall(r"^def (test_\w+)", path.read_text(), re.M))
+               for path in (ROOT / "tests").glob("test_*.py")}
+    everywhere = set().union(*defined.values())
+    missing, named = [], 0
+    for cell in (c for line in README.splitlines() if line.startswith("|") for c in line.split("|")):
+        current = None
+        for file, name, bare in re.findall(r"`(?:tests/(test_\w+\.py))?(?:::(test_\w+))?`|`(test_\w+)`", cell):
+            if file:
+                current = file
+                if file not in defined:
+                    missing.append(file)
+            if name:
+                named += 1
+                if current is None or name not in defined.get(current, set()):
+                    missing.append(f"{current}::{name}")
+            if bare:
+                named += 1
+                if bare not in everywhere:
+                    missing.append(bare)
+    assert named > 30 and not missing, missing

@@ -8,7 +8,6 @@ import signal
 import threading
 import time
 import zlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,15 +16,13 @@ from redis import Redis
 from models.synthetic import DEFAULT_HEADS, keyword_score
 from service.core import Redline
 from service.embedded_redis import EmbeddedRedis
-from service.keys import text
-from service.queueing import bulk_lane
 from service.settings import Settings
 from service.store import NewOutput
 from workers import jobs
 from workers.reaper import requeue_abandoned
 from workers.worker import ScoringWorker, build_worker
 
-from .procs import copy_models
+from .procs import run_burst
 
 TEXTS = ["bleeding and a broken arm", "a calm day in the park", "that claim is a lie", "hello world"]
 
@@ -40,11 +37,6 @@ def _submit(core: Redline, n_requests: int, per_request: int) -> list[str]:
         core.submit(outs)
         ids += [o.id for o in outs]
     return ids
-
-
-def _run_burst(redis: Redis, settings: Settings) -> None:
-    worker = build_worker(redis, settings)
-    worker.work(burst=True)
 
 
 def _fall_back_to_each_jobs_run(worker: ScoringWorker) -> list[int]:
@@ -67,7 +59,7 @@ def _fall_back_to_each_jobs_run(worker: ScoringWorker) -> list[int]:
 def test_queued_jobs_are_scored_in_one_batch_and_one_session_call(redis: Redis, settings: Settings) -> None:
     core = Redline(settings, redis)
     ids = _submit(core, n_requests=5, per_request=2)
-    _run_burst(redis, settings)
+    run_burst(redis, settings)
     records = [core.store.get(i) for i in ids]
     assert all(r and r["status"] == "scored" for r in records)
     batches = {r["batch"]["id"] for r in records if r}
@@ -88,7 +80,7 @@ def test_batches_are_capped_at_max_batch(redis: Redis, settings: Settings) -> No
     settings = Settings(**{**settings.__dict__, "max_batch": 4})
     core = Redline(settings, redis)
     ids = _submit(core, n_requests=5, per_request=2)
-    _run_burst(redis, settings)
+    run_burst(redis, settings)
     sizes: dict[str, int] = {}
     for r in core.store.get_many(ids):
         assert r is not None and r["status"] == "scored"
@@ -104,75 +96,6 @@ def test_jobs_in_redis_are_json_not_pickle(redis: Redis, settings: Settings) -> 
     assert data is not None
     payload = json.loads(zlib.decompress(data))
     assert payload[0] == "workers.jobs.score_outputs" and payload[2] == [ids]
-
-
-def test_detector_missing_on_worker_fails_output_with_reason(redis: Redis, settings: Settings) -> None:
-    core = Redline(settings, redis)
-    out = NewOutput(id="x1", model="m", response="hi", detectors=["injury", "gone"])
-    core.submit([out])
-    _run_burst(redis, settings)
-    record = core.store.get("x1")
-    assert record is not None and record["status"] == "failed" and "gone" in record["error"]
-
-
-def test_reaper_requeues_outputs_whose_job_was_lost(redis: Redis, settings: Settings) -> None:
-    core = Redline(settings, redis)
-    lost = [NewOutput(id=f"lost{i}", model="m", response="hello", detectors=["injury"]) for i in range(3)]
-    held = [NewOutput(id="held", model="m", response="hello", detectors=["injury"])]
-    # Stored but never queued: exactly what a worker dying after popping the job leaves behind.
-    core.store.create(lost, job_id="dead-job")
-    core.store.create(held, job_id="live-job")
-    redis.set(core.keys.lease("live-job"), "someone", ex=30)
-    assert requeue_abandoned(redis, core.store, core.queues, older_than_s=3600, chunk=32) == 0  # too young
-    time.sleep(0.01)
-    assert requeue_abandoned(redis, core.store, core.queues, older_than_s=0, chunk=32) == 3
-    assert requeue_abandoned(redis, core.store, core.queues, older_than_s=0, chunk=32) == 0  # now queued
-    assert core.store.counters()["requeued|abandoned|m"] == 3
-    _run_burst(redis, settings)
-    assert [core.store.get(f"lost{i}")["status"] for i in range(3)] == ["scored"] * 3  # type: ignore[index]
-    assert core.store.get("held")["status"] == "queued"  # type: ignore[index]
-    assert core.store.counters()["scored|injury|m"] == 3
-
-
-def test_the_reaper_requeues_each_tenants_outputs_in_its_own_lane(redis: Redis, settings: Settings) -> None:
-    # A tenant past its fair share whose job was abandoned (its worker killed) waits in the bulk lane
-    # again, rather than jumping ahead of the other tenants' outputs.
-    core = Redline(settings=dataclasses.replace(settings, tenant_fair_share=2), redis=redis)
-    core.store.create([NewOutput(id=f"a~{i}", model="a~m", response="hello", detectors=["injury"]) for i in range(3)],
-                      job_id="dead-job")
-    core.store.create([NewOutput(id="b~0", model="b~m", response="hello", detectors=["injury"])], job_id="dead-job")
-    time.sleep(0.01)
-    assert requeue_abandoned(redis, core.store, core.queues, older_than_s=0, chunk=32) == 4
-    jobs = {p: [text(j) for j in redis.lrange(q.key, 0, -1)] for p, q in core.queues.by_priority.items()}
-    assert {lane: len(j) for lane, j in jobs.items() if j} == {bulk_lane("a"): 1, "default": 1}
-    assert core.store.get("a~0")["job"] == jobs[bulk_lane("a")][0]  # type: ignore[index]
-    assert core.store.get("b~0")["job"] == jobs["default"][0]  # type: ignore[index]
-
-
-def test_the_reaper_leaves_outputs_that_expired_or_were_scored_after_it_read_them(
-        redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    core = Redline(settings, redis)
-    core.store.create([NewOutput(id=f"late{i}", model="m", response="hello", detectors=["injury"]) for i in range(3)],
-                      job_id="dead-job")
-    read = core.store.get_many
-
-    def read_then_change(ids: list[str], fields: list[str] | None = None) -> list[dict[str, object] | None]:
-        rows = read(ids, fields)
-        # Between the reaper's read and its write: late0's record expires, late1 is scored elsewhere.
-        redis.delete(core.keys.output("late0"))
-        redis.hset(core.keys.output("late1"), "status", "scored")
-        return rows
-
-    monkeypatch.setattr(core.store, "get_many", read_then_change)
-    assert requeue_abandoned(redis, core.store, core.queues, older_than_s=0, chunk=32) == 1
-    monkeypatch.undo()
-    # A plain HSET recreated late0 as a partial record with no TTL (never to expire); late1 went to a new job.
-    assert not redis.exists(core.keys.output("late0"))
-    assert redis.hget(core.keys.output("late1"), "job") == b"dead-job"
-    assert redis.hget(core.keys.output("late2"), "attempts") == b"1"
-    _run_burst(redis, settings)
-    assert core.store.get("late2")["status"] == "scored"  # type: ignore[index]
-    assert core.store.counters()["scored|injury|m"] == 1
 
 
 def test_a_worker_restarted_after_an_unclean_death_starts_at_once(redis: Redis, settings: Settings) -> None:
@@ -329,37 +252,6 @@ def test_a_sigterm_while_waiting_for_redis_mid_batch_stops_cleanly_and_the_batch
     assert core.store.counters()["scored|injury|m"] == len(ids)  # once each
 
 
-def test_workers_publish_the_detector_versions_they_serve(redis: Redis, settings: Settings,
-                                                         synthetic_models: Path, tmp_path: Path) -> None:
-    core = Redline(settings, redis)
-    assert core.fleet.served_versions() == {}
-    first = build_worker(redis, settings)
-    other = build_worker(redis, dataclasses.replace(settings, models_dirs=(
-        copy_models(synthetic_models, tmp_path / "bumped", version="synthetic-2"),)))
-    try:
-        for worker in (first, other):
-            worker.heart.beat()
-        # A rollout in progress: one worker on each injury version, both on deception's.
-        assert core.fleet.served_versions() == {"injury": {"synthetic-1": 1, "synthetic-2": 1},
-                                          "deception": {"synthetic-1": 2}}
-        keys, now = core.keys, core.store.clock()
-        redis.zadd(keys.workers, {other.heart.worker_name: now - settings.worker_ttl_s - 1})  # went silent
-        assert core.fleet.served_versions() == {"injury": {"synthetic-1": 1}, "deception": {"synthetic-1": 1}}
-        redis.zadd(keys.workers, {"gone": now - 86401})  # dead for a day: forgotten, name and detectors
-        redis.hset(keys.worker_detectors, "gone", json.dumps({"injury": "old"}))
-        redis.hset(keys.worker_files, "gone", json.dumps({"injury": "0" * 64}))
-        first.heart.beat()
-        assert redis.zscore(keys.workers, "gone") is None and not redis.hexists(keys.worker_detectors, "gone")
-        assert not redis.hexists(keys.worker_files, "gone")
-        assert redis.hexists(keys.worker_detectors, other.heart.worker_name)  # silent, not yet a day
-        redis.delete(keys.worker_detectors)  # a Redis that lost its data: the next beat says it again
-        first.heart.beat()
-        assert core.fleet.served_versions() == {"injury": {"synthetic-1": 1}, "deception": {"synthetic-1": 1}}
-    finally:
-        first.heart.stop()
-        other.heart.stop()
-
-
 def test_a_stop_swallowed_where_it_was_raised_still_stops_the_worker(redis: Redis, settings: Settings) -> None:
     # RQ stops an idle worker by raising StopRequested from its SIGTERM handler, wherever the main
     # thread is. Code there that catches Exception swallows it (logging's emit reports and goes on),
@@ -395,74 +287,3 @@ def test_a_stop_swallowed_where_it_was_raised_still_stops_the_worker(redis: Redi
         worker.heart.stop()
 
 
-def test_a_tenant_past_its_fair_share_waits_in_the_bulk_lane_which_is_still_drained(
-        redis: Redis, settings: Settings) -> None:
-    # One job a batch (2 outputs each, max_batch 2), so the order batches are scored in is the lanes' order.
-    settings = dataclasses.replace(settings, tenant_fair_share=4, max_batch=2)
-    core = Redline(settings, redis)
-    jobs_of: dict[str, str] = {}
-
-    def submit(tenant: str, n: int) -> None:
-        outs = [NewOutput(id=f"{tenant}~{n}-{i}", model="m", response=TEXTS[i]) for i in range(2)]
-        core.submit(outs)
-        jobs_of[f"{tenant}{n}"] = core.store.get(outs[0].id)["job"]  # type: ignore[index]
-
-    for n in range(1, 5):  # a: 2, 4, then 6 and 8 waiting: its third and fourth requests are past its share
-        submit("a", n)
-    for tenant in ("b", "c"):
-        for n in (1, 2):
-            submit(tenant, n)
-    lanes = {p: [text(j) for j in redis.lrange(q.key, 0, -1)] for p, q in core.queues.by_priority.items()}
-    name = {job: request for request, job in jobs_of.items()}
-    assert [name[j] for j in lanes["default"]] == ["a1", "a2", "b1", "b2", "c1", "c2"]
-    assert [name[j] for j in lanes[bulk_lane("a")]] == ["a3", "a4"]
-    assert core.store.backlog.counts() == {"a": 8, "b": 4, "c": 4}
-
-    _run_burst(redis, settings)
-    records = [r for r in core.store.get_many([f"{t}~{n}-0" for t, n in (
-        ("a", 1), ("a", 2), ("a", 3), ("a", 4), ("b", 1), ("b", 2), ("c", 1), ("c", 2))]) if r]
-    assert all(r["status"] == "scored" for r in records) and len(records) == 8
-    order = [r["id"].replace("~", "").split("-")[0] for r in sorted(records, key=lambda r: r["scored_at"])]
-    # b and c are not queued behind a's excess; one batch in four (queueing.BULK_EVERY) still takes it.
-    assert order == ["a1", "a2", "b1", "a3", "b2", "c1", "c2", "a4"]
-    assert core.store.backlog.counts() == {"a": 0, "b": 0, "c": 0}
-
-
-def test_tenants_past_their_share_at_once_are_drained_side_by_side(redis: Redis, settings: Settings) -> None:
-    # Two tenants flood at once. In one bulk queue the second would wait for all of the first's excess;
-    # in their own bulk lanes (a stable hash: a and b differ) the bulk batches take them in turn.
-    assert bulk_lane("a") != bulk_lane("b")
-    settings = dataclasses.replace(settings, tenant_fair_share=2, max_batch=2)  # one 2-output job a batch
-    core = Redline(settings, redis)
-    for tenant, requests in (("a", 5), ("b", 3)):  # each one's first request is within its share
-        for n in range(1, requests + 1):
-            core.submit([NewOutput(id=f"{tenant}~{n}-{i}", model="m", response=TEXTS[i]) for i in range(2)])
-    depth = {lane: q.count for lane, q in core.queues.by_priority.items() if q.count}
-    assert depth == {"default": 2, bulk_lane("a"): 4, bulk_lane("b"): 2}
-    _run_burst(redis, settings)
-    records = [r for r in core.store.get_many([f"{t}~{n}-0" for t, k in (("a", 5), ("b", 3))
-                                               for n in range(1, k + 1)]) if r]
-    assert len(records) == 8 and all(r["status"] == "scored" for r in records)
-    order = [r["id"].replace("~", "").split("-")[0] for r in sorted(records, key=lambda r: r["scored_at"])]
-    assert order == ["a1", "b1", "b2", "a2", "b3", "a3", "a4", "a5"]  # one FIFO: a1 b1 a2 a3 a4 a5 b2 b3
-
-
-def test_a_worker_start_counts_the_pending_set_by_tenant_once(redis: Redis, settings: Settings) -> None:
-    keys = Redline(settings, redis).keys
-    redis.zadd(keys.pending, {"t~queued-by-an-earlier-release": 1.0})
-    build_worker(redis, settings).heart.stop()
-    assert Redline(settings, redis).store.backlog.counts() == {"t": 1}
-    assert redis.get(keys.pending_counted) == b"1"
-
-
-def test_a_batch_that_began_outside_the_bulk_lane_takes_no_bulk_job(redis: Redis, settings: Settings) -> None:
-    # Filling it from the bulk lane would make the other tenants' outputs wait for a backfill job's scores.
-    settings = dataclasses.replace(settings, tenant_fair_share=2, max_batch=64)
-    core = Redline(settings, redis)
-    for tenant, n in (("a", 1), ("a", 2), ("b", 1)):  # a's second request is past its share: bulk
-        core.submit([NewOutput(id=f"{tenant}~{n}-{i}", model="m", response=TEXTS[i]) for i in range(2)])
-    assert core.queues.by_priority[bulk_lane("a")].count == 1
-    _run_burst(redis, settings)
-    batch = {i: r["batch"]["id"] for i, r in zip(("a1", "a2", "b1"), core.store.get_many(["a~1-0", "a~2-0", "b~1-0"]),
-                                                   strict=True) if r}
-    assert batch["a1"] == batch["b1"] != batch["a2"]  # a's bulk job was scored in a batch of its own
