@@ -7,6 +7,7 @@ own key prefix, so tests cannot see each other's data and nothing needs flushing
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,11 @@ from models import synthetic, variants
 from service.core import Redline
 from service.embedded_redis import EmbeddedRedis
 from service.settings import Settings
+from service.store import NewOutput
+from workers.runtime import build_scorer
 
 from .procs import free_port
+from .scrape import SCORED_TEXTS
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +99,15 @@ def own_redis(synthetic_models: Path, prefix: str, tmp_path: Path) -> Iterator[t
         yield server, Redline(settings, Redis.from_url(server.url))
     finally:
         server.stop()
+
+
+@pytest.fixture()
+def scored(redis: Redis, settings: Settings) -> Redline:
+    """Six outputs of model `bot`, three labeled injured, scored by the synthetic detectors (metrics tests)."""
+    s = dataclasses.replace(settings, monitor_min_positives=2, monitor_cache_s=0, monitor_windows=("24h", "count:6"))
+    core = Redline(s, redis)
+    outs = [NewOutput(id=f"m{i}", model="bot", response=t, detectors=["injury"],
+                      labels={"injury": int(i < 3)}) for i, t in enumerate(SCORED_TEXTS)]
+    core.submit(outs)
+    build_scorer(redis, s, "w1").score([o.id for o in outs])
+    return core
