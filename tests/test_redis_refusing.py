@@ -1,11 +1,14 @@
-"""A Redis that answers but refuses writes, for a while: full (maxmemory under noeviction) or read-only
-(a replica, as after a failover). Workers wait with their models loaded, as for a lost Redis, and
-score what was accepted exactly once when writes are taken again; before, they crashed (at start, on
-their first heartbeat) or turned the batch into failed jobs."""
+"""A Redis that stops answering (the API answers a prompt 503), or that answers but refuses writes for
+a while: full (maxmemory under noeviction) or read-only (a replica, as after a failover). Workers wait
+with their models loaded, as for a lost Redis, and score what was accepted exactly once when writes are
+taken again; before, they crashed (at start, on their first heartbeat) or turned the batch into failed
+jobs."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import threading
 import time
@@ -133,5 +136,42 @@ def test_the_api_answers_503_naming_the_refusal_and_stores_nothing(
         assert r.json()["error"]["code"] == "unavailable" and says in r.json()["error"]["message"]
         assert "nothing was stored" in r.json()["error"]["message"]
         assert not list(core.redis.scan_iter(f"{core.settings.queue_prefix}:output:*"))
+    finally:
+        api.stop()
+
+
+def _submit(base: str, response: str) -> requests.Response:
+    return requests.post(base + "/v1/outputs", json={"outputs": [{"model": "m", "response": response}]}, timeout=30)
+
+
+def test_a_redis_that_stops_answering_is_a_prompt_503_not_a_hung_request(
+        own_redis: tuple[EmbeddedRedis, Redline], synthetic_models: Path, tmp_path: Path) -> None:
+    # SIGSTOP: connections stay open and nothing answers, as when the network path to Redis black-holes.
+    # redis-py before 8 had no socket timeout, so each API thread then waited on its socket until
+    # gunicorn killed the process (the request timeout, 40 s) and the client lost its connection;
+    # requirements.txt now asks for redis-py 8, whose 5 s default bounds every call.
+    server, core = own_redis
+    env = redline_env(server.url, synthetic_models, core.settings.queue_prefix)
+    api, base = start_api(env, tmp_path / "api.log")
+    assert server.process is not None
+    try:
+        assert _submit(base, "warm-up").status_code == 202
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            r = _submit(base, "hi")
+            took = time.monotonic() - started
+            started = time.monotonic()
+            scrape = requests.get(base + "/metrics", timeout=60)
+            scrape_took = time.monotonic() - started
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+        assert took < 20, took  # a few seconds of socket timeout, not gunicorn's 40 s
+        # A scrape still answers, saying Redis is out, within Prometheus's default 10 s scrape timeout:
+        # it waits on Redis once (5 s), not once per read.
+        assert scrape.status_code == 200 and "\nredline_redis_up 0.0\n" in scrape.text
+        assert scrape_took < 10, scrape_took
+        assert _submit(base, "after").status_code == 202  # and it recovers
     finally:
         api.stop()
