@@ -17,13 +17,16 @@ from redis import Redis
 
 from models import synthetic, variants
 from service.core import Redline
+from service.detector_config import load_configs
 from service.embedded_redis import EmbeddedRedis
 from service.settings import Settings
 from service.store import NewOutput
+from workers.detector import OnnxDetector, load_detectors
 from workers.runtime import build_scorer
 
 from .procs import free_port
 from .scrape import SCORED_TEXTS
+from .stack import Stack, run_stack
 
 
 @pytest.fixture(scope="session")
@@ -111,3 +114,18 @@ def scored(redis: Redis, settings: Settings) -> Redline:
     core.submit(outs)
     build_scorer(redis, s, "w1").score([o.id for o in outs])
     return core
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url: str, shipped_models: Path, user_models: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A real gunicorn and worker process serving the shipped detectors plus a user's own ONNX classifier
+    in a folder of their own; one per test module that asks for it."""
+    yield from run_stack(redis_url, [shipped_models, user_models], "api" + uuid.uuid4().hex[:8],
+                         tmp_path_factory.mktemp("api"))
+
+
+@pytest.fixture(scope="module")
+def detectors(shipped_models: Path, user_models: Path) -> dict[str, OnnxDetector]:
+    """The same detectors the stack's worker serves, loaded in the test process to predict its scores."""
+    return load_detectors(load_configs([shipped_models, user_models]), ["CPUExecutionProvider"])
