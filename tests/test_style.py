@@ -18,11 +18,12 @@ def test_mypy_is_clean() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-# Modules of at most 300 lines (DESIGN.md, Style). The style's floor of 50 lines is not held: a jobs
-# module or a package's __init__ is short by nature.
+# Modules of at most 300 lines (DESIGN.md, Style), tests too: a test file named for the module it tests
+# stays readable. The style's floor of 50 lines is not held: a jobs module or a package's __init__ is
+# short by nature.
 def test_modules_stay_within_300_lines() -> None:
-    folders = ("service", "service/api", "workers", "models", "bench")
+    folders = ("service", "service/api", "workers", "models", "bench", "tests")
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
              for folder in folders for p in (ROOT / folder).glob("*.py")}
-    assert len(sizes) > 60  # the folders were found
+    assert len(sizes) > 110  # the folders were found
     assert {name: n for name, n in sizes.items() if n > 300} == {}
