@@ -118,3 +118,28 @@ def test_failed_outputs_retried_once_the_cause_is_fixed_are_scored_exactly_once(
                        ({"ids": ["p2"], "all": True}, "unknown field"), ({}, "strings")):
         bad = client.post("/v1/dead-letters/retry", json=body)
         assert bad.status_code == 422 and what in bad.get_json()["error"]["message"], (body, bad.get_json())
+
+
+def test_a_failed_job_does_not_name_an_erased_output(redis: Redis, settings: Settings) -> None:
+    # RQ keeps a failed job's record, with its output ids, for days: once an output is erased
+    # (DELETE, a privacy request), the listing no longer names it, and a job left with none goes.
+    core = Redline(settings, redis)
+    core.store.create([NewOutput(id=i, model="m", response="fine", detectors=["injury"]) for i in ("keep", "erase")],
+                      job_id="raises-two")
+    core.queues.enqueue(["keep", "erase"], "raises-two")
+    broken = build_worker(redis, settings)
+
+    def scoring_fails(output_ids: list[str], job_id: str | None = None) -> None:
+        raise RuntimeError("inference session lost")
+
+    broken.scorer.score = scoring_fails  # type: ignore[method-assign,assignment]
+    broken.work(burst=True)
+    client = create_app(settings, redis).test_client()
+    [job] = client.get("/v1/dead-letters").get_json()["jobs"]
+    assert job["id"] == "raises-two" and job["output_ids"] == ["keep", "erase"]
+    assert client.delete("/v1/outputs/erase").status_code == 200
+    [job] = client.get("/v1/dead-letters").get_json()["jobs"]
+    assert job["output_ids"] == ["keep"]
+    assert client.delete("/v1/outputs/keep").status_code == 200
+    listing = client.get("/v1/dead-letters")
+    assert listing.get_json() == {"outputs": [], "jobs": []} and b"erase" not in listing.get_data()

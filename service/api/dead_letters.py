@@ -48,15 +48,17 @@ def dead_letters() -> dict[str, Any]:
                                                            strict=True)}
     jobs = []
     for priority, job, owned in failed:
-        if owned and all(status[i] == SCORED for i in owned):
+        if owned and all(status[i] in (SCORED, None) for i in owned):
             # Nothing is missing: a retry, or the batch these outputs rode in, scored them all (e.g.
-            # Redis blipped while the job's own run was reading, and RQ recorded that error).
+            # Redis blipped while the job's own run was reading, and RQ recorded that error), or they
+            # are gone (erased, or expired).
             continue
         result = job.latest_result()
         error = (result.exc_string or "") if result is not None else ""
         lines = [line for line in error.strip().splitlines() if line.strip()]
         jobs.append({"id": job.id, "queue": priority, "error": lines[-1] if lines else None,
-                     "output_ids": [who.public_id(i) for i in owned],
+                     # An erased output is not named: RQ keeps a failed job's record for days.
+                     "output_ids": [who.public_id(i) for i in owned if status[i] is not None],
                      "failed_at": iso(job.ended_at.timestamp()) if job.ended_at else None})
     return {"outputs": outputs, "jobs": jobs[:limit]}
 
