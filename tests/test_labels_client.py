@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from service import labels_client
+from service import api_client, labels_client
 from service.auth import create_key
 from service.processes import free_port
 
@@ -129,11 +129,11 @@ def test_export_waits_out_a_503_as_the_api_asks() -> None:
         server.shutdown()
     assert waits == [2.0, 2.0] and len(seen) == 3
     assert [o["id"] for page in got for o in page["outputs"]] == ["a"]
-    answers[:] = [503] * (labels_client.RETRIES + 1)  # a Redis that stays away: give up, saying so
+    answers[:] = [503] * (api_client.RETRIES + 1)  # a Redis that stays away: give up, saying so
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with pytest.raises(labels_client.ExportFailed, match="503 from .*: Redis is unavailable"):
+        with pytest.raises(api_client.ApiError, match="503 from .*: Redis is unavailable"):
             list(labels_client.pages(f"http://127.0.0.1:{server.server_port}", "bot", "injury", sleep=waits.append))
     finally:
         server.shutdown()

@@ -1,0 +1,63 @@
+"""A client of Redline's own HTTP API, for the commands that work through a running API rather than
+Redis (`redline export`, `redline retry`), so they run wherever a reviewer or an operator can reach
+the API, with an API key's tenant and scopes. Standard library only: the service's runtime
+requirements have no HTTP client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# A 503 means Redis is away for now (a restart, a failover), a 429 that the backlog is full: wait as the
+# API asks (Retry-After), a few times.
+RETRIES, MAX_WAIT_S = 5, 10.0
+
+
+class ApiError(Exception):
+    """The API refused or could not be reached; the message says which and why."""
+
+
+def call(url: str, key: str | None, body: Any = None, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """GET `url`, or POST `body` to it as JSON, and return the JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={
+        "Accept": "application/json", **({"Content-Type": "application/json"} if data is not None else {}),
+        **({"Authorization": f"Bearer {key}"} if key else {})})
+    for attempt in range(RETRIES + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read())  # type: ignore[no-any-return]
+        except urllib.error.HTTPError as exc:
+            if exc.code in (429, 503) and attempt < RETRIES:
+                sleep(min(float(exc.headers.get("Retry-After") or 1), MAX_WAIT_S))
+                continue
+            raise ApiError(f"{exc.code} from {url.split('?')[0]}: {_message(exc)}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ApiError(f"cannot reach {url.split('?')[0]}: {reason}") from None
+    raise AssertionError("unreachable")
+
+
+def read_key(path: str | None) -> str | None:
+    """The API key in `path` (a file, never a command-line argument: shell history and process
+    listings would keep it), or None without one."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ApiError(f"cannot read the key file: {exc}") from None
+
+
+def _message(exc: urllib.error.HTTPError) -> str:
+    """The API's own error message (`{"error": {"message"}}`), or the status line."""
+    try:
+        return str(json.loads(exc.read())["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return str(exc.reason)
