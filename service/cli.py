@@ -59,6 +59,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("--version", help="another detector version than the one served")
     export.add_argument("--limit", type=int, default=100, help="outputs per request (default 100)")
     export.add_argument("--out", "-o", help="file to write (default: standard output)")
+    retry = sub.add_parser("retry", help="queue failed outputs for scoring again, once their cause is fixed, "
+                                         "through a running API (GET /v1/dead-letters, then POST .../retry)")
+    retry.add_argument("--error", help="only dead letters whose error contains this text, e.g. 'detectors "
+                                       "not loaded' after a rollout (default: every one)")
+    retry.add_argument("--model", help="only outputs of this deployed model")
+    retry.add_argument("--url", default="http://127.0.0.1:8080", help="the API (default http://127.0.0.1:8080)")
+    retry.add_argument("--key-file", help="file holding an API key with the read and outputs:write scopes")
+    retry.add_argument("--chunk", type=int, default=100, help="outputs per retry request (default 100)")
+    retry.add_argument("--dry-run", action="store_true", help="print the ids that match, retry none")
     versions = sub.add_parser("versions", help="the detector version claims workers hold, and releasing one "
                                                "(needs REDLINE_REDIS_URL, or a running `redline serve`)")
     versions_sub = versions.add_subparsers(dest="versions_command")
@@ -69,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     release.add_argument("detector")
     release.add_argument("version")
     args = parser.parse_args(argv)
+    if args.command == "retry":
+        from . import retry_client
+
+        return retry_client.main(args)
     if args.command == "export":
         from . import labels_client
 

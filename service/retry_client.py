@@ -1,0 +1,79 @@
+"""`redline retry`: queue failed outputs for scoring again through a running API, once their cause is
+fixed (a worker with the missing detector deployed, memory raised). It reads the dead letters
+(`GET /v1/dead-letters`), keeps those whose error contains `--error` and of `--model`, and retries them
+(`POST /v1/dead-letters/retry`) a chunk at a time, reading again until none is left: the last step of
+the failure runbooks as one command. Each output is sent at most once a run, so outputs that fail again
+at once (the cause is not fixed) end it instead of looping.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .api_client import ApiError, call, read_key
+
+LIST_LIMIT = 1000  # the most dead letters one GET /v1/dead-letters answers with, newest first
+
+
+@dataclass
+class RetryReport:
+    """What a run did: the API's answers, summed."""
+
+    requeued: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # already queued again, or scored
+    missing: list[str] = field(default_factory=list)  # erased or expired since they were listed
+    matching: list[str] = field(default_factory=list)  # with `dry_run`: what would be retried
+    unread: bool = False  # a full listing held no more to retry: older dead letters were not read
+
+
+def retry_failed(url: str, key: str | None, error: str | None = None, model: str | None = None,
+                 chunk: int = 100, dry_run: bool = False, sleep: Callable[[float], None] = time.sleep) -> RetryReport:
+    """Retry every dead letter that matches; with `dry_run`, only list them (from one read)."""
+    base = url.rstrip("/")
+    report, sent = RetryReport(), set()
+    while True:
+        listed = call(f"{base}/v1/dead-letters?" + urllib.parse.urlencode({"limit": LIST_LIMIT}), key,
+                      sleep=sleep)["outputs"]
+        todo = [o["id"] for o in listed if o["id"] not in sent and _matches(o, error, model)]
+        if dry_run:
+            report.matching = todo
+            report.unread = len(listed) == LIST_LIMIT
+            return report
+        if not todo:
+            report.unread = len(listed) == LIST_LIMIT
+            return report
+        for start in range(0, len(todo), chunk):
+            answer = call(f"{base}/v1/dead-letters/retry", key, {"ids": todo[start:start + chunk]}, sleep=sleep)
+            report.requeued += answer["requeued"]
+            report.skipped += answer["skipped"]
+            report.missing += answer["missing"]
+        sent.update(todo)
+
+
+def _matches(output: dict[str, Any], error: str | None, model: str | None) -> bool:
+    return (error is None or error in (output.get("error") or "")) and (model is None or output.get("model") == model)
+
+
+def main(args: Any) -> int:
+    """`redline retry` (see cli.py for its arguments)."""
+    try:
+        report = retry_failed(args.url, read_key(args.key_file), args.error, args.model, args.chunk, args.dry_run)
+    except ApiError as exc:
+        print(f"redline retry: {exc}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        for output_id in report.matching:
+            print(output_id)
+        print(f"redline retry: {len(report.matching)} failed outputs match (none retried: --dry-run)", file=sys.stderr)
+    else:
+        print(f"redline retry: {len(report.requeued)} failed outputs queued for scoring again; "
+              f"{len(report.skipped)} already queued or scored, {len(report.missing)} gone", file=sys.stderr)
+    if report.unread:
+        print(f"redline retry: only the {LIST_LIMIT} newest dead letters were read; older ones were not "
+              "(narrow --error or --model, or retry the newer ones' cause first)", file=sys.stderr)
+    return 0
