@@ -41,7 +41,7 @@ def test_dead_letters_list_failed_jobs_and_given_up_outputs(redis: Redis, settin
     core.queues.enqueue(["stuck"], "raises-stuck")
     broken = build_worker(redis, settings)
 
-    def scoring_fails(output_ids: list[str], job_id: str | None = None) -> None:
+    def scoring_fails(output_ids: list[str], job_ids: set[str] | None = None) -> None:
         raise RuntimeError("inference session lost")
 
     broken.scorer.score = scoring_fails  # type: ignore[method-assign,assignment]
@@ -129,7 +129,7 @@ def test_a_failed_job_does_not_name_an_erased_output(redis: Redis, settings: Set
     core.queues.enqueue(["keep", "erase"], "raises-two")
     broken = build_worker(redis, settings)
 
-    def scoring_fails(output_ids: list[str], job_id: str | None = None) -> None:
+    def scoring_fails(output_ids: list[str], job_ids: set[str] | None = None) -> None:
         raise RuntimeError("inference session lost")
 
     broken.scorer.score = scoring_fails  # type: ignore[method-assign,assignment]

@@ -146,3 +146,18 @@ def test_detector_missing_on_worker_fails_output_with_reason(redis: Redis, setti
     run_burst(redis, settings)
     record = core.store.get("x1")
     assert record is not None and record["status"] == "failed" and "gone" in record["error"]
+
+
+def test_a_job_leaves_the_outputs_moved_to_another_job_since(redis: Redis, settings: Settings) -> None:
+    # A job whose outputs were passed on (or requeued by the reaper) scores none of them, in a batch or in
+    # its own run: the job they were moved to does. Passing them on from a stale job would queue them twice.
+    core = Redline(settings, redis)
+    core.store.create([NewOutput(id="moved", model="m", response="hi", detectors=["injury"])], job_id="stale")
+    assert core.store.reassign(["moved"], "current", handoff=True) == ["moved"]
+    core.queues.enqueue(["moved"], "stale")
+    run_burst(redis, settings)
+    assert core.store.get("moved")["status"] == "queued"  # type: ignore[index]
+    core.queues.enqueue(["moved"], "current")
+    run_burst(redis, settings)
+    assert core.store.get("moved")["status"] == "scored"  # type: ignore[index]
+    assert core.store.counters()["scored|injury|m"] == 1 and redis.zcard(core.keys.pending) == 0

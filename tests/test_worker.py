@@ -46,11 +46,11 @@ def _fall_back_to_each_jobs_run(worker: ScoringWorker) -> list[int]:
     score = worker.scorer.score
     calls: list[int] = []
 
-    def scoring(output_ids: list[str], job_id: str | None = None) -> Any:
+    def scoring(output_ids: list[str], job_ids: set[str] | None = None) -> Any:
         calls.append(len(output_ids))
         if len(calls) == 1:
             raise RuntimeError("batch path broken")
-        return score(output_ids, job_id)
+        return score(output_ids, job_ids)
 
     worker.scorer.score = scoring  # type: ignore[method-assign]
     return calls

@@ -20,6 +20,6 @@ def score_outputs(output_ids: list[str]) -> dict[str, Any]:
     # job's failure (a dead letter) once Redis is back, and leave its outputs to the reaper. A stop
     # ends the wait at once (ScoringWorker.set_shutdown_requested_date), the job timeout at the
     # latest; the reaper then requeues the outputs.
-    report = riding_out_redis_loss(job.connection, lambda: scorer.score(output_ids, job.id), f"running job {job.id}",
+    report = riding_out_redis_loss(job.connection, lambda: scorer.score(output_ids, {job.id}), f"running job {job.id}",
                                    probe=scorer.store.keys.write_probe)
     return {"batch": report.batch_id, "scored": report.scored, "failed": report.failed}

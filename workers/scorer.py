@@ -6,7 +6,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,14 +47,14 @@ class Scorer:
         self.worker = worker
         self.max_batch_tokens = max_batch_tokens
 
-    def score(self, output_ids: Sequence[str], job_id: str | None = None) -> BatchReport:
+    def score(self, output_ids: Sequence[str], job_ids: Collection[str] | None = None) -> BatchReport:
         """Score those of `output_ids` that are still queued; already-scored ones are left alone, and so,
-        given the `job_id` they were queued under, are those moved to another job since (passed on, or
+        given the `job_ids` that carried them, are those moved to another job since (passed on, or
         requeued by the reaper): that job scores them, and passing them on again would queue them twice."""
         batch_id = uuid.uuid4().hex[:16]
         started = self.store.clock()  # created_at's clock, for the queue-wait histogram
         records = [r for r in self.store.get_many(list(dict.fromkeys(output_ids)), _READ_FIELDS)
-                   if r and r.get("status") == QUEUED and (job_id is None or r.get("job", job_id) == job_id)]
+                   if r and r.get("status") == QUEUED and (job_ids is None or r.get("job") in (None, *job_ids))]
         failures: dict[str, str] = {}
         lacking: dict[str, frozenset[str]] = {}
         for record in records:

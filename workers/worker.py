@@ -76,7 +76,7 @@ class ScoringWorker(SimpleWorker):
         job_ids = [j.id for j, _ in batch]
         try:
             try:
-                report = self._riding_out_redis_loss(lambda: self.scorer.score(ids),
+                report = self._riding_out_redis_loss(lambda: self.scorer.score(ids, set(job_ids)),
                                                      f"scoring a batch of {len(ids)} outputs")
                 self.last_report = report
                 log.info("batch %s: %d outputs from %d jobs, session calls %s", report.batch_id,
