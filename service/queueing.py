@@ -65,8 +65,8 @@ class ScoreQueues:
 
     def lane(self, tenant: str, backlog: TenantBacklog) -> str:
         """The lane for a job of `tenant`'s outputs, read once they are stored (so the submission that
-        takes its tenant past REDLINE_TENANT_FAIR_SHARE is the first to wait): DEFAULT, or BULK past
-        the tenant's bulk lane past the share. No Redis call while every tenant shares one lane."""
+        takes its tenant past REDLINE_TENANT_FAIR_SHARE is the first to wait): DEFAULT, or past the
+        share the tenant's bulk lane (`bulk_lane`). No Redis call while every tenant shares one lane."""
         share = self.settings.tenant_fair_share
         return bulk_lane(tenant) if share and backlog.count(tenant) > share else DEFAULT
 

@@ -40,11 +40,8 @@ def retry_failed(url: str, key: str | None, error: str | None = None, model: str
         listed = call(f"{base}/v1/dead-letters?" + urllib.parse.urlencode({"limit": LIST_LIMIT}), key,
                       sleep=sleep)["outputs"]
         todo = [o["id"] for o in listed if o["id"] not in sent and _matches(o, error, model)]
-        if dry_run:
-            report.matching = todo
-            report.unread = len(listed) == LIST_LIMIT
-            return report
-        if not todo:
+        if dry_run or not todo:
+            report.matching = todo if dry_run else []
             report.unread = len(listed) == LIST_LIMIT
             return report
         for start in range(0, len(todo), chunk):

@@ -53,7 +53,7 @@ class Handoff:
             if not able[missing]:
                 continue
             tenant = tenant_of(record["id"])
-            if tenant not in lane_of:
+            if not record.get("notify") and tenant not in lane_of:
                 lane_of[tenant] = self.queues.lane(tenant, self.store.backlog)
             by_lane.setdefault(HIGH if record.get("notify") else lane_of[tenant], []).append(record["id"])
         passed: list[str] = []

@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 _scorer: Scorer | None = None
 
 
-def build_scorer(redis: Redis, settings: Settings, worker_name: str | None = None) -> Scorer:
-    """Load every configured detector (the slow part: done once per process)."""
+def build_scorer(redis: Redis, settings: Settings, worker_name: str | None = None,
+                 queues: ScoreQueues | None = None) -> Scorer:
+    """Load every configured detector (the slow part: done once per process). `queues` are those its
+    handoffs queue on (the worker's own; built here without one)."""
     threads, why = cpus.intra_op_threads(settings.intra_op_threads)
     log.info("onnxruntime intra-op threads per session: %s (%s)", threads or "onnxruntime's default", why)
     configs = load_configs(settings.models_dirs)
@@ -43,7 +45,7 @@ def build_scorer(redis: Redis, settings: Settings, worker_name: str | None = Non
     # container restarted after an unclean death (OOM kill) has the same hostname and PID 1, and RQ
     # refuses a name whose old record has not expired (its TTL, minutes), so the restart would fail.
     name = worker_name or f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
-    handoff = Handoff(store, Fleet(redis, settings, store, {}), ScoreQueues(redis, settings))
+    handoff = Handoff(store, Fleet(redis, settings, store, {}), queues or ScoreQueues(redis, settings))
     return Scorer(store, detectors, name, settings.max_batch_tokens, settings.audit_rate, prints, handoff)
 
 

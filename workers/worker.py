@@ -204,7 +204,7 @@ def _output_ids(job: Job) -> list[str]:
 def build_worker(redis: Redis, settings: Settings, name: str | None = None) -> ScoringWorker:
     """Load detectors, install them for this process's jobs, and return a ready worker."""
     queues = ScoreQueues(redis, settings)
-    scorer = runtime.build_scorer(redis, settings, name)
+    scorer = runtime.build_scorer(redis, settings, name, queues)
     runtime.install(scorer)
     worker = ScoringWorker(queues.ordered, connection=redis, serializer=JSONSerializer, name=scorer.worker)
     worker.scorer = scorer
