@@ -170,7 +170,9 @@ def build(settings: Settings, detectors: list[str], keys_required: bool) -> dict
         "/v1/dead-letters": {"get": {
             "summary": "Outputs and jobs that could not be scored", "security": security,
             "parameters": [{"name": "limit", "in": "query", "required": False,
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                           {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
+                            "description": "the `next` of the previous page"}],
             "responses": {"200": _json(_ref(s.DeadLetters)), **_errors(401, 403, 422, 503)}}},
         "/v1/dead-letters/retry": {"post": {
             "summary": "Score failed outputs again", "security": security,

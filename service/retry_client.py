@@ -1,9 +1,9 @@
 """`redline retry`: queue failed outputs for scoring again through a running API, once their cause is
-fixed (a worker with the missing detector deployed, memory raised). It reads the dead letters
-(`GET /v1/dead-letters`), keeps those whose error contains `--error` and of `--model`, and retries them
-(`POST /v1/dead-letters/retry`) a chunk at a time, reading again until none is left: the last step of
-the failure runbooks as one command. Each output is sent at most once a run, so outputs that fail again
-at once (the cause is not fixed) end it instead of looping.
+fixed (a worker with the missing detector deployed, memory raised). It pages through the dead letters
+(`GET /v1/dead-letters`, newest first), keeps those whose error contains `--error` and of `--model`,
+and retries them (`POST /v1/dead-letters/retry`) a chunk at a time as it goes: the last step of the
+failure runbooks as one command. One pass: outputs that fail again at once are listed again as newer
+than the pages already read, so they end the run instead of looping.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from .api_client import ApiError, call, read_key
 
-LIST_LIMIT = 1000  # the most dead letters one GET /v1/dead-letters answers with, newest first
+PAGE = 1000  # the most dead letters one GET /v1/dead-letters answers with
 
 
 @dataclass
@@ -28,28 +28,29 @@ class RetryReport:
     skipped: list[dict[str, str]] = field(default_factory=list)  # already queued again, or scored
     missing: list[str] = field(default_factory=list)  # erased or expired since they were listed
     matching: list[str] = field(default_factory=list)  # with `dry_run`: what would be retried
-    unread: bool = False  # a full listing held no more to retry: older dead letters were not read
 
 
 def retry_failed(url: str, key: str | None, error: str | None = None, model: str | None = None,
-                 chunk: int = 100, dry_run: bool = False, sleep: Callable[[float], None] = time.sleep) -> RetryReport:
-    """Retry every dead letter that matches; with `dry_run`, only list them (from one read)."""
+                 chunk: int = 100, dry_run: bool = False, sleep: Callable[[float], None] = time.sleep,
+                 page_size: int = PAGE) -> RetryReport:
+    """Retry every dead letter that matches; with `dry_run`, only list them."""
     base = url.rstrip("/")
-    report, sent = RetryReport(), set()
+    report, cursor = RetryReport(), None
     while True:
-        listed = call(f"{base}/v1/dead-letters?" + urllib.parse.urlencode({"limit": LIST_LIMIT}), key,
-                      sleep=sleep)["outputs"]
-        todo = [o["id"] for o in listed if o["id"] not in sent and _matches(o, error, model)]
-        if dry_run or not todo:
-            report.matching = todo if dry_run else []
-            report.unread = len(listed) == LIST_LIMIT
-            return report
+        query = {"limit": page_size, **({"cursor": cursor} if cursor else {})}
+        page = call(f"{base}/v1/dead-letters?" + urllib.parse.urlencode(query), key, sleep=sleep)
+        todo = [o["id"] for o in page["outputs"] if _matches(o, error, model)]
+        if dry_run:
+            report.matching += todo
+            todo = []
         for start in range(0, len(todo), chunk):
             answer = call(f"{base}/v1/dead-letters/retry", key, {"ids": todo[start:start + chunk]}, sleep=sleep)
             report.requeued += answer["requeued"]
             report.skipped += answer["skipped"]
             report.missing += answer["missing"]
-        sent.update(todo)
+        cursor = page.get("next")
+        if not cursor:
+            return report
 
 
 def _matches(output: dict[str, Any], error: str | None, model: str | None) -> bool:
@@ -70,7 +71,4 @@ def main(args: Any) -> int:
     else:
         print(f"redline retry: {len(report.requeued)} failed outputs queued for scoring again; "
               f"{len(report.skipped)} already queued or scored, {len(report.missing)} gone", file=sys.stderr)
-    if report.unread:
-        print(f"redline retry: only the {LIST_LIMIT} newest dead letters were read; older ones were not "
-              "(narrow --error or --model, or retry the newer ones' cause first)", file=sys.stderr)
     return 0

@@ -230,6 +230,7 @@ class DeadJob(BaseModel):
 
 class DeadLetters(BaseModel):
     outputs: list[DeadOutput]
+    next: str | None
     jobs: list[DeadJob]
 
 

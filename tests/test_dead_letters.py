@@ -142,4 +142,29 @@ def test_a_failed_job_does_not_name_an_erased_output(redis: Redis, settings: Set
     assert job["output_ids"] == ["keep"]
     assert client.delete("/v1/outputs/keep").status_code == 200
     listing = client.get("/v1/dead-letters")
-    assert listing.get_json() == {"outputs": [], "jobs": []} and b"erase" not in listing.get_data()
+    assert listing.get_json() == {"outputs": [], "next": None, "jobs": []} and b"erase" not in listing.get_data()
+
+
+def test_dead_letters_page_with_a_cursor_that_survives_retries(redis: Redis, settings: Settings) -> None:
+    # Failures written in one step share their time: the pages must order ties too, and a retry between
+    # two pages (taking entries off the list) must neither skip nor repeat the rest.
+    core = Redline(settings, redis)
+    ids = [f"d{i}" for i in range(7)]
+    core.store.create([NewOutput(id=i, model="m", response="x", detectors=["injury"]) for i in ids], job_id="j")
+    assert core.store.finish_failed({i: "boom" for i in ids[:5]}) == 5
+    core.store.finish_failed({"d5": "later"})
+    core.store.finish_failed({"d6": "latest"})
+    client = create_app(settings, redis).test_client()
+    first = client.get("/v1/dead-letters?limit=3").get_json()
+    assert [o["id"] for o in first["outputs"]] == ["d6", "d5", "d4"] and first["next"]
+    assert client.post("/v1/dead-letters/retry", json={"ids": ["d6", "d5", "d4"]}).status_code == 200
+    second = client.get(f"/v1/dead-letters?limit=3&cursor={first['next']}").get_json()
+    assert [o["id"] for o in second["outputs"]] == ["d3", "d2", "d1"] and second["jobs"] == []
+    third = client.get(f"/v1/dead-letters?limit=3&cursor={second['next']}").get_json()
+    assert [o["id"] for o in third["outputs"]] == ["d0"] and third["next"] is None
+    whole = client.get("/v1/dead-letters").get_json()
+    assert [o["id"] for o in whole["outputs"]] == ["d3", "d2", "d1", "d0"] and whole["next"] is None
+    for bad in ("nope", "W10", first["next"] + "&cursor=" + first["next"]):
+        r = client.get(f"/v1/dead-letters?cursor={bad}")
+        assert r.status_code == 422 and "cursor" in r.get_json()["error"]["message"], (bad, r.get_json())
+    redis.zrem(core.keys.pending, "d4", "d5", "d6")  # retried, left unscored on purpose

@@ -13,6 +13,7 @@ import pytest
 import requests
 from redis import Redis
 
+from service import retry_client
 from service.auth import create_key
 from service.keys import Keys
 from service.store import OutputStore
@@ -34,6 +35,7 @@ def test_redline_retry_scores_the_outputs_a_missing_detector_failed(
     keys = tmp_path / "keys"
     key = create_key(keys, "team", ["outputs:write", "read"])
     (tmp_path / "op.key").write_text(key + "\n")
+    (tmp_path / "reader.key").write_text(create_key(keys, "team", ["read"]) + "\n")
     auth = {"Authorization": f"Bearer {key}"}
     # The API already serves the user's profanity detector; the only worker does not have it.
     api, base = start_api(redline_env(redis_url, [synthetic_models, user_models], prefix, api_keys_file=keys),
@@ -57,6 +59,8 @@ def test_redline_retry_scores_the_outputs_a_missing_detector_failed(
         dry = _retry(base, tmp_path / "op.key", "--error", "detectors not loaded", "--dry-run")
         assert dry.returncode == 0 and sorted(dry.stdout.split()) == ids, dry.stderr
         assert all(status(i) == "failed" for i in ids)
+        paged = retry_client.retry_failed(base, key, error="detectors not loaded", dry_run=True, page_size=2)
+        assert sorted(paged.matching) == ids  # three pages, followed by their cursors
 
         workers.append(start_worker(redline_env(redis_url, [synthetic_models, user_models], prefix),
                                     tmp_path / "new.log", redis, prefix))
@@ -66,11 +70,7 @@ def test_redline_retry_scores_the_outputs_a_missing_detector_failed(
         scores = [requests.get(f"{base}/v1/outputs/{i}", headers=auth, timeout=30).json()["scores"] for i in ids]
         assert all(s["profanity"]["flagged"] and s["profanity"]["version"] == "user-7" for s in scores)
         assert status("other") == "failed"  # its error did not match
-        reader = tmp_path / "reader.key"  # reads the dead letters, may not retry them: says so, exit 1
-        reader.write_text(create_key(keys, "team", ["read"]) + "\n")
-        wait_for(lambda: requests.get(base + "/v1/detectors", timeout=30, headers={
-            "Authorization": f"Bearer {reader.read_text().strip()}"}).status_code == 200)
-        refused = _retry(base, reader)
+        refused = _retry(base, tmp_path / "reader.key")  # may read the dead letters, not retry them
         assert refused.returncode == 1 and "403 from " in refused.stderr and "outputs:write" in refused.stderr, \
             refused.stderr
         everything = _retry(base, tmp_path / "op.key")
