@@ -206,6 +206,9 @@ class Detector(BaseModel):
                                                 "version they serve; empty: outputs asking for it fail")
     files_match: bool | None = Field(description="Whether this API's files for the version are those workers "
                                                  "score it with (null: no worker has claimed it yet)")
+    worker_files: dict[str, dict[str, int]] = Field(
+        description="By version, then the first 16 hex digits of the files' fingerprint, how many live workers "
+                    "score it with those files; two under one version mix two models' scores")
 
 
 class DetectorsResponse(BaseModel):

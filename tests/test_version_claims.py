@@ -11,6 +11,7 @@ import onnx
 import pytest
 from redis import Redis
 
+from service.app import create_app
 from service.core import Redline
 from service.detector_config import fingerprints, load_configs
 from service.errors import ConfigError
@@ -18,6 +19,7 @@ from service.keys import Keys
 from service.settings import Settings
 from service.store import NewOutput, OutputStore
 from tests.procs import ROOT, copy_models, redline_env, start_worker, wait_for
+from tests.scrape import Scrape
 from workers.detector import load_detectors
 from workers.worker import build_worker
 
@@ -163,8 +165,6 @@ def test_an_api_with_other_files_than_its_workers_exports_it_and_logs_it_once(
         redis: Redis, settings: Settings, synthetic_models: Path, tmp_path: Path,
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     # RedlineDetectorFilesDiffer reads this gauge: 0 where the API's files differ, absent before any claim.
-    from tests.test_metrics import Scrape
-
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
 
     def gauges(core: Redline) -> dict[str, float | None]:
@@ -189,8 +189,6 @@ def test_live_workers_on_two_files_under_one_version_are_seen_and_exported(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Workers refuse that at start, but a claim released while workers on the old files still run lets
     # one on new files join them: RedlineDetectorVersionMixed reads this gauge.
-    from tests.test_metrics import Scrape
-
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     core = Redline(settings, redis)
     prints = fingerprints(load_configs([synthetic_models]).values())
@@ -205,6 +203,10 @@ def test_live_workers_on_two_files_under_one_version_are_seen_and_exported(
         scrape = Scrape(core)
         assert {n: scrape.get_sample_value("redline_detector_worker_files", {"detector": n, "version": "synthetic-1"})
                 for n in ("injury", "deception")} == {"injury": 2, "deception": 1}
+        listed = create_app(settings, redis).test_client().get("/v1/detectors").get_json()["detectors"]
+        assert {d["name"]: d["worker_files"] for d in listed} == {
+            "injury": {"synthetic-1": {prints["injury"][:16]: 1, new[:16]: 1}},
+            "deception": {"synthetic-1": {prints["deception"][:16]: 2}}}
     finally:
         first.heart.stop()
         second.heart.stop()

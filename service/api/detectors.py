@@ -22,6 +22,8 @@ def openapi() -> dict[str, Any]:
 @bp.get("/v1/detectors")
 def list_detectors() -> dict[str, Any]:
     redline = core()
-    served, match = redline.fleet.served_versions(), redline.fleet.files_match()
-    return {"detectors": [{**c.describe(), "workers": served.get(name, {}), "files_match": match[name]}
+    (served, files), match = redline.fleet.served(), redline.fleet.files_match()
+    return {"detectors": [{**c.describe(), "workers": served.get(name, {}), "files_match": match[name],
+                           "worker_files": {version: {fingerprint[:16]: n for fingerprint, n in counts.items()}
+                                            for version, counts in files.get(name, {}).items()}}
                           for name, c in redline.detectors.items()]}
