@@ -59,6 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("--version", help="another detector version than the one served")
     export.add_argument("--limit", type=int, default=100, help="outputs per request (default 100)")
     export.add_argument("--out", "-o", help="file to write (default: standard output)")
+    imports = sub.add_parser("import", help="reviewers' labels from a JSON Lines file, through a running API "
+                                            "(POST /v1/labels, a chunk at a time)")
+    imports.add_argument("file", help='one {"id", "detector", "label"} a line (redline export\'s lines too)')
+    imports.add_argument("--detector", help="the detector of lines that name none")
+    imports.add_argument("--url", default="http://127.0.0.1:8080", help="the API (default http://127.0.0.1:8080)")
+    imports.add_argument("--key-file", help="file holding an API key with the labels:write scope")
+    imports.add_argument("--chunk", type=int, default=500, help="labels per request (default 500; at most "
+                                                                "REDLINE_MAX_LABELS_PER_REQUEST)")
     retry = sub.add_parser("retry", help="queue failed outputs for scoring again, once their cause is fixed, "
                                          "through a running API (GET /v1/dead-letters, then POST .../retry)")
     retry.add_argument("--error", help="only dead letters whose error contains this text, e.g. 'detectors "
@@ -78,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     release.add_argument("detector")
     release.add_argument("version")
     args = parser.parse_args(argv)
+    if args.command == "import":
+        from . import labels_import
+
+        return labels_import.main(args)
     if args.command == "retry":
         from . import retry_client
 

@@ -28,6 +28,7 @@ def served(redis_url: str, synthetic_models: Path, tmp_path_factory: pytest.Temp
     tmp = tmp_path_factory.mktemp("export")
     keys = tmp / "keys"
     writer = create_key(keys, "team-a", ["outputs:write", "labels:write"])
+    (tmp / "writer.key").write_text(writer + "\n")
     (tmp / "reader.key").write_text(create_key(keys, "team-a", ["read"]) + "\n")
     with api_and_worker(redis_url, synthetic_models, tmp, "export" + uuid.uuid4().hex[:8],
                         api_keys_file=keys) as base:
@@ -44,7 +45,8 @@ def served(redis_url: str, synthetic_models: Path, tmp_path_factory: pytest.Temp
             return all(o["status"] == "scored" for o in got["outputs"]) and len(got["outputs"]) == len(ids)
 
         wait_for(all_scored, timeout=60)
-        yield {"base": base, "ids": ids, "key_file": tmp / "reader.key", "read": read, "tmp": tmp}
+        yield {"base": base, "ids": ids, "key_file": tmp / "reader.key", "read": read, "tmp": tmp,
+               "write": auth, "writer_key_file": tmp / "writer.key"}
 
 
 def _export(*args: object) -> subprocess.CompletedProcess[str]:
@@ -137,3 +139,50 @@ def test_export_waits_out_a_503_as_the_api_asks() -> None:
             list(labels_client.pages(f"http://127.0.0.1:{server.server_port}", "bot", "injury", sleep=waits.append))
     finally:
         server.shutdown()
+
+
+def _import(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service.cli", "import", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_import_sends_a_files_labels_and_says_which_lines_were_refused(served: dict) -> None:
+    # Labels made elsewhere come back through POST /v1/labels; export's own lines (one detector, more
+    # fields) come back as they are, with --detector.
+    base, tmp = served["base"], served["tmp"]
+    ids = [f"imp-{n}" for n in range(5)]
+    body = {"outputs": [{"id": i, "model": "imp", "response": "a calm day", "detectors": ["injury"]} for i in ids]}
+    assert requests.post(f"{base}/v1/outputs", json=body, headers=served["write"], timeout=30).status_code == 202
+    labels = tmp / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"id": i, "label": n % 2, "score": 0.5, "prompt": "p"}) + "\n"
+                              for n, i in enumerate(ids)) + "\n")
+    common = ("--url", base, "--key-file", served["writer_key_file"], "--chunk", 2)
+    run = _import(labels, "--detector", "injury", *common)  # three requests
+    assert run.returncode == 0 and "5 labels from" in run.stderr and "5 new, 0 changed, 0 unchanged" in run.stderr, \
+        run.stderr
+    got = requests.get(f"{base}/v1/labels", params={"model": "imp", "detector": "injury"}, headers=served["read"],
+                       timeout=30).json()["outputs"]
+    assert {o["id"]: o["label"] for o in got} == {i: n % 2 for n, i in enumerate(ids)}
+    labels.write_text("".join(json.dumps({"id": i, "detector": "injury", "label": 1}) + "\n" for i in ids))
+    again = _import(labels, *common)
+    assert "0 new, 3 changed, 2 unchanged" in again.stderr, again.stderr
+    # An unknown id in the second request: that request is refused whole, the first was applied.
+    labels.write_text("".join(json.dumps({"id": i, "detector": "injury", "label": 0}) + "\n"
+                              for i in [ids[0], ids[1], ids[2], "imp-nobody"]))
+    refused = _import(labels, *common)
+    assert refused.returncode == 1 and "lines 3-4 were refused" in refused.stderr and "404 from" in refused.stderr
+    assert "the 2 labels before them were" in refused.stderr, refused.stderr
+    got = requests.get(f"{base}/v1/labels", params={"model": "imp", "detector": "injury"}, headers=served["read"],
+                       timeout=30).json()["outputs"]
+    assert [o["label"] for o in sorted(got, key=lambda o: o["id"])] == [0, 0, 1, 1, 1]
+    # A line that is no label stops it before anything is sent.
+    labels.write_text(json.dumps({"id": ids[3], "detector": "injury", "label": 0}) + "\nnot json\n")
+    bad = _import(labels, *common)
+    assert bad.returncode == 2 and "line 2: not JSON" in bad.stderr
+    labels.write_text(json.dumps({"id": ids[3], "label": 0}) + "\n")
+    assert 'line 1: no "detector"' in _import(labels, *common).stderr
+    got = requests.get(f"{base}/v1/labels", params={"model": "imp", "detector": "injury"}, headers=served["read"],
+                       timeout=30).json()["outputs"]
+    assert {o["id"]: o["label"] for o in got}[ids[3]] == 1  # neither sent
+    reader = _import(labels, "--detector", "injury", "--url", base, "--key-file", served["key_file"])
+    assert reader.returncode == 1 and "403 from" in reader.stderr

@@ -1,0 +1,80 @@
+"""`redline import`: reviewers' labels from a JSON Lines file, sent to a running API through
+`POST /v1/labels` a chunk at a time (`api_client`), for labels made outside Redline: in a labeling
+tool, a spreadsheet, or by editing the lines `redline export` wrote.
+
+Each line is `{"id", "detector", "label"}`, the API's own label item; `--detector` stands in for a
+line without one (so `redline export`'s lines, which are of one detector, can come back as they are;
+their other fields are not sent). The whole file is read and checked before anything is sent. The API
+applies each request whole or not at all, and labels are idempotent, so after a refused chunk the
+file can be sent again once mended: what was applied comes back `unchanged`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .api_client import ApiError, call, read_key
+
+
+class BadLine(ValueError):
+    """A line of the file that is no label; nothing was sent."""
+
+
+def read_labels(lines: Iterable[str], detector: str | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, label item) for each non-blank line."""
+    items = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise BadLine(f"line {number}: not JSON") from None
+        if not isinstance(row, dict) or "id" not in row or "label" not in row:
+            raise BadLine(f"line {number}: a label is an object with \"id\" and \"label\"")
+        name = row.get("detector", detector)
+        if name is None:
+            raise BadLine(f"line {number}: no \"detector\" (or pass --detector)")
+        items.append((number, {"id": row["id"], "detector": name, "label": row["label"]}))
+    return items
+
+
+def send(items: list[tuple[int, dict[str, Any]]], url: str, key: str | None, chunk: int = 500,
+         sleep: Callable[[float], None] = time.sleep) -> dict[str, int]:
+    """POST the labels `chunk` at a time; the summed `new`, `changed` and `unchanged` counts."""
+    totals = {"new": 0, "changed": 0, "unchanged": 0}
+    target = f"{url.rstrip('/')}/v1/labels"
+    for start in range(0, len(items), chunk):
+        part = items[start:start + chunk]
+        try:
+            answer = call(target, key, {"labels": [item for _, item in part]}, sleep=sleep)
+        except ApiError as exc:
+            raise ApiError(f"lines {part[0][0]}-{part[-1][0]} were refused, and none of them applied ({exc}); "
+                           f"the {start} labels before them were") from None
+        for name in totals:
+            totals[name] += int(answer[name])
+    return totals
+
+
+def main(args: Any) -> int:
+    """`redline import` (see cli.py for its arguments)."""
+    try:
+        key = read_key(args.key_file)
+        with Path(args.file).open(encoding="utf-8") as lines:
+            items = read_labels(lines, args.detector)
+    except (ApiError, BadLine, OSError) as exc:
+        print(f"redline import: {exc}", file=sys.stderr)
+        return 2
+    try:
+        totals = send(items, args.url, key, args.chunk)
+    except ApiError as exc:
+        print(f"redline import: {exc}", file=sys.stderr)
+        return 1
+    print(f"redline import: {len(items)} labels from {args.file}: {totals['new']} new, {totals['changed']} changed, "
+          f"{totals['unchanged']} unchanged", file=sys.stderr)
+    return 0
