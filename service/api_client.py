@@ -10,7 +10,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +23,24 @@ class ApiError(Exception):
     """The API refused or could not be reached; the message says which and why."""
 
 
-def call(url: str, key: str | None, body: Any = None, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
-    """GET `url`, or POST `body` to it as JSON, and return the JSON answer."""
+class BadLine(ValueError):
+    """A line of an input file that is not what the command sends; nothing was sent."""
+
+
+def call(url: str, key: str | None, body: Any = None, sleep: Callable[[float], None] = time.sleep,
+         retries: int = RETRIES) -> dict[str, Any]:
+    """GET `url`, or POST `body` to it as JSON, and return the JSON answer; a 429 or 503 is waited out
+    `retries` times."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={
         "Accept": "application/json", **({"Content-Type": "application/json"} if data is not None else {}),
         **({"Authorization": f"Bearer {key}"} if key else {})})
-    for attempt in range(RETRIES + 1):
+    for attempt in range(retries + 1):
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return json.loads(response.read())  # type: ignore[no-any-return]
         except urllib.error.HTTPError as exc:
-            if exc.code in (429, 503) and attempt < RETRIES:
+            if exc.code in (429, 503) and attempt < retries:
                 sleep(min(float(exc.headers.get("Retry-After") or 1), MAX_WAIT_S))
                 continue
             raise ApiError(f"{exc.code} from {url.split('?')[0]}: {_message(exc)}") from None
@@ -42,6 +48,36 @@ def call(url: str, key: str | None, body: Any = None, sleep: Callable[[float], N
             reason = getattr(exc, "reason", exc)
             raise ApiError(f"cannot reach {url.split('?')[0]}: {reason}") from None
     raise AssertionError("unreachable")
+
+
+def post_in_chunks(url: str, key: str | None, field: str, items: list[tuple[int, dict[str, Any]]], chunk: int,
+                   sleep: Callable[[float], None] = time.sleep, retries: int = RETRIES) -> Iterator[dict[str, Any]]:
+    """POST `{field: [...]}` of `items` (line number, item) `chunk` at a time, yielding each answer. The
+    API takes a request whole or not at all: a refused one raises ApiError naming its lines, and the
+    requests before it stand."""
+    for start in range(0, len(items), chunk):
+        part = items[start:start + chunk]
+        try:
+            yield call(url, key, {field: [item for _, item in part]}, sleep=sleep, retries=retries)
+        except ApiError as exc:
+            raise ApiError(f"lines {part[0][0]}-{part[-1][0]} were refused, and none of them was taken ({exc}); "
+                           f"the {start} {field} before them were") from None
+
+
+def read_objects(lines: Iterable[str]) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON Lines file."""
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise BadLine(f"line {number}: not JSON") from None
+        if not isinstance(row, dict):
+            raise BadLine(f"line {number}: not a JSON object")
+        rows.append((number, row))
+    return rows
 
 
 def read_key(path: str | None) -> str | None:

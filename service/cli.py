@@ -59,6 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("--version", help="another detector version than the one served")
     export.add_argument("--limit", type=int, default=100, help="outputs per request (default 100)")
     export.add_argument("--out", "-o", help="file to write (default: standard output)")
+    submits = sub.add_parser("submit", help="outputs from a JSON Lines file, through a running API (POST "
+                                            "/v1/outputs, a chunk at a time, waiting out backpressure)")
+    submits.add_argument("file", help="one POST /v1/outputs item a line; give each an id, so a re-run sends "
+                                      "nothing twice")
+    submits.add_argument("--url", default="http://127.0.0.1:8080", help="the API (default http://127.0.0.1:8080)")
+    submits.add_argument("--key-file", help="file holding an API key with the outputs:write scope")
+    submits.add_argument("--chunk", type=int, default=100, help="outputs per request (default 100; at most "
+                                                                "REDLINE_MAX_OUTPUTS_PER_REQUEST)")
     imports = sub.add_parser("import", help="reviewers' labels from a JSON Lines file, through a running API "
                                             "(POST /v1/labels, a chunk at a time)")
     imports.add_argument("file", help='one {"id", "detector", "label"} a line (redline export\'s lines too)')
@@ -86,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     release.add_argument("detector")
     release.add_argument("version")
     args = parser.parse_args(argv)
+    if args.command == "submit":
+        from . import outputs_client
+
+        return outputs_client.main(args)
     if args.command == "import":
         from . import labels_import
 

@@ -11,31 +11,20 @@ file can be sent again once mended: what was applied comes back `unchanged`.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .api_client import ApiError, call, read_key
-
-
-class BadLine(ValueError):
-    """A line of the file that is no label; nothing was sent."""
+from .api_client import ApiError, BadLine, post_in_chunks, read_key, read_objects
 
 
 def read_labels(lines: Iterable[str], detector: str | None = None) -> list[tuple[int, dict[str, Any]]]:
     """(line number, label item) for each non-blank line."""
     items = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise BadLine(f"line {number}: not JSON") from None
-        if not isinstance(row, dict) or "id" not in row or "label" not in row:
+    for number, row in read_objects(lines):
+        if "id" not in row or "label" not in row:
             raise BadLine(f"line {number}: a label is an object with \"id\" and \"label\"")
         name = row.get("detector", detector)
         if name is None:
@@ -48,14 +37,7 @@ def send(items: list[tuple[int, dict[str, Any]]], url: str, key: str | None, chu
          sleep: Callable[[float], None] = time.sleep) -> dict[str, int]:
     """POST the labels `chunk` at a time; the summed `new`, `changed` and `unchanged` counts."""
     totals = {"new": 0, "changed": 0, "unchanged": 0}
-    target = f"{url.rstrip('/')}/v1/labels"
-    for start in range(0, len(items), chunk):
-        part = items[start:start + chunk]
-        try:
-            answer = call(target, key, {"labels": [item for _, item in part]}, sleep=sleep)
-        except ApiError as exc:
-            raise ApiError(f"lines {part[0][0]}-{part[-1][0]} were refused, and none of them applied ({exc}); "
-                           f"the {start} labels before them were") from None
+    for answer in post_in_chunks(f"{url.rstrip('/')}/v1/labels", key, "labels", items, chunk, sleep):
         for name in totals:
             totals[name] += int(answer[name])
     return totals

@@ -1,0 +1,56 @@
+"""`redline submit`: outputs from a JSON Lines file, one `POST /v1/outputs` item a line, sent to a
+running API a chunk at a time (`api_client`): a backfill of past traffic, or a test set to score.
+
+A backfill outruns the workers, so the API's backpressure (`429`, with `Retry-After`) is waited out
+for as long as it lasts rather than taken for an error. Give each line an `id`: a second run then
+resubmits the same outputs, which the API accepts without scoring them again (their status is
+counted instead), so a run stopped halfway can simply be started again. A line without one gets a new
+id each run. The whole file is read and checked before anything is sent; a refused request (`422`:
+a bad field) stops the run, naming its lines: nothing of it was stored, the requests before it were.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .api_client import ApiError, post_in_chunks, read_key, read_objects
+
+# 429s waited out a request, each for its Retry-After (at most 10 s): hours, longer than any backlog.
+BACKPRESSURE_RETRIES = 10_000
+
+
+def submit(items: list[tuple[int, dict[str, Any]]], url: str, key: str | None, chunk: int = 100,
+           sleep: Callable[[float], None] = time.sleep) -> Counter[str]:
+    """POST the outputs `chunk` at a time; how many came back in each status (`queued` for new ones)."""
+    statuses: Counter[str] = Counter()
+    for answer in post_in_chunks(f"{url.rstrip('/')}/v1/outputs", key, "outputs", items, chunk, sleep,
+                                 retries=BACKPRESSURE_RETRIES):
+        statuses.update(o["status"] for o in answer["outputs"])
+    return statuses
+
+
+def main(args: Any) -> int:
+    """`redline submit` (see cli.py for its arguments)."""
+    try:
+        key = read_key(args.key_file)
+        with Path(args.file).open(encoding="utf-8") as lines:
+            items = read_objects(lines)  # the API checks the fields
+    except (ApiError, ValueError, OSError) as exc:
+        print(f"redline submit: {exc}", file=sys.stderr)
+        return 2
+    try:
+        statuses = submit(items, args.url, key, args.chunk)
+    except ApiError as exc:
+        print(f"redline submit: {exc}", file=sys.stderr)
+        return 1
+    without_id = sum("id" not in item for _, item in items)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    print(f"redline submit: {len(items)} outputs from {args.file}: {counts or 'none'}"
+          + (f" ({without_id} without an id: sent again, they would be scored again)" if without_id else ""),
+          file=sys.stderr)
+    return 0
