@@ -34,6 +34,23 @@ def submit(items: list[tuple[int, dict[str, Any]]], url: str, key: str | None, c
     return statuses
 
 
+class _Patience:
+    """The sleep between refusals, saying once a minute that the run is waiting, and why: with no live
+    worker the backlog never drains, and a silent wait would look like a hang."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.waited = self.said = 0.0
+        self.every_s = every_s
+
+    def __call__(self, seconds: float) -> None:
+        time.sleep(seconds)
+        self.waited += seconds
+        if self.waited - self.said >= self.every_s:
+            self.said = self.waited
+            print(f"redline submit: waiting for the backlog to drain (429) or Redis (503), {self.waited:.0f} s "
+                  "so far; are workers running?", file=sys.stderr)
+
+
 def main(args: Any) -> int:
     """`redline submit` (see cli.py for its arguments)."""
     try:
@@ -44,7 +61,7 @@ def main(args: Any) -> int:
         print(f"redline submit: {exc}", file=sys.stderr)
         return 2
     try:
-        statuses = submit(items, args.url, key, args.chunk)
+        statuses = submit(items, args.url, key, args.chunk, _Patience())
     except ApiError as exc:
         print(f"redline submit: {exc}", file=sys.stderr)
         return 1

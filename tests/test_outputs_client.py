@@ -88,3 +88,18 @@ def test_a_backfill_waits_out_backpressure_and_a_rerun_scores_nothing_twice(serv
     stopped = _submit(served, bad)
     assert stopped.returncode == 2 and "line 2: not a JSON object" in stopped.stderr
     assert requests.get(f"{served['base']}/v1/outputs/never", timeout=30).status_code == 404
+
+
+def test_a_long_wait_says_so_once_a_minute(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # With no live worker the backlog never drains: the wait must not look like a hang.
+    from service import outputs_client
+
+    slept: list[float] = []
+    monkeypatch.setattr(outputs_client.time, "sleep", slept.append)
+    patience = outputs_client._Patience()
+    for _ in range(25):
+        patience(5.0)  # Retry-After 5 s, 25 times: 125 s
+    said = capsys.readouterr().err.splitlines()
+    assert slept == [5.0] * 25
+    assert said == [f"redline submit: waiting for the backlog to drain (429) or Redis (503), {n} s so far; are "
+                    "workers running?" for n in (60, 120)]
