@@ -50,34 +50,44 @@ def call(url: str, key: str | None, body: Any = None, sleep: Callable[[float], N
     raise AssertionError("unreachable")
 
 
-def post_in_chunks(url: str, key: str | None, field: str, items: list[tuple[int, dict[str, Any]]], chunk: int,
+def post_in_chunks(url: str, key: str | None, field: str, items: Iterable[tuple[int, dict[str, Any]]], chunk: int,
                    sleep: Callable[[float], None] = time.sleep, retries: int = RETRIES) -> Iterator[dict[str, Any]]:
-    """POST `{field: [...]}` of `items` (line number, item) `chunk` at a time, yielding each answer. The
-    API takes a request whole or not at all: a refused one raises ApiError naming its lines, and the
-    requests before it stand."""
-    for start in range(0, len(items), chunk):
-        part = items[start:start + chunk]
-        try:
-            yield call(url, key, {field: [item for _, item in part]}, sleep=sleep, retries=retries)
-        except ApiError as exc:
-            raise ApiError(f"lines {part[0][0]}-{part[-1][0]} were refused, and none of them was taken ({exc}); "
-                           f"the {start} {field} before them were") from None
+    """POST `{field: [...]}` of `items` (line number, item) `chunk` at a time, as they are read, yielding
+    each answer. The API takes a request whole or not at all: a refused one raises ApiError naming its
+    lines, and the requests before it stand."""
+    sent, part = 0, []
+    for item in items:
+        part.append(item)
+        if len(part) == chunk:
+            yield _post_part(url, key, field, part, sent, sleep, retries)
+            sent, part = sent + len(part), []
+    if part:
+        yield _post_part(url, key, field, part, sent, sleep, retries)
 
 
-def read_objects(lines: Iterable[str]) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of a JSON Lines file."""
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise BadLine(f"line {number}: not JSON") from None
-        if not isinstance(row, dict):
-            raise BadLine(f"line {number}: not a JSON object")
-        rows.append((number, row))
-    return rows
+def _post_part(url: str, key: str | None, field: str, part: list[tuple[int, dict[str, Any]]], sent: int,
+               sleep: Callable[[float], None], retries: int) -> dict[str, Any]:
+    try:
+        return call(url, key, {field: [item for _, item in part]}, sleep=sleep, retries=retries)
+    except ApiError as exc:
+        raise ApiError(f"lines {part[0][0]}-{part[-1][0]} were refused, and none of them was taken ({exc}); "
+                       f"the {sent} {field} before them were") from None
+
+
+def read_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON Lines file, read as they are asked for:
+    a backfill's file may not fit in memory. Commands read it once to check it, then again to send it."""
+    with Path(path).open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise BadLine(f"line {number}: not JSON") from None
+            if not isinstance(row, dict):
+                raise BadLine(f"line {number}: not a JSON object")
+            yield number, row
 
 
 def read_key(path: str | None) -> str | None:

@@ -13,27 +13,25 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .api_client import ApiError, BadLine, post_in_chunks, read_key, read_objects
 
 
-def read_labels(lines: Iterable[str], detector: str | None = None) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, label item) for each non-blank line."""
-    items = []
-    for number, row in read_objects(lines):
+def read_labels(path: str | Path, detector: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, label item) for each non-blank line, as they are read."""
+    for number, row in read_objects(path):
         if "id" not in row or "label" not in row:
             raise BadLine(f"line {number}: a label is an object with \"id\" and \"label\"")
         name = row.get("detector", detector)
         if name is None:
             raise BadLine(f"line {number}: no \"detector\" (or pass --detector)")
-        items.append((number, {"id": row["id"], "detector": name, "label": row["label"]}))
-    return items
+        yield number, {"id": row["id"], "detector": name, "label": row["label"]}
 
 
-def send(items: list[tuple[int, dict[str, Any]]], url: str, key: str | None, chunk: int = 500,
+def send(items: Iterable[tuple[int, dict[str, Any]]], url: str, key: str | None, chunk: int = 500,
          sleep: Callable[[float], None] = time.sleep) -> dict[str, int]:
     """POST the labels `chunk` at a time; the summed `new`, `changed` and `unchanged` counts."""
     totals = {"new": 0, "changed": 0, "unchanged": 0}
@@ -47,16 +45,15 @@ def main(args: Any) -> int:
     """`redline import` (see cli.py for its arguments)."""
     try:
         key = read_key(args.key_file)
-        with Path(args.file).open(encoding="utf-8") as lines:
-            items = read_labels(lines, args.detector)
+        count = sum(1 for _ in read_labels(args.file, args.detector))  # checked whole before anything is sent
     except (ApiError, BadLine, OSError) as exc:
         print(f"redline import: {exc}", file=sys.stderr)
         return 2
     try:
-        totals = send(items, args.url, key, args.chunk)
+        totals = send(read_labels(args.file, args.detector), args.url, key, args.chunk)
     except ApiError as exc:
         print(f"redline import: {exc}", file=sys.stderr)
         return 1
-    print(f"redline import: {len(items)} labels from {args.file}: {totals['new']} new, {totals['changed']} changed, "
+    print(f"redline import: {count} labels from {args.file}: {totals['new']} new, {totals['changed']} changed, "
           f"{totals['unchanged']} unchanged", file=sys.stderr)
     return 0

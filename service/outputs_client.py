@@ -14,8 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .api_client import ApiError, post_in_chunks, read_key, read_objects
@@ -24,7 +23,7 @@ from .api_client import ApiError, post_in_chunks, read_key, read_objects
 BACKPRESSURE_RETRIES = 10_000
 
 
-def submit(items: list[tuple[int, dict[str, Any]]], url: str, key: str | None, chunk: int = 100,
+def submit(items: Iterable[tuple[int, dict[str, Any]]], url: str, key: str | None, chunk: int = 100,
            sleep: Callable[[float], None] = time.sleep) -> Counter[str]:
     """POST the outputs `chunk` at a time; how many came back in each status (`queued` for new ones)."""
     statuses: Counter[str] = Counter()
@@ -55,19 +54,20 @@ def main(args: Any) -> int:
     """`redline submit` (see cli.py for its arguments)."""
     try:
         key = read_key(args.key_file)
-        with Path(args.file).open(encoding="utf-8") as lines:
-            items = read_objects(lines)  # the API checks the fields
+        # Checked whole before anything is sent (the API checks the fields), and counted.
+        count, without_id = 0, 0
+        for _, row in read_objects(args.file):
+            count, without_id = count + 1, without_id + ("id" not in row)
     except (ApiError, ValueError, OSError) as exc:
         print(f"redline submit: {exc}", file=sys.stderr)
         return 2
     try:
-        statuses = submit(items, args.url, key, args.chunk, _Patience())
+        statuses = submit(read_objects(args.file), args.url, key, args.chunk, _Patience())
     except ApiError as exc:
         print(f"redline submit: {exc}", file=sys.stderr)
         return 1
-    without_id = sum("id" not in item for _, item in items)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
-    print(f"redline submit: {len(items)} outputs from {args.file}: {counts or 'none'}"
+    print(f"redline submit: {count} outputs from {args.file}: {counts or 'none'}"
           + (f" ({without_id} without an id: sent again, they would be scored again)" if without_id else ""),
           file=sys.stderr)
     return 0
