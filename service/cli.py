@@ -19,6 +19,13 @@ GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
 log = logging.getLogger("redline")
 
 
+def _through_the_api(command: argparse.ArgumentParser, scopes: str) -> None:
+    """The options of a command that works through a running API (`api_client`)."""
+    command.add_argument("--url", default="http://127.0.0.1:8080", help="the API (default http://127.0.0.1:8080)")
+    command.add_argument("--key-file", help=f"file holding an API key with {scopes} (not on the command line, "
+                                            "so it stays out of shell history and process listings)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="redline", description="Score and monitor LLM outputs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,9 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            "running API (GET /v1/labels, every page)")
     export.add_argument("--model", required=True, help="the deployed model")
     export.add_argument("--detector", required=True)
-    export.add_argument("--url", default="http://127.0.0.1:8080", help="the API (default http://127.0.0.1:8080)")
-    export.add_argument("--key-file", help="file holding an API key with the read scope (not on the command "
-                                           "line, so it stays out of shell history and process listings)")
+    _through_the_api(export, "the read scope")
     export.add_argument("--window", help="only outputs of the last 24h, 7d, ... (default: everything kept)")
     export.add_argument("--version", help="another detector version than the one served")
     export.add_argument("--limit", type=int, default=100, help="outputs per request (default 100)")
@@ -63,16 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             "/v1/outputs, a chunk at a time, waiting out backpressure)")
     submits.add_argument("file", help="one POST /v1/outputs item a line; give each an id, so a re-run sends "
                                       "nothing twice")
-    submits.add_argument("--url", default="http://127.0.0.1:8080", help="the API (default http://127.0.0.1:8080)")
-    submits.add_argument("--key-file", help="file holding an API key with the outputs:write scope")
+    _through_the_api(submits, "the outputs:write scope")
     submits.add_argument("--chunk", type=int, default=100, help="outputs per request (default 100; at most "
                                                                 "REDLINE_MAX_OUTPUTS_PER_REQUEST)")
     imports = sub.add_parser("import", help="reviewers' labels from a JSON Lines file, through a running API "
                                             "(POST /v1/labels, a chunk at a time)")
     imports.add_argument("file", help='one {"id", "detector", "label"} a line (redline export\'s lines too)')
     imports.add_argument("--detector", help="the detector of lines that name none")
-    imports.add_argument("--url", default="http://127.0.0.1:8080", help="the API (default http://127.0.0.1:8080)")
-    imports.add_argument("--key-file", help="file holding an API key with the labels:write scope")
+    _through_the_api(imports, "the labels:write scope")
     imports.add_argument("--chunk", type=int, default=500, help="labels per request (default 500; at most "
                                                                 "REDLINE_MAX_LABELS_PER_REQUEST)")
     retry = sub.add_parser("retry", help="queue failed outputs for scoring again, once their cause is fixed, "
@@ -80,8 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     retry.add_argument("--error", help="only dead letters whose error contains this text, e.g. 'detectors "
                                        "not loaded' after a rollout (default: every one)")
     retry.add_argument("--model", help="only outputs of this deployed model")
-    retry.add_argument("--url", default="http://127.0.0.1:8080", help="the API (default http://127.0.0.1:8080)")
-    retry.add_argument("--key-file", help="file holding an API key with the read and outputs:write scopes")
+    _through_the_api(retry, "the read and outputs:write scopes")
     retry.add_argument("--chunk", type=int, default=100, help="outputs per retry request (default 100)")
     retry.add_argument("--dry-run", action="store_true", help="print the ids that match, retry none")
     versions = sub.add_parser("versions", help="the detector version claims workers hold, and releasing one "
@@ -254,3 +256,4 @@ def run_monitor(settings: Settings) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
