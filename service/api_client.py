@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -48,6 +49,20 @@ def call(url: str, key: str | None, body: Any = None, sleep: Callable[[float], N
             reason = getattr(exc, "reason", exc)
             raise ApiError(f"cannot reach {url.split('?')[0]}: {reason}") from None
     raise AssertionError("unreachable")
+
+
+def pages(url: str, query: dict[str, Any], key: str | None,
+          sleep: Callable[[float], None] = time.sleep) -> Iterator[dict[str, Any]]:
+    """GET `url` with `query`, then each page after it, passing its `next` as `cursor` until it is null
+    (the API's cursors name the last item returned, so the pages cover a changing list once)."""
+    cursor: str | None = None
+    while True:
+        page = call(f"{url}?" + urllib.parse.urlencode({**query, **({"cursor": cursor} if cursor else {})}), key,
+                    sleep=sleep)
+        yield page
+        cursor = page.get("next")
+        if not cursor:
+            return
 
 
 def post_in_chunks(url: str, key: str | None, field: str, items: Iterable[tuple[int, dict[str, Any]]], chunk: int,

@@ -11,12 +11,12 @@ import json
 import os
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .api_client import ApiError, call, read_key
+from . import api_client
+from .api_client import ApiError, read_key
 
 
 def pages(url: str, model: str, detector: str, key: str | None = None, window: str | None = None,
@@ -25,14 +25,7 @@ def pages(url: str, model: str, detector: str, key: str | None = None, window: s
     """The API's pages of labeled outputs, oldest first, following `next` until it is null."""
     query = {"model": model, "detector": detector, "limit": str(limit),
              **({"window": window} if window else {}), **({"version": version} if version else {})}
-    cursor: str | None = None
-    while True:
-        page = call(f"{url.rstrip('/')}/v1/labels?"
-                    + urllib.parse.urlencode({**query, **({"cursor": cursor} if cursor else {})}), key, sleep=sleep)
-        yield page
-        cursor = page.get("next")
-        if not cursor:
-            return
+    return api_client.pages(f"{url.rstrip('/')}/v1/labels", query, key, sleep)
 
 
 def export(out: IO[str], url: str, model: str, detector: str, **options: Any) -> tuple[int, str | None]:

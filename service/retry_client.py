@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api_client import ApiError, call, read_key
+from .api_client import ApiError, call, pages, read_key
 
 PAGE = 1000  # the most dead letters one GET /v1/dead-letters answers with
 
@@ -35,10 +34,8 @@ def retry_failed(url: str, key: str | None, error: str | None = None, model: str
                  page_size: int = PAGE) -> RetryReport:
     """Retry every dead letter that matches; with `dry_run`, only list them."""
     base = url.rstrip("/")
-    report, cursor = RetryReport(), None
-    while True:
-        query = {"limit": page_size, **({"cursor": cursor} if cursor else {})}
-        page = call(f"{base}/v1/dead-letters?" + urllib.parse.urlencode(query), key, sleep=sleep)
+    report = RetryReport()
+    for page in pages(f"{base}/v1/dead-letters", {"limit": page_size}, key, sleep):
         todo = [o["id"] for o in page["outputs"] if _matches(o, error, model)]
         if dry_run:
             report.matching += todo
@@ -48,9 +45,7 @@ def retry_failed(url: str, key: str | None, error: str | None = None, model: str
             report.requeued += answer["requeued"]
             report.skipped += answer["skipped"]
             report.missing += answer["missing"]
-        cursor = page.get("next")
-        if not cursor:
-            return report
+    return report
 
 
 def _matches(output: dict[str, Any], error: str | None, model: str | None) -> bool:

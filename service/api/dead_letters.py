@@ -12,7 +12,7 @@ from rq.serializers import JSONSerializer
 
 from ..app import caller, core, json_body
 from ..auth import Principal
-from ..core import iso
+from ..core import Redline, iso
 from ..export import decode_cursor, encode_cursor
 from ..keys import text
 from ..queueing import priority_of
@@ -43,7 +43,7 @@ def dead_letters() -> dict[str, Any]:
     return {**page, "jobs": _failed_jobs(redline, who, limit) if after is None else []}
 
 
-def _failed_jobs(redline: Any, who: Principal, limit: int) -> list[dict[str, Any]]:
+def _failed_jobs(redline: Redline, who: Principal, limit: int) -> list[dict[str, Any]]:
     """Scoring jobs that raised while some of their outputs are still unscored, newest first."""
     failed: list[tuple[str, Job, list[str]]] = []  # (queue, job, the caller's output ids in it)
     for lane, queue in redline.queues.by_priority.items():
