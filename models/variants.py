@@ -139,7 +139,7 @@ def cpu_name() -> str:
     quantize_per_token), from the check behind the worker's warning, so the two agree."""
     import platform
 
-    from workers.detector import x86_vnni
+    from workers.int8_kernels import x86_vnni
 
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),

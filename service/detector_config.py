@@ -23,9 +23,11 @@ log = logging.getLogger(__name__)
 
 ACTIVATIONS = ("sigmoid", "softmax", "none")
 INPUTS = ("response", "prompt_response")
+LONG_TEXT = ("truncate", "windows")  # what a response past max_length gets (workers/windows.py)
 # The fields model.json may hold (models/README.md documents each).
 FIELDS = frozenset({"name", "version", "description", "onnx", "onnx_gpu", "tokenizer", "input", "max_length",
-                    "output", "output_index", "activation", "threshold", "target_fnr", "enabled", "calibration"})
+                    "long_text", "output", "output_index", "activation", "threshold", "target_fnr", "enabled",
+                    "calibration"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class DetectorConfig:
     activation: str = "sigmoid"
     input: str = "response"
     max_length: int = 256
+    long_text: str = "truncate"
     target_fnr: float | None = None
     onnx_gpu_path: Path | None = None
     enabled: bool = True
@@ -58,6 +61,7 @@ class DetectorConfig:
             "description": self.description,
             "input": self.input,
             "max_length": self.max_length,
+            "long_text": self.long_text,
         }
 
 
@@ -110,6 +114,9 @@ def parse_model_json(path: Path) -> DetectorConfig:
     max_length = get("max_length", int, 256)
     if max_length <= 0:
         raise ConfigError(f"{path}: max_length must be positive")
+    long_text = get("long_text", str, "truncate")
+    if long_text not in LONG_TEXT:
+        raise ConfigError(f"{path}: long_text must be one of {LONG_TEXT}")
     target = get("target_fnr", (int, float, type(None)), None)
     if target is not None and not 0.0 < target < 1.0:
         # 2 meant as "2%" would hold the FNR alert to a rate it can never exceed.
@@ -130,6 +137,7 @@ def parse_model_json(path: Path) -> DetectorConfig:
         activation=activation,
         input=input_,
         max_length=max_length,
+        long_text=long_text,
         target_fnr=None if target is None else float(target),
         onnx_gpu_path=_optional_variant(folder, gpu, path),
         enabled=get("enabled", bool, True),
@@ -192,6 +200,8 @@ def fingerprints(configs: Iterable[DetectorConfig]) -> dict[str, str]:
         body = {"onnx": graph_sha256(c.onnx_path), "tokenizer": file_sha256(c.tokenizer_path), "output": c.output,
                 "output_index": c.output_index, "activation": c.activation, "input": c.input,
                 "max_length": c.max_length, "threshold": repr(c.threshold)}
+        if c.long_text != "truncate":  # added later: the fingerprints of detectors that truncate keep their value
+            body["long_text"] = c.long_text
         out[c.name] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     return out
 

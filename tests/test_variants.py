@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from models import assemble, int8, variants
-from workers import detector
+from workers import int8_kernels
 from workers.detector import OnnxModel
 
 from .conftest import SHIPPED_MODELS
@@ -51,7 +51,7 @@ def test_smoothing_factors_are_powers_of_two_and_absorb_last_bit_noise() -> None
 @pytest.mark.parametrize("saturates", [True, False])
 def test_worker_warns_when_int8_kernels_can_saturate(monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture, saturates: bool) -> None:
-    monkeypatch.setattr(detector, "int8_kernels_may_saturate", lambda: saturates)
+    monkeypatch.setattr(int8_kernels, "int8_kernels_may_saturate", lambda: saturates)
     tokenizer = SHIPPED_MODELS / "minilm" / "tokenizer.json"
     with caplog.at_level(logging.WARNING, logger="workers.detector"):
         OnnxModel(variants.paths()["int8"], tokenizer, 256, True, ["CPUExecutionProvider"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,9 @@ from tokenizers import Encoding, Tokenizer
 
 from service.detector_config import DetectorConfig
 from service.errors import ConfigError
+
+from . import int8_kernels
+from .windows import Windows, highest
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class OnnxModel:
     """One onnxruntime session plus its tokenizer; runs a padded batch and returns every output."""
 
     def __init__(self, onnx_path: Path, tokenizer_path: Path, max_length: int, pair_input: bool,
-                 providers: Sequence[str], intra_op_threads: int = 0) -> None:
+                 providers: Sequence[str], intra_op_threads: int = 0, long_text: str = "truncate") -> None:
         chosen = usable_providers(providers)
         options = ort.SessionOptions()
         if intra_op_threads:
@@ -54,17 +56,14 @@ class OnnxModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.tokenizer, self.pad_id = load_tokenizer(tokenizer_path, max_length)
         self.pair_input = pair_input
+        self.windows = Windows(self.tokenizer, max_length, pair_input) if long_text == "windows" else None
         self.path = onnx_path
         self.calls: list[int] = []  # batch size of each session call, drained by the scorer for metrics
         threads = self.session.get_session_options().intra_op_num_threads
         log.info("loaded %s on %s, intra-op threads: %s", onnx_path.name, ",".join(self.providers),
                  threads or "onnxruntime's default")
-        if self.providers[0] == "CPUExecutionProvider" and int8_kernels_may_saturate() \
-                and _uses_matmul_integer(onnx_path):
-            log.warning("%s is int8, and this x86 CPU has no VNNI: onnxruntime's u8s8 kernels can saturate here, "
-                        "so scores may differ from the ones its threshold was calibrated on. Serve the fp32 graph "
-                        "instead (model.json \"onnx\": \"../minilm/encoder.onnx\"), or run on a CPU with VNNI.",
-                        onnx_path.name)
+        if self.providers[0] == "CPUExecutionProvider":
+            int8_kernels.warn_if_they_may_saturate(onnx_path)
 
     def tokenize(self, items: Sequence[TextPair]) -> list[Encoding]:
         """Unpadded encodings, truncated to the model's max length."""
@@ -72,13 +71,20 @@ class OnnxModel:
             return self.tokenizer.encode_batch([(p, r) if p else r for p, r in items])
         return self.tokenizer.encode_batch([r for _, r in items])
 
-    def run(self, items: Sequence[TextPair], max_batch_tokens: int = 1 << 30) -> dict[str, np.ndarray]:
-        """Score a batch; returns every output by name, rows in the order of `items`.
+    def run(self, items: Sequence[TextPair], max_batch_tokens: int = 1 << 30) -> Outputs:
+        """Score a batch; returns every output by name, rows in the order of `items`, then the rows of
+        the long texts' extra windows (`Outputs.owners`; `OnnxDetector.head` takes each item's highest).
 
         Items are sorted by token length and cut into session calls of at most `max_batch_tokens`
         padded tokens, so one long text does not make every short one pay for its padding.
         """
         encodings = self.tokenize(items)
+        owners = None
+        if self.windows is not None:
+            extra, of = self.windows.extra(items, encodings)
+            if extra:
+                encodings = encodings + self.tokenize(extra)
+                owners = np.concatenate([np.arange(len(items)), np.asarray(of, dtype=np.int64)])
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         parts: list[dict[str, np.ndarray]] = []
         start = 0
@@ -92,13 +98,23 @@ class OnnxModel:
         merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         restore = np.empty(len(order), dtype=np.int64)
         restore[np.array(order)] = np.arange(len(order))
-        return {name: value[restore] for name, value in merged.items()}
+        return Outputs({name: value[restore] for name, value in merged.items()}, owners, len(items))
 
     def _call(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
         feeds = pad_batch(encodings, self.pad_id)
         values = self.session.run(self.output_names, {k: v for k, v in feeds.items() if k in self.input_names})
         self.calls.append(len(encodings))
         return dict(zip(self.output_names, values, strict=True))
+
+
+class Outputs(dict[str, np.ndarray]):
+    """A model's outputs by name for a batch of `texts` texts; with `owners`, they hold more rows than
+    texts: row r belongs to text owners[r] (a long text's windows, `workers.windows`)."""
+
+    def __init__(self, values: dict[str, np.ndarray], owners: np.ndarray | None = None, texts: int = 0) -> None:
+        super().__init__(values)
+        self.owners = owners
+        self.texts = texts
 
 
 def pad_batch(encodings: Sequence[Encoding], pad_id: int) -> dict[str, np.ndarray]:
@@ -139,7 +155,14 @@ class OnnxDetector:
         return self.head(self.model.run(items))
 
     def head(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        """This detector's scores out of one shared forward pass."""
+        """This detector's scores out of one shared forward pass, one per text: a long text's highest
+        over its windows."""
+        scores = self._rows(outputs)
+        if isinstance(outputs, Outputs) and outputs.owners is not None:
+            return highest(scores, outputs.owners, outputs.texts)
+        return scores
+
+    def _rows(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         try:
             raw = np.asarray(outputs[self.config.output], dtype=np.float64)
         except KeyError:
@@ -157,31 +180,6 @@ class OnnxDetector:
 
 
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-
-
-@functools.cache
-def x86_vnni() -> bool | None:
-    """Whether this x86 CPU has VNNI; None where the question does not arise (not x86) or cannot be
-    answered (no /proc/cpuinfo: not Linux)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return None
-    try:
-        return "vnni" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-
-
-def int8_kernels_may_saturate() -> bool:
-    """x86 without VNNI: onnxruntime's u8s8 MatMulInteger sums pairs of products in 16 bits there
-    (VPMADDUBSW) and can saturate; with VNNI (or on ARM) the integer products are exact. Where it
-    cannot tell it says no: a warning at every start that may be false would be noise."""
-    return x86_vnni() is False
-
-
-def _uses_matmul_integer(path: Path) -> bool:
-    import onnx
-
-    return any(node.op_type == "MatMulInteger" for node in onnx.load(str(path), load_external_data=False).graph.node)
 
 
 def usable_providers(preferred: Sequence[str]) -> list[str]:
@@ -234,14 +232,14 @@ def load_detectors(configs: dict[str, DetectorConfig], providers: Sequence[str],
                    intra_op_threads: int = 0) -> dict[str, OnnxDetector]:
     """Build detectors, opening each distinct (ONNX file, tokenizer, input) once."""
     use_gpu = "CUDAExecutionProvider" in usable_providers(providers)
-    models: dict[tuple[Path, Path, int, str], OnnxModel] = {}
+    models: dict[tuple[Path, Path, int, str, str], OnnxModel] = {}
     detectors: dict[str, OnnxDetector] = {}
     for name, cfg in configs.items():
         path = cfg.onnx_gpu_path if use_gpu and cfg.onnx_gpu_path else cfg.onnx_path
-        key = (path, cfg.tokenizer_path, cfg.max_length, cfg.input)
+        key = (path, cfg.tokenizer_path, cfg.max_length, cfg.input, cfg.long_text)
         if key not in models:
             models[key] = OnnxModel(path, cfg.tokenizer_path, cfg.max_length, cfg.input == "prompt_response",
-                                    providers, intra_op_threads)
+                                    providers, intra_op_threads, cfg.long_text)
         detectors[name] = OnnxDetector(cfg, models[key])
     self_check(detectors)
     return detectors

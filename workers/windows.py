@@ -1,0 +1,106 @@
+"""Texts longer than a model reads: with `"long_text": "windows"` a response past the model's
+`max_length` is also scored in overlapping windows of up to 96 of its tokens (`WIDTH`), each beside
+the prompt, and its score is its highest window's. Truncation alone would leave everything past the
+cut unread: an injury told in a long reply's fifth paragraph would score as the first four.
+
+The first window is the text as truncation scores it, so a text that fits scores exactly as before,
+and a long text never scores lower than it would truncated. Windows are cut at word starts from the
+tokenizer's own offsets and overlap by a third, so a sentence of up to 32 tokens at a cut is whole in
+one of them. Their number is bounded by the API's REDLINE_MAX_TEXT_CHARS (20,000 characters: about 70).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+# Response tokens per window. Narrow on purpose: the shipped injury head, trained on short texts, misses
+# one injured sentence among ~200 tokens of harmless ones (dilution). In a run like `bench.long_text`'s
+# (2026-12-03: 40 injured and 40 unhurt replies after ~400 tokens of harmless text), windows as wide as
+# the model missed 15 injuries, 96 tokens 6 and 64 tokens 5, flagging 10, 12 and 13 unhurt replies.
+WIDTH = 96
+# Tokens left unused in each window: re-tokenizing a cut piece of text can give a token or two more
+# than its slice of the whole (a BPE word that loses its leading space), and the window must still fit.
+_SLACK = 4
+
+
+class Windows:
+    """Cuts the responses that truncation would shorten into extra windows for one tokenizer."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pair_input: bool) -> None:
+        self.whole = Tokenizer.from_str(tokenizer.to_str())  # the same tokenizer, truncating nothing
+        self.whole.no_truncation()
+        self.whole.no_padding()
+        self.max_length = max_length
+        self.pair_input = pair_input
+        self.specials = tokenizer.num_special_tokens_to_add(pair_input)
+
+    def extra(self, items: Sequence[tuple[str, str]],
+              encodings: Sequence[Encoding]) -> tuple[list[tuple[str, str]], list[int]]:
+        """The windows beyond the first of every truncated item, and the index of the item each is from."""
+        cut = [i for i, e in enumerate(encodings) if e.overflowing]
+        if not cut:
+            return [], []
+        responses = self.whole.encode_batch([items[i][1] for i in cut], add_special_tokens=False)
+        prompts = (self.whole.encode_batch([items[i][0] for i in cut], add_special_tokens=False)
+                   if self.pair_input else [None] * len(cut))
+        windows: list[tuple[str, str]] = []
+        owners: list[int] = []
+        for i, response, prompt in zip(cut, responses, prompts, strict=True):
+            prompt_text = items[i][0] if self.pair_input else ""
+            kept = _response_tokens(encodings[i], self.pair_input and bool(prompt_text))
+            budget = self.max_length - self.specials - _SLACK
+            # A long prompt is shortened by longest-first truncation to meet the window halfway, so a
+            # window never needs to be narrower than half the budget.
+            prompt_len = len(prompt.ids) if prompt is not None and prompt_text else 0
+            width = min(WIDTH, max(budget - prompt_len, budget // 2))
+            for start, stop in spans(response, kept, width):
+                windows.append((prompt_text, items[i][1][start:stop]))
+                owners.append(i)
+        return windows, owners
+
+
+def spans(response: Encoding, kept: int, width: int) -> list[tuple[int, int]]:
+    """Character spans of windows of at most `width` tokens covering the response's tokens from just
+    before `kept` (the first window, truncation's, covers those before) to its end, a third of a
+    window overlapping the one before, each beginning and ending at the start of a word."""
+    n = len(response.ids)
+    words = response.word_ids
+    offsets = response.offsets
+    overlap = max(1, width // 3)
+
+    def word_start(t: int) -> int:
+        while t > 0 and words[t] is not None and words[t - 1] == words[t]:
+            t -= 1
+        return t
+
+    out: list[tuple[int, int]] = []
+    if kept >= n:  # truncation shortened the prompt only
+        return out
+    start = word_start(max(0, kept - overlap))
+    while start < n:
+        stop = min(n, start + width)
+        if stop < n and word_start(stop) > start:
+            stop = word_start(stop)
+        out.append((offsets[start][0], offsets[stop - 1][1] if stop < n else offsets[n - 1][1]))
+        if stop >= n:
+            break
+        start = max(word_start(stop - overlap), start + 1)
+    return out
+
+
+def _response_tokens(encoding: Encoding, has_prompt: bool) -> int:
+    """How many of the response's tokens a truncated encoding kept (the response is the pair's second
+    sequence, or the only one)."""
+    sequence = 1 if has_prompt else 0
+    return sum(1 for s, special in zip(encoding.sequence_ids, encoding.special_tokens_mask, strict=True)
+               if s == sequence and not special)
+
+
+def highest(scores: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
+    """Each item's highest score over its rows (its own, then its windows')."""
+    out = np.full(n, -np.inf)
+    np.maximum.at(out, owners, scores)
+    return out
