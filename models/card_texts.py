@@ -59,11 +59,18 @@ FAILURES = {
   300 of the other detectors' training texts as negatives. That number was chosen looking at the
   realistic validation rows and at the held-out hard negatives (in an earlier training run), so the
   held-out result below is not a fully independent test.
+- Long replies dilute an injury: told in one sentence among harmless ones it is often missed. Put
+  after ~150 tokens of harmless replies, 14 of the 40 injuries in `injury_long_text.jsonl` were
+  missed (4 alone); past the 256 tokens the encoder reads, windows of 96 tokens (v1.2.1) bring the
+  misses back to 3, where truncation missed 29 (`python -m bench.long_text`). Scoring each sentence
+  alone as well was tried and not shipped: it missed 1 of the 40 but flagged 22 of the 40 unhurt
+  replies, against 8, since each harmless sentence is another chance of a false flag.
 - Animals, property damage and emotional harm are not "injury" here; injuries to animals may be flagged.
 - Medical text about illness (not injury) and graphic but fictional violence without a victim are borderline.""",
     "deception": """- It judges plausibility from the question and answer alone, with no retrieval: it cannot know
   facts newer than the encoder or check calculations; it learns the style of common misconceptions.
-- Long answers mixing true and false claims get one score for the whole text.
+- Long answers mixing true and false claims get one score for the whole text (past 256 tokens, the
+  highest of its windows'; v1.2.1).
 - Questions outside TruthfulQA/HotpotQA styles (code, math, long-form advice) are out of distribution.""",
     "sycophancy": """- Trained on one format (A/B opinion questions with a stated persona): free-form agreement in chat
   is out of distribution, and it cannot tell agreement that is deserved from flattery.
