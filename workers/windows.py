@@ -7,6 +7,8 @@ The first window is the text as truncation scores it, so a text that fits scores
 and a long text never scores lower than it would truncated. Windows are cut at word starts from the
 tokenizer's own offsets and overlap by a third, so a sentence of up to 32 tokens at a cut is whole in
 one of them. Their number is bounded by the API's REDLINE_MAX_TEXT_CHARS (20,000 characters: about 70).
+What the first row covers is read only there, as a text that fits is: one injured sentence among
+~200 tokens of harmless ones can be missed (dilution; the injury card's known failure modes).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from tokenizers import Encoding, Tokenizer
 # one injured sentence among ~200 tokens of harmless ones (dilution). In a run like `bench.long_text`'s
 # (2026-12-03: 40 injured and 40 unhurt replies after ~400 tokens of harmless text), windows as wide as
 # the model missed 15 injuries, 96 tokens 6 and 64 tokens 5, flagging 10, 12 and 13 unhurt replies.
+# Windows over the whole response, not only past truncation's cut, were tried too: in bench.long_text
+# 1 miss (64 tokens) but 24 of the 40 unhurt replies flagged, each window another chance of a false
+# flag; past the cut only, 3 and 13.
 WIDTH = 96
 # Tokens left unused in each window: re-tokenizing a cut piece of text can give a token or two more
 # than its slice of the whole (a BPE word that loses its leading space), and the window must still fit.
