@@ -142,7 +142,7 @@ def test_keys_are_added_and_revoked_without_a_restart_and_a_broken_file_changes_
         refused = "ERROR service.auth: the keys file changed but is refused; keys in force stay (1)"
         log = tmp_path / "api.log"
         # Files are checked as requests arrive: keep asking until both processes have seen the edit.
-        wait_for(lambda: answers(second) == {200} and log.read_text().count(refused) == 2, timeout=15)
+        wait_for(lambda: answers(second) == {200} and log.read_text().count(refused) == 2, timeout=45)
         assert answers(first) == {401} and "Bad_Tenant" in log.read_text()
     finally:
         api.stop()
