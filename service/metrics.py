@@ -67,7 +67,11 @@ INFERENCE_SECONDS = RedisHistogram("redline_inference_duration_seconds",
 BATCH_SIZE = RedisHistogram("redline_batch_size", "Outputs scored per batch", (1, 2, 4, 8, 16, 32, 64, 128, 256))
 QUEUE_WAIT = RedisHistogram("redline_queue_wait_seconds", "Time from acceptance to scoring start",
                             (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
-WORKER_HISTOGRAMS = (INFERENCE_SECONDS, BATCH_SIZE, QUEUE_WAIT)
+# Per scored output and model: 0 for a response that fits, else how many windows it added
+# (workers/windows.py). How often responses outgrow the model, and what they cost in rows.
+OUTPUT_WINDOWS = RedisHistogram("redline_output_windows", "Windows a response past the model's max_length "
+                                "added to its scoring (0: it fit)", (0, 1, 2, 4, 8, 16, 32, 64, 128))
+WORKER_HISTOGRAMS = (INFERENCE_SECONDS, BATCH_SIZE, QUEUE_WAIT, OUTPUT_WINDOWS)
 
 _COUNTERS = {  # Redis counter event -> (metric, help)
     "scored": ("redline_outputs_scored_total", "Outputs scored, by deployed model and detector"),

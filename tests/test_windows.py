@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.detector_config import fingerprints, load_configs, parse_model_json
 from service.errors import ConfigError
@@ -125,3 +126,13 @@ def test_a_worker_stores_the_windowed_score(stack: Stack, detectors: dict[str, O
     injury = scored["scores"]["injury"]
     assert injury["flagged"] is True and injury["version"] == detectors["injury"].version
     assert injury["score"] == pytest.approx(float(detectors["injury"].predict([(prompt, reply)])[0]), abs=1e-5)
+    # /metrics counts the windows it added: this module's stack scored nothing else.
+    added = len(detectors["injury"].model.windows.extra(  # type: ignore[union-attr]
+        [(prompt, reply)], detectors["injury"].model.tokenize([(prompt, reply)]))[0])
+    assert added >= 1 and sum(scored["batch"]["session_calls"]) == 1 + added  # rows: the text, then its windows
+    samples = {(s.name, s.labels.get("le")): s.value for f in text_string_to_metric_families(stack.get("/metrics").text)
+               for s in f.samples if s.name.startswith("redline_output_windows")}
+    assert samples[("redline_output_windows_count", None)] == 1
+    assert samples[("redline_output_windows_sum", None)] == added
+    assert samples[("redline_output_windows_bucket", "0.0")] == 0
+    assert samples[("redline_output_windows_bucket", "+Inf")] == 1

@@ -10,10 +10,12 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.metrics import BATCH_SIZE, INFERENCE_SECONDS, QUEUE_WAIT
+import numpy as np
+
+from service.metrics import BATCH_SIZE, INFERENCE_SECONDS, OUTPUT_WINDOWS, QUEUE_WAIT
 from service.store import QUEUED, DetectorScore, OutputStore
 
-from .detector import OnnxDetector, OnnxModel, TextPair
+from .detector import OnnxDetector, OnnxModel, Outputs, TextPair
 from .handoff import Handoff
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,13 @@ class BatchReport:
     failed: int
     calls: list[int]
     handed_off: int = 0  # passed on to workers with detectors this one lacks (workers.handoff)
+
+
+def windows_per_text(outputs: dict[str, Any], texts: int) -> list[int]:
+    """How many window rows each of a run's texts added (`Outputs.owners`; 0 for a text that fit)."""
+    if not isinstance(outputs, Outputs) or outputs.owners is None:
+        return [0] * texts
+    return (np.bincount(outputs.owners, minlength=texts) - 1).tolist()
 
 
 class Scorer:
@@ -69,6 +78,7 @@ class Scorer:
         todo = [r for r in records if r["id"] not in failures and r["id"] not in lacking]  # lacking: passed on
         scores: dict[str, dict[str, DetectorScore]] = {r["id"]: {} for r in todo}
         calls: list[int] = []
+        windows: list[int] = []  # per output and model, the windows its response added (0: it fit)
         inference_started = time.perf_counter()
         for model, detectors in self._by_model().items():
             wanted = {d.name for d in detectors}
@@ -76,6 +86,7 @@ class Scorer:
             if not subset:
                 continue
             for group, outputs in self._run_isolating(model, subset, failures):
+                windows += windows_per_text(outputs, len(group))
                 for det in detectors:
                     for record, value in zip(group, det.head(outputs).tolist(), strict=True):
                         if not math.isfinite(value):
@@ -92,7 +103,7 @@ class Scorer:
             ((r, scores[r["id"]], batch) for r in todo if r["id"] not in failures), self.audit_rate)
         failed = self.store.finish_failed(failures)
         if todo:
-            self._observe(inference_s, len(todo), [started - r["created_at"] for r in todo])
+            self._observe(inference_s, len(todo), [started - r["created_at"] for r in todo], windows)
         return BatchReport(batch_id, len(output_ids), written, failed, calls, len(handed_off))
 
     def _hand_off(self, lacking: dict[str, frozenset[str]], records: list[dict[str, Any]],
@@ -106,13 +117,15 @@ class Scorer:
             del failures[output_id]
         return passed
 
-    def _observe(self, inference_s: float, size: int, waits: list[float]) -> None:
+    def _observe(self, inference_s: float, size: int, waits: list[float], windows: list[int]) -> None:
         """Worker histograms go to Redis, shared by all workers and exported by the API's /metrics."""
         keys = self.store.keys
         with self.store.redis.pipeline(transaction=False) as pipe:
             INFERENCE_SECONDS.observe(pipe, keys, [inference_s])
             BATCH_SIZE.observe(pipe, keys, [size])
             QUEUE_WAIT.observe(pipe, keys, [max(0.0, w) for w in waits])
+            if windows:
+                OUTPUT_WINDOWS.observe(pipe, keys, windows)
             pipe.execute()
 
     def _by_model(self) -> dict[OnnxModel, list[OnnxDetector]]:

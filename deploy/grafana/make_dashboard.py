@@ -114,11 +114,15 @@ PANELS = [
         ('max by (detector, version) (redline_detector_worker_files{detector=~"$detector"})',
          "sets of files for {{detector}} {{version}}"),
         ("histogram_quantile(0.5, sum by (le) (rate(redline_batch_size_bucket[5m])))", "batch size p50"),
+        # Responses past the model's max_length, each scored in extra windows (workers/windows.py).
+        ('sum(rate(redline_output_windows_count[5m])) - sum(rate(redline_output_windows_bucket{le="0.0"}[5m]))',
+         "long responses/s"),
         ("max(redline_redis_up)", "Redis up"),
     ], 12, 40, description="Workers with a detector: live workers that have it loaded, per version (0: outputs "
                            "asking for it fail). API files match 0: an API's files for that version differ from the "
                            "workers' (RedlineDetectorFilesDiffer); sets of files above 1: workers score one "
-                           "version with two models' files (RedlineDetectorVersionMixed). While Redis is "
+                           "version with two models' files (RedlineDetectorVersionMixed). Long responses: outputs "
+                           "past the model's max_length, scored in extra windows (more rows each). While Redis is "
                            "unreachable (Redis up 0) the Redis-backed series, workers alive among them, are absent: "
                            "the API cannot read them."),
     panel(13, "Detector versions served", [
