@@ -53,6 +53,9 @@ class DetectorScore(BaseModel):
     flagged: bool
     threshold: float
     version: str
+    span: list[int] | None = Field(None, min_length=2, max_length=2, description=(
+        "Only for a response past the detector's max_length whose score came from one of its windows: "
+        "[start, end) characters of the response that window read"))
 
 
 class Batch(BaseModel):

@@ -47,6 +47,11 @@ def test_an_injury_past_the_truncation_point_is_read(detectors: dict[str, OnnxDe
     read = injury.predict(items)
     assert (cut < injury.threshold).all(), cut  # truncated, the injury is never seen
     assert (read >= injury.threshold).all(), read
+    # Each score says which characters it was read from: the window that holds the injury.
+    _, spans = injury.head_and_spans(injury.model.run(items))
+    for (_, reply), span in zip(items, spans, strict=True):
+        assert span is not None and INJURY in reply[span[0]:span[1]] and span[1] - span[0] < len(reply) / 2
+    assert injury.head_and_spans(injury.model.run([("", INJURY)]))[1] == [None]  # a text that fits: the whole
     assert injury.predict([("", INJURY)])[0] >= injury.threshold
     # What windows do not mend (the card's known failure modes): the same reply cut to fit is read whole,
     # and one injured sentence among ~200 tokens of harmless ones is missed.
@@ -74,8 +79,9 @@ def test_windows_cover_the_whole_response_and_each_fits(detectors: dict[str, Onn
     assert isinstance(windows, Windows)
     response = " ".join(f"{w}{i}" for i, w in enumerate(["alpha", "unbelievably", "x"] * 150))
     [encoding] = model.tokenize([(prompt, response)])
-    texts, owners = windows.extra([(prompt, response)], [encoding])
+    texts, owners, spans = windows.extra([(prompt, response)], [encoding])
     assert owners == [0] * len(texts) and len(texts) >= 3
+    assert [response[a:b] for a, b in spans] == [r for _, r in texts]
     assert all(p == prompt for p, _ in texts)
     pieces = [r for _, r in texts]
     assert all(response.find(p) >= 0 for p in pieces)  # cut from the response, at word starts
@@ -120,19 +126,26 @@ def test_a_worker_stores_the_windowed_score(stack: Stack, detectors: dict[str, O
     prompt = "Can you paste the shipping log and say how your week went?"
     assert len(reply) <= 1000 and detectors["injury"].model.tokenize([(prompt, reply)])[0].overflowing
     r = stack.post("/v1/score", {"outputs": [{"model": "long-replies", "prompt": prompt, "response": reply,
-                                              "detectors": ["injury"]}], "timeout_ms": 20_000})
+                                              "detectors": ["injury"]},
+                                             {"model": "long-replies", "response": INJURY, "detectors": ["injury"]}],
+                                 "timeout_ms": 20_000})
     assert r.status_code == 200, r.text
-    [scored] = r.json()["outputs"]
+    scored, short = r.json()["outputs"]
+    assert short["scores"]["injury"]["flagged"] is True and "span" not in short["scores"]["injury"]
     injury = scored["scores"]["injury"]
     assert injury["flagged"] is True and injury["version"] == detectors["injury"].version
+    start, end = injury["span"]  # the window the score came from, for a reviewer to read first
+    assert INJURY in reply[start:end] and end - start < len(reply) / 2
     assert injury["score"] == pytest.approx(float(detectors["injury"].predict([(prompt, reply)])[0]), abs=1e-5)
-    # /metrics counts the windows it added: this module's stack scored nothing else.
+    # /metrics counts the windows each added: this module's stack scored nothing else.
     added = len(detectors["injury"].model.windows.extra(  # type: ignore[union-attr]
         [(prompt, reply)], detectors["injury"].model.tokenize([(prompt, reply)]))[0])
-    assert added >= 1 and sum(scored["batch"]["session_calls"]) == 1 + added  # rows: the text, then its windows
+    # One job carries both: rows are the two texts, then the long one's windows.
+    assert added >= 1 and scored["batch"]["id"] == short["batch"]["id"]
+    assert sum(scored["batch"]["session_calls"]) == 2 + added
     samples = {(s.name, s.labels.get("le")): s.value for f in text_string_to_metric_families(stack.get("/metrics").text)
                for s in f.samples if s.name.startswith("redline_output_windows")}
-    assert samples[("redline_output_windows_count", None)] == 1
+    assert samples[("redline_output_windows_count", None)] == 2
     assert samples[("redline_output_windows_sum", None)] == added
-    assert samples[("redline_output_windows_bucket", "0.0")] == 0
-    assert samples[("redline_output_windows_bucket", "+Inf")] == 1
+    assert samples[("redline_output_windows_bucket", "0.0")] == 1  # the short one
+    assert samples[("redline_output_windows_bucket", "+Inf")] == 2

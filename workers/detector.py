@@ -79,9 +79,10 @@ class OnnxModel:
         padded tokens, so one long text does not make every short one pay for its padding.
         """
         encodings = self.tokenize(items)
-        owners = None
+        owners: np.ndarray | None = None
+        spans: list[tuple[int, int]] = []
         if self.windows is not None:
-            extra, of = self.windows.extra(items, encodings)
+            extra, of, spans = self.windows.extra(items, encodings)
             if extra:
                 encodings = encodings + self.tokenize(extra)
                 owners = np.concatenate([np.arange(len(items)), np.asarray(of, dtype=np.int64)])
@@ -98,7 +99,7 @@ class OnnxModel:
         merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         restore = np.empty(len(order), dtype=np.int64)
         restore[np.array(order)] = np.arange(len(order))
-        return Outputs({name: value[restore] for name, value in merged.items()}, owners, len(items))
+        return Outputs({name: value[restore] for name, value in merged.items()}, owners, len(items), spans)
 
     def _call(self, encodings: Sequence[Encoding]) -> dict[str, np.ndarray]:
         feeds = pad_batch(encodings, self.pad_id)
@@ -109,12 +110,15 @@ class OnnxModel:
 
 class Outputs(dict[str, np.ndarray]):
     """A model's outputs by name for a batch of `texts` texts; with `owners`, they hold more rows than
-    texts: row r belongs to text owners[r] (a long text's windows, `workers.windows`)."""
+    texts: row r belongs to text owners[r] (a long text's windows, `workers.windows`), and row `texts + k`
+    reads characters spans[k] of its text's response."""
 
-    def __init__(self, values: dict[str, np.ndarray], owners: np.ndarray | None = None, texts: int = 0) -> None:
+    def __init__(self, values: dict[str, np.ndarray], owners: np.ndarray | None = None, texts: int = 0,
+                 spans: list[tuple[int, int]] | None = None) -> None:
         super().__init__(values)
         self.owners = owners
         self.texts = texts
+        self.spans = spans or []
 
 
 def pad_batch(encodings: Sequence[Encoding], pad_id: int) -> dict[str, np.ndarray]:
@@ -157,10 +161,16 @@ class OnnxDetector:
     def head(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         """This detector's scores out of one shared forward pass, one per text: a long text's highest
         over its windows."""
+        return self.head_and_spans(outputs)[0]
+
+    def head_and_spans(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int] | None]]:
+        """The scores, and for each text the characters of its response the score was read from: None
+        for the text as a whole (as truncation reads it), a window's span where that scored higher."""
         scores = self._rows(outputs)
-        if isinstance(outputs, Outputs) and outputs.owners is not None:
-            return highest(scores, outputs.owners, outputs.texts)
-        return scores
+        if not isinstance(outputs, Outputs) or outputs.owners is None:
+            return scores, [None] * len(scores)
+        best, rows = highest(scores, outputs.owners, outputs.texts)
+        return best, [None if row < outputs.texts else outputs.spans[row - outputs.texts] for row in rows.tolist()]
 
     def _rows(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         try:

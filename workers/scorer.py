@@ -88,13 +88,14 @@ class Scorer:
             for group, outputs in self._run_isolating(model, subset, failures):
                 windows += windows_per_text(outputs, len(group))
                 for det in detectors:
-                    for record, value in zip(group, det.head(outputs).tolist(), strict=True):
+                    values, spans = det.head_and_spans(outputs)
+                    for record, value, span in zip(group, values.tolist(), spans, strict=True):
                         if not math.isfinite(value):
                             failures[record["id"]] = f"detector {det.name} produced a non-finite score"
                         elif det.name in record["detectors"]:
                             scores[record["id"]][det.name] = DetectorScore(
                                 score=value, flagged=value >= det.threshold, threshold=det.threshold,
-                                version=det.version)
+                                version=det.version, span=span)
             calls += model.calls
             model.calls = []
         inference_s = time.perf_counter() - inference_started

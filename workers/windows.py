@@ -43,16 +43,18 @@ class Windows:
         self.specials = tokenizer.num_special_tokens_to_add(pair_input)
 
     def extra(self, items: Sequence[tuple[str, str]],
-              encodings: Sequence[Encoding]) -> tuple[list[tuple[str, str]], list[int]]:
-        """The windows beyond the first of every truncated item, and the index of the item each is from."""
+              encodings: Sequence[Encoding]) -> tuple[list[tuple[str, str]], list[int], list[tuple[int, int]]]:
+        """The windows beyond the first of every truncated item, the index of the item each is from, and
+        where in that item's response each window lies (character offsets, end excluded)."""
         cut = [i for i, e in enumerate(encodings) if e.overflowing]
         if not cut:
-            return [], []
+            return [], [], []
         responses = self.whole.encode_batch([items[i][1] for i in cut], add_special_tokens=False)
         prompts = (self.whole.encode_batch([items[i][0] for i in cut], add_special_tokens=False)
                    if self.pair_input else [None] * len(cut))
         windows: list[tuple[str, str]] = []
         owners: list[int] = []
+        where: list[tuple[int, int]] = []
         for i, response, prompt in zip(cut, responses, prompts, strict=True):
             prompt_text = items[i][0] if self.pair_input else ""
             kept = _response_tokens(encodings[i], self.pair_input and bool(prompt_text))
@@ -64,7 +66,8 @@ class Windows:
             for start, stop in spans(response, kept, width):
                 windows.append((prompt_text, items[i][1][start:stop]))
                 owners.append(i)
-        return windows, owners
+                where.append((start, stop))
+        return windows, owners, where
 
 
 def spans(response: Encoding, kept: int, width: int) -> list[tuple[int, int]]:
@@ -104,8 +107,11 @@ def _response_tokens(encoding: Encoding, has_prompt: bool) -> int:
                if s == sequence and not special)
 
 
-def highest(scores: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
-    """Each item's highest score over its rows (its own, then its windows')."""
-    out = np.full(n, -np.inf)
-    np.maximum.at(out, owners, scores)
-    return out
+def highest(scores: np.ndarray, owners: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's highest score over its rows (its own row first, then its windows'), and the row it
+    came from: its own on a tie, so a window is named only where it scored higher."""
+    best = np.arange(n)
+    for row in range(n, len(owners)):
+        if scores[row] > scores[best[owners[row]]]:
+            best[owners[row]] = row
+    return scores[best], best
