@@ -92,7 +92,7 @@ def spans(response: Encoding, kept: int, width: int) -> list[tuple[int, int]]:
         stop = min(n, start + width)
         if stop < n and word_start(stop) > start:
             stop = word_start(stop)
-        out.append((offsets[start][0], offsets[stop - 1][1] if stop < n else offsets[n - 1][1]))
+        out.append((offsets[start][0], offsets[stop - 1][1]))
         if stop >= n:
             break
         start = max(word_start(stop - overlap), start + 1)
