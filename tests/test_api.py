@@ -249,6 +249,8 @@ def test_many_outputs_are_read_in_one_request(stack: Stack) -> None:
     tag = uuid.uuid4().hex[:6]
     ids = [f"many-{tag}-{n}" for n in range(3)]
     stack.post("/v1/outputs", {"outputs": [{"id": i, "model": "m", "response": f"text {i}"} for i in ids]})
+    for i in ids:  # scored first: a record the worker writes between the two reads would differ
+        wait_scored(stack, i)
     asked = [ids[2], f"nope-{tag}", ids[0], ids[2]]
     got = stack.get("/v1/outputs?" + "&".join(f"id={i}" for i in asked)).json()
     assert [o["id"] for o in got["outputs"]] == [ids[2], ids[0]]  # in the order asked, once each
