@@ -55,7 +55,7 @@ class DetectorScore(BaseModel):
     version: str
     span: list[int] | None = Field(None, min_length=2, max_length=2, description=(
         "Only for a response past the detector's max_length whose score came from one of its windows: "
-        "[start, end) characters of the response that window read"))
+        "[start, end) characters (code points) of the response that window read"))
 
 
 class Batch(BaseModel):
