@@ -23,6 +23,7 @@ from .clock import redis_time
 from .errors import Conflict, ValidationFailed
 from .keys import NOTIFY_TTL_S, Keys, text
 from .review_queues import ReviewQueues
+from .scores import DetectorScore, stored_scores
 from .settings import Settings
 from .tenant_backlog import TenantBacklog
 from .version_claims import VersionClaims
@@ -48,19 +49,6 @@ class NewOutput:
         body = json.dumps([self.model, self.prompt, self.response, sorted(self.detectors), self.metadata],
                           sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(body.encode()).hexdigest()
-
-
-@dataclass
-class DetectorScore:
-    score: float
-    flagged: bool
-    threshold: float
-    version: str
-    span: tuple[int, int] | None = None  # a long response: the characters of the window that scored highest
-
-    def stored(self) -> dict[str, Any]:
-        """As kept in the record: `span` only where a window gave the score."""
-        return {k: v for k, v in self.__dict__.items() if k != "span" or v is not None}
 
 
 class BacklogFull(Exception):
@@ -187,7 +175,7 @@ class OutputStore:
             counters = [f"scored|{d}" for d in scores] + [f"flagged|{d}" for d, s in scores.items() if s.flagged]
             audit = not any(s.flagged for s in scores.values()) and self._random.random() < audit_rate
             fields = {"status": SCORED, "scored_at": repr(now), "batch": json.dumps(batch),
-                      "scores": json.dumps({d: s.stored() for d, s in scores.items()}),
+                      "scores": stored_scores(scores),
                       "audit": "1" if audit else "0", "audit_rate": repr(audit_rate)}
             dets = [{"name": d, "score": repr(s.score), "flagged": s.flagged, "version": s.version,
                      "sc": self.keys.scores(record["model"], d, s.version), "rv_horizon": repr(now - self.ttl_s),

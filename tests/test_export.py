@@ -13,8 +13,9 @@ from service import export
 from service.app import create_app
 from service.keys import Keys
 from service.offline import read_file
+from service.scores import DetectorScore
 from service.settings import Settings
-from service.store import DetectorScore, NewOutput, OutputStore
+from service.store import NewOutput, OutputStore
 from workers.runtime import build_scorer
 
 

@@ -9,7 +9,8 @@ from redis import Redis
 from service.errors import Conflict
 from service.keys import Keys
 from service.review_queues import Lease
-from service.store import BacklogFull, DetectorScore, NewOutput, OutputStore
+from service.scores import DetectorScore
+from service.store import BacklogFull, NewOutput, OutputStore
 
 
 @pytest.fixture()

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from service.metrics import BATCH_SIZE, INFERENCE_SECONDS, OUTPUT_WINDOWS, QUEUE_WAIT
-from service.store import QUEUED, DetectorScore, OutputStore
+from service.scores import DetectorScore
+from service.store import QUEUED, OutputStore
 
 from .detector import OnnxDetector, OnnxModel, Outputs, TextPair
 from .handoff import Handoff
