@@ -77,24 +77,23 @@ def test_windows_cover_the_whole_response_and_each_fits(detectors: dict[str, Onn
     model = detectors["injury"].model
     windows = model.windows
     assert isinstance(windows, Windows)
-    response = " ".join(f"{w}{i}" for i, w in enumerate(["alpha", "unbelievably", "x"] * 150))
+    # Accents and an emoji (one code point, two UTF-16 units, four UTF-8 bytes): spans are code points.
+    words = [f"{w}{i}" for i, w in enumerate(["alpha", "unbelievably", "x", "wörld", "naïve😀"] * 90)]
+    response = " ".join(words)
     [encoding] = model.tokenize([(prompt, response)])
     texts, owners, spans = windows.extra([(prompt, response)], [encoding])
     assert owners == [0] * len(texts) and len(texts) >= 3
-    assert [response[a:b] for a, b in spans] == [r for _, r in texts]
     assert all(p == prompt for p, _ in texts)
-    pieces = [r for _, r in texts]
-    assert all(response.find(p) >= 0 for p in pieces)  # cut from the response, at word starts
-    assert all(response[response.find(p) - 1] == " " for p in pieces)
-    # Every word is in a window or in what truncation kept, and neighbouring windows overlap.
-    kept = model.tokenizer.decode([t for t, s in zip(encoding.ids, encoding.sequence_ids, strict=True)
-                                   if s == (1 if prompt else 0)])
-    words = response.split()
-    seen = set(kept.split()) | {w for p in pieces for w in p.split()}
-    assert [w for w in words if w not in seen] == []
-    starts = [response.find(p) for p in pieces]
-    assert all(a < b < a + len(pa) for a, b, pa in zip(starts, starts[1:], pieces, strict=False))
-    assert response.endswith(pieces[-1])
+    assert [response[a:b] for a, b in spans] == [r for _, r in texts]
+    # Each window is whole words; together with what truncation kept they hold every word once or more.
+    starts = {0} | {m + 1 for m, c in enumerate(response) if c == " "}
+    assert all(a in starts and (b == len(response) or response[b] == " ") for a, b in spans)
+    kept = sum(1 for s, special in zip(encoding.sequence_ids, encoding.special_tokens_mask, strict=True)
+               if s == (1 if prompt else 0) and not special)
+    kept_chars = windows.whole.encode(response, add_special_tokens=False).offsets[kept - 1][1]
+    assert spans[0][0] < kept_chars  # the first window overlaps what truncation read
+    assert all(a2 < b1 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))  # and each the one before
+    assert spans[-1][1] == len(response)
     # Each window's response is read whole; a long prompt beside it is what truncation shortens.
     side = 1 if prompt else 0
     for (_, piece), e in zip(texts, model.tokenize(texts), strict=True):
