@@ -120,6 +120,11 @@ class Outputs(dict[str, np.ndarray]):
         self.texts = texts
         self.spans = spans or []
 
+    def windows_per_text(self) -> list[int]:
+        """How many window rows each text added (0 for one that fit)."""
+        owners = np.arange(self.texts) if self.owners is None else self.owners
+        return (np.bincount(owners, minlength=self.texts) - 1).tolist()
+
 
 def pad_batch(encodings: Sequence[Encoding], pad_id: int) -> dict[str, np.ndarray]:
     """int64 input_ids / attention_mask / token_type_ids, padded to the longest encoding.

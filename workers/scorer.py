@@ -10,8 +10,6 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from service.metrics import BATCH_SIZE, INFERENCE_SECONDS, OUTPUT_WINDOWS, QUEUE_WAIT
 from service.scores import DetectorScore
 from service.store import QUEUED, OutputStore
@@ -34,13 +32,6 @@ class BatchReport:
     failed: int
     calls: list[int]
     handed_off: int = 0  # passed on to workers with detectors this one lacks (workers.handoff)
-
-
-def windows_per_text(outputs: dict[str, Any], texts: int) -> list[int]:
-    """How many window rows each of a run's texts added (`Outputs.owners`; 0 for a text that fit)."""
-    if not isinstance(outputs, Outputs) or outputs.owners is None:
-        return [0] * texts
-    return (np.bincount(outputs.owners, minlength=texts) - 1).tolist()
 
 
 class Scorer:
@@ -87,7 +78,7 @@ class Scorer:
             if not subset:
                 continue
             for group, outputs in self._run_isolating(model, subset, failures):
-                windows += windows_per_text(outputs, len(group))
+                windows += outputs.windows_per_text()
                 for det in detectors:
                     values, spans = det.head_and_spans(outputs)
                     for record, value, span in zip(group, values.tolist(), spans, strict=True):
@@ -137,7 +128,7 @@ class Scorer:
         return groups
 
     def _run_isolating(self, model: OnnxModel, records: list[dict[str, Any]],
-                       failures: dict[str, str]) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
+                       failures: dict[str, str]) -> list[tuple[list[dict[str, Any]], Outputs]]:
         """Run the batch in one call; if that fails, run outputs one by one so one bad input
         fails alone instead of taking the batch with it."""
         items: list[TextPair] = [(r.get("prompt", ""), r.get("response", "")) for r in records]
