@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 ACTIVATIONS = ("sigmoid", "softmax", "none")
 INPUTS = ("response", "prompt_response")
 LONG_TEXT = ("truncate", "windows")  # what a response past max_length gets (workers/windows.py)
+WINDOW_TOKENS = 96  # response tokens per window, unless model.json says otherwise (workers/windows.py says why)
 # The fields model.json may hold (models/README.md documents each).
 FIELDS = frozenset({"name", "version", "description", "onnx", "onnx_gpu", "tokenizer", "input", "max_length",
-                    "long_text", "output", "output_index", "activation", "threshold", "target_fnr", "enabled",
-                    "calibration"})
+                    "long_text", "window_tokens", "output", "output_index", "activation", "threshold", "target_fnr",
+                    "enabled", "calibration"})
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,16 @@ class DetectorConfig:
     input: str = "response"
     max_length: int = 256
     long_text: str = "truncate"
+    window_tokens: int = WINDOW_TOKENS
     target_fnr: float | None = None
     onnx_gpu_path: Path | None = None
     enabled: bool = True
     calibration: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def window_width(self) -> int:
+        """Response tokens per window a long response is also read in; 0: it is truncated."""
+        return self.window_tokens if self.long_text == "windows" else 0
 
     def describe(self) -> dict[str, Any]:
         """The public view served by GET /v1/detectors."""
@@ -62,6 +69,7 @@ class DetectorConfig:
             "input": self.input,
             "max_length": self.max_length,
             "long_text": self.long_text,
+            "window_tokens": self.window_width or None,
         }
 
 
@@ -117,6 +125,11 @@ def parse_model_json(path: Path) -> DetectorConfig:
     long_text = get("long_text", str, "truncate")
     if long_text not in LONG_TEXT:
         raise ConfigError(f"{path}: long_text must be one of {LONG_TEXT}")
+    window_tokens = get("window_tokens", int, WINDOW_TOKENS)
+    # Narrower reads little; wider than half of max_length leaves no room for a prompt beside it.
+    if long_text == "windows" and not 16 <= window_tokens <= max_length // 2:
+        raise ConfigError(f"{path}: window_tokens {window_tokens} must be between 16 and half of max_length "
+                          f"({max_length // 2})")
     target = get("target_fnr", (int, float, type(None)), None)
     if target is not None and not 0.0 < target < 1.0:
         # 2 meant as "2%" would hold the FNR alert to a rate it can never exceed.
@@ -138,6 +151,7 @@ def parse_model_json(path: Path) -> DetectorConfig:
         input=input_,
         max_length=max_length,
         long_text=long_text,
+        window_tokens=window_tokens,
         target_fnr=None if target is None else float(target),
         onnx_gpu_path=_optional_variant(folder, gpu, path),
         enabled=get("enabled", bool, True),
@@ -202,6 +216,8 @@ def fingerprints(configs: Iterable[DetectorConfig]) -> dict[str, str]:
                 "max_length": c.max_length, "threshold": repr(c.threshold)}
         if c.long_text != "truncate":  # added later: the fingerprints of detectors that truncate keep their value
             body["long_text"] = c.long_text
+            if c.window_tokens != WINDOW_TOKENS:  # later still: so do those of 1.2.1's default windows
+                body["window_tokens"] = c.window_tokens
         out[c.name] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     return out
 

@@ -207,6 +207,7 @@ class Detector(BaseModel):
     max_length: int
     long_text: Literal["truncate", "windows"] = Field(
         description="What a response past max_length gets: truncated, or also scored in windows (the highest counts)")
+    window_tokens: int | None = Field(description="Response tokens per window with long_text windows; null: truncated")
     workers: dict[str, int] = Field(description="Live scoring workers that have this detector loaded, by the "
                                                 "version they serve; empty: outputs asking for it fail")
     files_match: bool | None = Field(description="Whether this API's files for the version are those workers "

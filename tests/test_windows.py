@@ -148,3 +148,32 @@ def test_a_worker_stores_the_windowed_score(stack: Stack, detectors: dict[str, O
     assert samples[("redline_output_windows_sum", None)] == added
     assert samples[("redline_output_windows_bucket", "0.0")] == 1  # the short one
     assert samples[("redline_output_windows_bucket", "+Inf")] == 2
+
+
+def test_window_tokens_sets_the_width_and_is_checked(tmp_path: Path, shipped_models: Path) -> None:
+    config = json.loads((shipped_models / "injury" / "model.json").read_text())
+    config.update({k: str((shipped_models / "injury" / config[k]).resolve()) for k in ("onnx", "tokenizer")})
+    path = tmp_path / "model.json"
+    for bad in (8, 129, "wide"):
+        path.write_text(json.dumps({**config, "window_tokens": bad}))
+        with pytest.raises(ConfigError, match="window_tokens"):
+            parse_model_json(path)
+    path.write_text(json.dumps({**config, "long_text": "truncate", "max_length": 64}))  # windows unused: no check
+    assert parse_model_json(path).window_width == 0
+    ledger = json.loads((shipped_models / "minilm" / "fingerprints.json").read_text())
+    path.write_text(json.dumps({**config, "window_tokens": 96}))  # the default, spelt out: still 1.2.1's files
+    assert fingerprints([parse_model_json(path)])["injury"] == ledger["injury"]["1.2.1"]
+    path.write_text(json.dumps({**config, "window_tokens": 48}))
+    narrow = parse_model_json(path)
+    assert narrow.describe()["window_tokens"] == 48
+    assert fingerprints([narrow])["injury"] != ledger["injury"]["1.2.1"]
+    wide = dataclasses.replace(narrow, name="wide", window_tokens=96)
+    detectors = load_detectors({"injury": narrow, "wide": wide}, ["CPUExecutionProvider"])
+    model = detectors["injury"].model
+    assert model is not detectors["wide"].model  # two widths, two sets of rows
+    item = [("", long_reply())]
+    texts48 = model.windows.extra(item, model.tokenize(item))[0]  # type: ignore[union-attr]
+    texts96 = detectors["wide"].model.windows.extra(item, model.tokenize(item))[0]  # type: ignore[union-attr]
+    assert len(texts48) > len(texts96)
+    assert max(len(model.windows.whole.encode(r, add_special_tokens=False).ids)  # type: ignore[union-attr]
+               for _, r in texts48) <= 48

@@ -44,7 +44,7 @@ class OnnxModel:
     """One onnxruntime session plus its tokenizer; runs a padded batch and returns every output."""
 
     def __init__(self, onnx_path: Path, tokenizer_path: Path, max_length: int, pair_input: bool,
-                 providers: Sequence[str], intra_op_threads: int = 0, long_text: str = "truncate") -> None:
+                 providers: Sequence[str], intra_op_threads: int = 0, window_tokens: int = 0) -> None:
         chosen = usable_providers(providers)
         options = ort.SessionOptions()
         if intra_op_threads:
@@ -56,7 +56,7 @@ class OnnxModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.tokenizer, self.pad_id = load_tokenizer(tokenizer_path, max_length)
         self.pair_input = pair_input
-        self.windows = Windows(self.tokenizer, max_length, pair_input) if long_text == "windows" else None
+        self.windows = Windows(self.tokenizer, max_length, pair_input, window_tokens) if window_tokens else None
         self.path = onnx_path
         self.calls: list[int] = []  # batch size of each session call, drained by the scorer for metrics
         threads = self.session.get_session_options().intra_op_num_threads
@@ -245,16 +245,16 @@ def gpu_name(device: int = 0) -> str | None:
 
 def load_detectors(configs: dict[str, DetectorConfig], providers: Sequence[str],
                    intra_op_threads: int = 0) -> dict[str, OnnxDetector]:
-    """Build detectors, opening each distinct (ONNX file, tokenizer, input) once."""
+    """Build detectors, opening each distinct (ONNX file, tokenizer, input, windows) once."""
     use_gpu = "CUDAExecutionProvider" in usable_providers(providers)
-    models: dict[tuple[Path, Path, int, str, str], OnnxModel] = {}
+    models: dict[tuple[Path, Path, int, str, int], OnnxModel] = {}
     detectors: dict[str, OnnxDetector] = {}
     for name, cfg in configs.items():
         path = cfg.onnx_gpu_path if use_gpu and cfg.onnx_gpu_path else cfg.onnx_path
-        key = (path, cfg.tokenizer_path, cfg.max_length, cfg.input, cfg.long_text)
+        key = (path, cfg.tokenizer_path, cfg.max_length, cfg.input, cfg.window_width)
         if key not in models:
             models[key] = OnnxModel(path, cfg.tokenizer_path, cfg.max_length, cfg.input == "prompt_response",
-                                    providers, intra_op_threads, cfg.long_text)
+                                    providers, intra_op_threads, cfg.window_width)
         detectors[name] = OnnxDetector(cfg, models[key])
     self_check(detectors)
     return detectors

@@ -1,14 +1,16 @@
 """Texts longer than a model reads: with `"long_text": "windows"` a response past the model's
-`max_length` is also scored in overlapping windows of up to 96 of its tokens (`WIDTH`), each beside
-the prompt, and its score is its highest window's. Truncation alone would leave everything past the
-cut unread: an injury told in a long reply's fifth paragraph would score as the first four.
+`max_length` is also scored in overlapping windows of up to `window_tokens` of its tokens (96 unless
+model.json says otherwise), each beside the prompt, and its score is its highest window's.
+Truncation alone would leave everything past the cut unread: an injury told in a long reply's fifth
+paragraph would score as the first four.
 
 The first window is the text as truncation scores it, so a text that fits scores exactly as before,
 and a long text never scores lower than it would truncated. Windows are cut at word starts from the
-tokenizer's own offsets and overlap by a third, so a sentence of up to 32 tokens at a cut is whole in
-one of them. Their number is bounded by the API's REDLINE_MAX_TEXT_CHARS (20,000 characters: about 70).
-What the first row covers is read only there, as a text that fits is: one injured sentence among
-~200 tokens of harmless ones can be missed (dilution; the injury card's known failure modes).
+tokenizer's own offsets and overlap by a third, so a sentence of up to 32 tokens (at 96) at a cut is
+whole in one of them. Their number is bounded by the API's REDLINE_MAX_TEXT_CHARS (20,000 characters:
+about 70 at 96). What the first row covers is read only there, as a text that fits is: one injured
+sentence among ~200 tokens of harmless ones can be missed (dilution; the injury card's known failure
+modes).
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from collections.abc import Sequence
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-# Response tokens per window. Narrow on purpose: the shipped injury head, trained on short texts, misses
-# one injured sentence among ~200 tokens of harmless ones (dilution). In a run like `bench.long_text`'s
-# (2026-12-03: 40 injured and 40 unhurt replies after ~400 tokens of harmless text), windows as wide as
-# the model missed 15 injuries, 96 tokens 6 and 64 tokens 5, flagging 10, 12 and 13 unhurt replies.
-# Windows over the whole response, not only past truncation's cut, were tried too: in bench.long_text
-# 1 miss (64 tokens) but 24 of the 40 unhurt replies flagged, each window another chance of a false
-# flag; past the cut only, 3 and 13.
-WIDTH = 96
+# Why the default window (service.detector_config.WINDOW_TOKENS) is 96 tokens. Narrow on purpose: the
+# shipped injury head, trained on short texts, misses one injured sentence among ~200 tokens of
+# harmless ones (dilution). In a run like `bench.long_text`'s (2026-12-03: 40 injured and 40 unhurt
+# replies after ~400 tokens of harmless text), windows as wide as the model missed 15 injuries, 96
+# tokens 6 and 64 tokens 5, flagging 10, 12 and 13 unhurt replies. Windows over the whole response, not
+# only past truncation's cut, were tried too: in bench.long_text 1 miss (64 tokens) but 24 of the 40
+# unhurt replies flagged, each window another chance of a false flag; past the cut only, 3 and 13.
+
 # Tokens left unused in each window: re-tokenizing a cut piece of text can give a token or two more
 # than its slice of the whole (a BPE word that loses its leading space), and the window must still fit.
 _SLACK = 4
@@ -34,13 +36,14 @@ _SLACK = 4
 class Windows:
     """Cuts the responses that truncation would shorten into extra windows for one tokenizer."""
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int, pair_input: bool) -> None:
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pair_input: bool, width: int) -> None:
         self.whole = Tokenizer.from_str(tokenizer.to_str())  # the same tokenizer, truncating nothing
         self.whole.no_truncation()
         self.whole.no_padding()
         self.max_length = max_length
         self.pair_input = pair_input
         self.specials = tokenizer.num_special_tokens_to_add(pair_input)
+        self.width = width
 
     def extra(self, items: Sequence[tuple[str, str]],
               encodings: Sequence[Encoding]) -> tuple[list[tuple[str, str]], list[int], list[tuple[int, int]]]:
@@ -62,7 +65,7 @@ class Windows:
             # A long prompt is shortened by longest-first truncation to meet the window halfway, so a
             # window never needs to be narrower than half the budget.
             prompt_len = len(prompt.ids) if prompt is not None and prompt_text else 0
-            width = min(WIDTH, max(budget - prompt_len, budget // 2))
+            width = min(self.width, max(budget - prompt_len, budget // 2))
             for start, stop in spans(response, kept, width):
                 windows.append((prompt_text, items[i][1][start:stop]))
                 owners.append(i)
