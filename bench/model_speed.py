@@ -18,7 +18,8 @@ from models import assemble, variants
 from models.variants import digest
 from service.detector_config import load_configs
 from service.settings import Settings
-from workers.detector import OnnxModel, gpu_name, load_detectors
+from workers.detector import OnnxModel, load_detectors
+from workers.providers import gpu_name
 
 from .common import machine
 

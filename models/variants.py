@@ -151,7 +151,7 @@ def cpu_name() -> str:
 def record() -> dict[str, Any]:
     """Measure every graph on the reference examples (and on the GPU where there is one) and write
     variants.json, which the model cards quote."""
-    from workers.detector import gpu_name, usable_providers
+    from workers.providers import gpu_name, usable_providers
 
     built = ensure()
     report = {"fp32": measure(assemble.ENCODER, ["CPUExecutionProvider"])}

@@ -18,7 +18,8 @@ from redis import Redis
 
 from models import assemble
 from service.detector_config import load_configs
-from workers.detector import OnnxDetector, load_detectors, usable_providers
+from workers.detector import OnnxDetector, load_detectors
+from workers.providers import usable_providers
 
 from .conftest import SHIPPED_MODELS
 from .procs import redline_env, start_api, start_worker, wait_for

@@ -70,6 +70,11 @@ def test_texts_that_fit_score_exactly_as_truncated(detectors: dict[str, OnnxDete
     assert outputs.texts == 4 and outputs.owners is not None
     assert len(outputs["logits"]) == len(outputs.owners) > 4  # the long one's windows
     assert set(outputs.owners[4:].tolist()) == {3}
+    # The windows (~100 tokens) do not share a session call with the 256-token text, padded to its width.
+    model = detectors["injury"].model
+    model.calls.clear()
+    model.run([("", long_reply())])
+    assert model.calls[-1] == 1 and sum(model.calls) == len(outputs.owners) - 3, model.calls
 
 
 @pytest.mark.parametrize("prompt", ["", "How did your week go?", LONG_PROMPT])

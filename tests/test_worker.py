@@ -56,7 +56,7 @@ def _fall_back_to_each_jobs_run(worker: ScoringWorker) -> list[int]:
     return calls
 
 
-def test_queued_jobs_are_scored_in_one_batch_and_one_session_call(redis: Redis, settings: Settings) -> None:
+def test_queued_jobs_are_scored_in_one_batch_one_session_call_per_length(redis: Redis, settings: Settings) -> None:
     core = Redline(settings, redis)
     ids = _submit(core, n_requests=5, per_request=2)
     run_burst(redis, settings)
@@ -64,7 +64,9 @@ def test_queued_jobs_are_scored_in_one_batch_and_one_session_call(redis: Redis, 
     assert all(r and r["status"] == "scored" for r in records)
     batches = {r["batch"]["id"] for r in records if r}
     assert len(batches) == 1
-    assert records[0]["batch"]["size"] == 10 and records[0]["batch"]["session_calls"] == [10]  # type: ignore[index]
+    # TEXTS are of 2 and of 5-6 tokens: on a CPU a call holds texts within 1.25x of each other's length.
+    assert records[0]["batch"]["size"] == 10  # type: ignore[index]
+    assert sorted(records[0]["batch"]["session_calls"]) == [2, 8]  # type: ignore[index]
     for r in records:
         assert r is not None
         for det in ("injury", "deception"):

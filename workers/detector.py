@@ -6,8 +6,6 @@ so scoring all of them costs one forward pass. Only onnxruntime, tokenizers and 
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from service.detector_config import DetectorConfig
 from service.errors import ConfigError
 
 from . import int8_kernels
+from .providers import usable_providers
 from .windows import Windows, highest
 
 log = logging.getLogger(__name__)
@@ -58,6 +57,8 @@ class OnnxModel:
         self.pair_input = pair_input
         self.windows = Windows(self.tokenizer, max_length, pair_input, window_tokens) if window_tokens else None
         self.path = onnx_path
+        # A GPU keeps the token budget alone: there a call's overhead weighs more, padding less (unmeasured).
+        self.pad_ratio = _PAD_RATIO if self.providers[0] == "CPUExecutionProvider" else float("inf")
         self.calls: list[int] = []  # batch size of each session call, drained by the scorer for metrics
         threads = self.session.get_session_options().intra_op_num_threads
         log.info("loaded %s on %s, intra-op threads: %s", onnx_path.name, ",".join(self.providers),
@@ -76,7 +77,8 @@ class OnnxModel:
         the long texts' extra windows (`Outputs.owners`; `OnnxDetector.head` takes each item's highest).
 
         Items are sorted by token length and cut into session calls of at most `max_batch_tokens`
-        padded tokens, so one long text does not make every short one pay for its padding.
+        padded tokens, and on a CPU where a text is over `_PAD_RATIO` times the call's shortest, so one
+        long text does not make every short one pay for its padding.
         """
         encodings = self.tokenize(items)
         owners: np.ndarray | None = None
@@ -92,7 +94,9 @@ class OnnxModel:
         while start < len(order):
             stop = start + 1
             # Sorted ascending, so the chunk's padded width is its last member's length.
-            while stop < len(order) and (stop - start + 1) * len(encodings[order[stop]].ids) <= max_batch_tokens:
+            widest = self.pad_ratio * max(1, len(encodings[order[start]].ids))  # an empty text: no 0 * inf
+            while stop < len(order) and (stop - start + 1) * len(encodings[order[stop]].ids) <= max_batch_tokens \
+                    and len(encodings[order[stop]].ids) <= widest:
                 stop += 1
             parts.append(self._call([encodings[i] for i in order[start:stop]]))
             start = stop
@@ -106,6 +110,13 @@ class OnnxModel:
         values = self.session.run(self.output_names, {k: v for k, v in feeds.items() if k in self.input_names})
         self.calls.append(len(encodings))
         return dict(zip(self.output_names, values, strict=True))
+
+
+# A session call pads every text to its longest, and on a CPU a padded token costs about what a real
+# one does while a call's own overhead is small: 16 long responses (16 texts of 256 tokens and their 49
+# windows of up to 107) took 3.25 s when the token budget alone cut the calls (one padded 49 windows
+# and 15 texts to 256) and 1.02 s cut by this ratio too (2026-12-03). Texts within it share a call.
+_PAD_RATIO = 1.25
 
 
 class Outputs(dict[str, np.ndarray]):
@@ -192,55 +203,6 @@ class OnnxDetector:
         if cfg.activation == "sigmoid":
             return 1.0 / (1.0 + np.exp(-column))
         return column
-
-
-_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-
-
-def usable_providers(preferred: Sequence[str]) -> list[str]:
-    """`preferred` minus providers this machine cannot run. onnxruntime-gpu lists CUDA even with no
-    driver present and then logs an error per session; skip GPU providers when no driver loads."""
-    available = set(ort.get_available_providers())
-    unknown = [p for p in preferred if p not in ort.get_all_providers()]
-    if unknown:  # a typo would otherwise fall back to CPU without a word
-        log.warning("REDLINE_PROVIDERS names unknown onnxruntime provider(s) %s; known: %s", ", ".join(unknown),
-                    ", ".join(ort.get_all_providers()))
-    chosen = [p for p in preferred if p in available]
-    if any(p in _GPU_PROVIDERS for p in chosen) and not _gpu_driver_present():
-        chosen = [p for p in chosen if p not in _GPU_PROVIDERS]
-    return chosen or ["CPUExecutionProvider"]
-
-
-@functools.cache
-def _libcuda() -> ctypes.CDLL | None:
-    """The NVIDIA driver's CUDA library, or None where there is no driver."""
-    try:
-        return ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return None
-
-
-@functools.cache
-def _gpu_driver_present() -> bool:
-    if _libcuda() is None:
-        return False
-    # With `onnxruntime-gpu[cuda,cudnn]` the CUDA libraries come as pip wheels; load them so the
-    # CUDA provider finds them without LD_LIBRARY_PATH. A no-op where CUDA is installed system-wide.
-    try:
-        ort.preload_dlls()
-    except Exception:  # older onnxruntime, or libraries found elsewhere: the session will tell
-        log.debug("onnxruntime.preload_dlls failed", exc_info=True)
-    return True
-
-
-def gpu_name(device: int = 0) -> str | None:
-    """The CUDA device's name (e.g. for benchmark records), from the driver; None without one."""
-    cuda = _libcuda()
-    handle, name = ctypes.c_int(), ctypes.create_string_buffer(256)
-    if cuda is None or cuda.cuInit(0) or cuda.cuDeviceGet(ctypes.byref(handle), device) \
-            or cuda.cuDeviceGetName(name, len(name), handle):
-        return None
-    return name.value.decode()
 
 
 def load_detectors(configs: dict[str, DetectorConfig], providers: Sequence[str],
