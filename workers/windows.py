@@ -58,13 +58,13 @@ class Windows:
         windows: list[tuple[str, str]] = []
         owners: list[int] = []
         where: list[tuple[int, int]] = []
+        budget = self.max_length - self.specials - _SLACK
         for i, response, prompt in zip(cut, responses, prompts, strict=True):
             prompt_text = items[i][0] if self.pair_input else ""
-            kept = _response_tokens(encodings[i], self.pair_input and bool(prompt_text))
-            budget = self.max_length - self.specials - _SLACK
+            kept = _response_tokens(encodings[i], bool(prompt_text))
             # A long prompt is shortened by longest-first truncation to meet the window halfway, so a
             # window never needs to be narrower than half the budget.
-            prompt_len = len(prompt.ids) if prompt is not None and prompt_text else 0
+            prompt_len = len(prompt.ids) if prompt is not None else 0  # an empty prompt encodes to none
             width = min(self.width, max(budget - prompt_len, budget // 2))
             for start, stop in spans(response, kept, width):
                 windows.append((prompt_text, items[i][1][start:stop]))
